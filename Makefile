@@ -1,0 +1,37 @@
+# make run  - serve the example config.yaml on 127.0.0.1:8080 (creates .venv and .env when missing)
+# make test - lint and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# A development secret, so `make run` works out of the box. Never commit .env.
+.env:
+	@printf 'WEBHOOK_SECRET=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(20))')" > .env
+	@echo "wrote .env with a new development WEBHOOK_SECRET"
+
+run: $(STAMP) .env
+	$(BIN)/webhook-sidecar serve --config config.yaml --listen 127.0.0.1:8080 --env-file .env
+
+check: $(STAMP) .env
+	$(BIN)/webhook-sidecar check --config config.yaml --env-file .env
+
+lint: $(STAMP)
+	$(BIN)/ruff check sidecar tests bench
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/load.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .spool

@@ -1,0 +1,169 @@
+"""Command line: flags (each with a SIDECAR_* twin) -> actions. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from . import __version__, logs
+from . import config as config_mod
+from .errors import ConfigError
+from .providers import PROVIDERS
+from .service import DEFAULT_GRACE_S, Service
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"SIDECAR_{name}", default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="webhook-sidecar", description="Verify, route and run webhook deliveries.")
+    p.add_argument("--version", action="version", version=f"webhook-sidecar {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", default=_env("CONFIG", "config.yaml"),
+                        help="routing table (SIDECAR_CONFIG, default config.yaml)")
+        sp.add_argument("--env-file", default=_env("ENV_FILE"),
+                        help="dotenv file with secrets (SIDECAR_ENV_FILE, default ./.env when present)")
+
+    serve = sub.add_parser("serve", help="receive deliveries and run hooks")
+    config_flags(serve)
+    serve.add_argument("--listen", default=_env("LISTEN"), help="host:port, overrides config (SIDECAR_LISTEN)")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=logs.LEVELS,
+                       help="SIDECAR_LOG_LEVEL, default info")
+    serve.add_argument("--grace", type=float, default=float(_env("GRACE", str(DEFAULT_GRACE_S)) or DEFAULT_GRACE_S),
+                       help="seconds running hooks may finish after SIGTERM (SIDECAR_GRACE, default 25)")
+
+    check = sub.add_parser("check", help="validate the config and print every error")
+    config_flags(check)
+
+    def signing_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--provider", required=True, choices=sorted(PROVIDERS))
+        sp.add_argument("--secret-env", default="WEBHOOK_SECRET", help="variable holding the secret")
+        sp.add_argument("--env-file", default=_env("ENV_FILE"), help="dotenv file to read the secret from")
+        sp.add_argument("--event", default="", help="event type to put in the provider's header")
+        sp.add_argument("--delivery", default="", help="delivery id (default: a new UUID)")
+        sp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="endpoint option of the provider, as in config.yaml (e.g. header=X-Signature)")
+
+    sign = sub.add_parser("sign", help="print the headers a sender would add to the body on stdin")
+    signing_flags(sign)
+
+    send = sub.add_parser("send", help="sign a payload file, POST it, print the response")
+    send.add_argument("url")
+    send.add_argument("payload", help="file with the body to send ('-' for stdin)")
+    signing_flags(send)
+    send.add_argument("--content-type", default="application/json")
+    send.add_argument("-H", "--header", action="append", default=[], help="extra 'Name: value' header")
+    return p
+
+
+def _env_file(value: str | None) -> Path | None:
+    if value:
+        return Path(value)
+    # An explicit path, never find_dotenv(): an installed console script would
+    # search from its own location, not the working directory.
+    return Path(".env") if Path(".env").is_file() else None
+
+
+def _secret(args: argparse.Namespace) -> bytes:
+    if not PROVIDERS[args.provider].needs_secret:
+        return b""
+    env_file = _env_file(args.env_file)
+    value = os.environ.get(args.secret_env) or (dotenv_values(env_file).get(args.secret_env) if env_file else None)
+    if not value:
+        raise SystemExit(f"webhook-sidecar: secret {args.secret_env} is not set in the environment or the env file")
+    return value.encode()
+
+
+def _provider_options(args: argparse.Namespace) -> dict[str, object]:
+    """--option KEY=VALUE pairs, typed by the provider's own option table."""
+    cls = PROVIDERS[args.provider]
+    out: dict[str, object] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or key not in cls.options:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise SystemExit(f"webhook-sidecar: --option {item!r}: expected KEY=VALUE with KEY one of: {known}")
+        kind = cls.options[key].type
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
+def _headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
+    try:
+        provider = PROVIDERS[args.provider](**_provider_options(args))
+    except ValueError as e:
+        raise SystemExit(f"webhook-sidecar: {e}") from e
+    return provider.sign(body, _secret(args), time.time(), event=args.event, delivery=args.delivery)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level)
+    try:
+        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace)
+    except ConfigError as e:
+        for line in e.errors:
+            logs.error("config.invalid", detail=line)
+        print(f"webhook-sidecar: {args.config} is invalid:\n  " + "\n  ".join(e.errors), file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        logs.error("server.failed", error=str(e))
+        print(f"webhook-sidecar: cannot listen: {e}", file=sys.stderr)
+        return 1
+    service.install_signal_handlers()
+    return service.run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config, _env_file(args.env_file))
+    except ConfigError as e:
+        print("\n".join(e.errors))
+        print(f"{args.config}: {len(e.errors)} error(s)")
+        return 1
+    print(f"{args.config}: ok ({len(cfg.endpoints)} endpoint(s), {cfg.route_count} route(s), hash {cfg.digest})")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    for name, value in _headers(args, sys.stdin.buffer.read()).items():
+        print(f"{name}: {value}")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    body = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
+    headers = {"Content-Type": args.content_type, **_headers(args, body)}
+    for extra in args.header:
+        name, _, value = extra.partition(":")
+        headers[name.strip()] = value.strip()
+    url = urlsplit(args.url)
+    conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        conn.request("POST", (url.path or "/") + (f"?{url.query}" if url.query else ""), body=body, headers=headers)
+        resp = conn.getresponse()
+        text = resp.read().decode("utf-8", "replace")
+    except OSError as e:
+        print(f"webhook-sidecar: cannot send to {args.url}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(f"{resp.status} {resp.reason}")
+    print(text)
+    return 0 if 200 <= resp.status < 300 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"serve": cmd_serve, "check": cmd_check, "sign": cmd_sign, "send": cmd_send}[args.command]
+    return command(args)

@@ -1,0 +1,375 @@
+"""config.yaml: load once, check everything, report every error with file, line and key.
+
+PyYAML's safe_load silently keeps the last of duplicated keys and gives no line
+numbers, so the file is composed into nodes and walked here: duplicates are
+errors, and each value remembers the line it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+from .providers import PROVIDERS, Provider
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 3
+RESERVED_PATHS = {"/healthz", "/readyz", "/metrics"}
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+TOP_KEYS = {
+    "listen", "max_body_bytes", "spool_dir", "endpoints", "max_workers", "max_queue",
+    "request_timeout_s",
+}
+ENDPOINT_KEYS = {"path", "provider", "secret_env", "routes"}
+ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env"}
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of the routing table: which event runs which command."""
+
+    name: str
+    event: str
+    when: tuple[tuple[str, Any], ...]
+    argv: tuple[str, ...]
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    concurrency: int | None = None
+    retries: int = DEFAULT_RETRIES
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    provider: Provider
+    secret_env: tuple[str, ...]
+    routes: tuple[Route, ...]
+    # Never printed: repr=False keeps secrets out of tracebacks and debug output.
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    file: Path
+    listen: str = "0.0.0.0:8080"
+    max_body_bytes: int = 1024 * 1024
+    spool_dir: Path = Path(".spool")
+    max_workers: int = 4
+    max_queue: int = 1000
+    request_timeout_s: float = 10.0
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
+    digest: str = ""
+
+    @property
+    def base_dir(self) -> Path:
+        return self.file.parent
+
+    @property
+    def route_count(self) -> int:
+        return sum(len(e.routes) for e in self.endpoints.values())
+
+
+def _key_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+class _Doc:
+    """A composed YAML document: plain values plus the line of every key path."""
+
+    def __init__(self, file: Path, text: str) -> None:
+        self.file = file
+        self.lines: dict[Path_, int] = {}
+        self.errors: list[str] = []
+        self._construct = yaml.constructor.SafeConstructor()
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line + 1 if mark else 1
+            problem = getattr(e, "problem", None) or str(e)
+            self.errors.append(f"{file}:{line}: (yaml): {problem}")
+            self.data: Any = None
+            return
+        self.data = self._walk(node, ()) if node is not None else None
+
+    def _walk(self, node: yaml.Node, path: Path_) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._construct.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    self.error(path, f"keys must be strings, got {key_node.value!r}", key_node.start_mark.line + 1)
+                    continue
+                if key in out:
+                    self.error(path + (key,), "duplicate key", key_node.start_mark.line + 1)
+                    continue
+                out[key] = self._walk(value_node, path + (key,))
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._walk(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self._construct.construct_object(node, deep=True)
+
+    def line(self, path: Path_) -> int:
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+    def error(self, path: Path_, message: str, line: int | None = None) -> None:
+        self.errors.append(f"{self.file}:{line or self.line(path)}: {_key_path(path)}: {message}")
+
+    # Typed getters: each reports a wrong type and returns the default.
+    def get(self, obj: Mapping[str, Any], path: Path_, key: str, kind: type | tuple[type, ...],
+            default: Any = None, *, required: bool = False, minimum: float | None = None) -> Any:
+        if key not in obj:
+            if required:
+                self.error(path, f"missing required key {key!r}")
+            return default
+        value = obj[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python, and YAML 1.1 turns on/off/yes/no into bools.
+        if isinstance(value, bool) and bool not in kinds:
+            self.error(path + (key,),
+                       f"must be {_kind_name(kinds)}, got boolean {value!r} (quote it if you meant a string)")
+            return default
+        if float in kinds and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kinds):
+            self.error(path + (key,), f"must be {_kind_name(kinds)}, got {_describe(value)}")
+            return default
+        if minimum is not None and value < minimum:
+            self.error(path + (key,), f"must be at least {minimum:g}, got {value}")
+            return default
+        return value
+
+    def unknown_keys(self, obj: Mapping[str, Any], path: Path_, allowed: set[str]) -> None:
+        for key in obj:
+            if key not in allowed:
+                self.error(path + (key,), f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a mapping"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _describe(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), f"{type(value).__name__} {value!r}")
+
+
+def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    """Load and check config.yaml; ConfigError lists every problem found."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{file}:1: (file): cannot read: {e}"]) from e
+    environ = os.environ if environ is None else environ
+    dotenv = _read_env_file(Path(env_file)) if env_file else {}
+    doc = _Doc(file, text)
+    config = _build(doc, file, text, environ, dotenv) if not doc.errors else None
+    if doc.errors or config is None:
+        raise ConfigError(doc.errors or [f"{file}:1: (file): empty"])
+    return config
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv: Mapping[str, str]) -> Config | None:
+    top = doc.data
+    if not isinstance(top, dict):
+        doc.error((), f"the file must be a mapping with an 'endpoints' list, got {_describe(top)}")
+        return None
+    doc.unknown_keys(top, (), TOP_KEYS)
+    listen = doc.get(top, (), "listen", str, Config.listen)
+    if not re.fullmatch(r".*:\d{1,5}", listen):
+        doc.error(("listen",), f"must be host:port, got {listen!r}")
+    max_body = doc.get(top, (), "max_body_bytes", int, Config.max_body_bytes, minimum=1)
+    spool_dir = doc.get(top, (), "spool_dir", str, str(Config.spool_dir))
+    max_workers = doc.get(top, (), "max_workers", int, Config.max_workers, minimum=1)
+    max_queue = doc.get(top, (), "max_queue", int, Config.max_queue, minimum=1)
+    request_timeout = doc.get(top, (), "request_timeout_s", float, Config.request_timeout_s, minimum=0.1)
+    raw_endpoints = doc.get(top, (), "endpoints", list, [], required=True)
+    if "endpoints" in top and isinstance(top["endpoints"], list) and not top["endpoints"]:
+        doc.error(("endpoints",), "needs at least one endpoint")
+
+    secrets_used: list[str] = []
+    endpoints: dict[str, Endpoint] = {}
+    for i, raw in enumerate(raw_endpoints):
+        ep = _endpoint(doc, ("endpoints", i), raw, file.parent, environ, dotenv)
+        if ep is None:
+            continue
+        if ep.path in endpoints:
+            doc.error(("endpoints", i, "path"), f"duplicate path {ep.path!r}")
+            continue
+        endpoints[ep.path] = ep
+        secrets_used.extend(hashlib.sha256(s).hexdigest() for s in ep.secrets)
+    if doc.errors:
+        return None
+    # The digest covers the text and the secrets' hashes, so a rotated secret in
+    # .env is a change even when config.yaml is untouched.
+    digest = hashlib.sha256("\0".join([text, *secrets_used]).encode()).hexdigest()
+    return Config(
+        file=file, listen=listen, max_body_bytes=max_body, spool_dir=file.parent / spool_dir,
+        max_workers=max_workers, max_queue=max_queue, request_timeout_s=request_timeout,
+        endpoints=endpoints, digest=digest[:16],
+    )
+
+
+def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str, str],
+              dotenv: Mapping[str, str]) -> Endpoint | None:
+    if not isinstance(raw, dict):
+        doc.error(path, f"an endpoint must be a mapping, got {_describe(raw)}")
+        return None
+    ep_path = doc.get(raw, path, "path", str, "", required=True)
+    if ep_path and (not ep_path.startswith("/") or "?" in ep_path or " " in ep_path):
+        doc.error(path + ("path",), f"must start with '/' and hold no query or spaces, got {ep_path!r}")
+    if ep_path in RESERVED_PATHS:
+        doc.error(path + ("path",), f"{ep_path} is reserved for health and metrics")
+    provider_name = doc.get(raw, path, "provider", str, "", required=True)
+    cls = PROVIDERS.get(provider_name)
+    if provider_name and cls is None:
+        doc.error(path + ("provider",), f"unknown provider {provider_name!r} (known: {', '.join(sorted(PROVIDERS))})")
+    allowed = ENDPOINT_KEYS | set(cls.options if cls else ())
+    doc.unknown_keys(raw, path, allowed)
+
+    options = {}
+    for key, opt in (cls.options.items() if cls else ()):
+        options[key] = doc.get(raw, path, key, opt.type, opt.default)
+
+    secret_env, secrets = _secrets(doc, path, raw, cls, environ, dotenv)
+    raw_routes = doc.get(raw, path, "routes", list, [], required=True)
+    routes: list[Route] = []
+    names: set[str] = set()
+    for j, raw_route in enumerate(raw_routes):
+        route = _route(doc, path + ("routes", j), raw_route, base, j)
+        if route is None:
+            continue
+        if route.name in names and "name" not in raw_route:
+            route = replace(route, name=f"{route.name}-{j}")
+        if route.name in names:
+            doc.error(path + ("routes", j, "name"), f"duplicate route name {route.name!r}")
+        names.add(route.name)
+        routes.append(route)
+    if cls is None or not ep_path:
+        return None
+    try:
+        provider = cls(**options)
+    except ValueError as e:  # a provider's own cross-option checks
+        doc.error(path, str(e))
+        return None
+    return Endpoint(path=ep_path, provider=provider, secret_env=secret_env, routes=tuple(routes), secrets=secrets)
+
+
+def _secrets(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | None,
+             environ: Mapping[str, str], dotenv: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+    value = raw.get("secret_env")
+    if value is None:
+        if cls is not None and cls.needs_secret:
+            doc.error(path, f"missing required key 'secret_env' (provider {cls.name!r} verifies signatures)")
+        return (), ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        doc.error(path + ("secret_env",), "must be an environment variable name or a non-empty list of them")
+        return (), ()
+    secrets = []
+    for k, name in enumerate(names):
+        where = path + ("secret_env",) + ((k,) if isinstance(value, list) else ())
+        if not ENV_NAME.match(name):
+            doc.error(where, f"not a valid environment variable name: {name!r}")
+            continue
+        secret = environ.get(name) or dotenv.get(name)
+        if not secret:
+            doc.error(where, f"secret {name} is not set in the environment or the env file")
+            continue
+        secrets.append(secret.encode("utf-8"))
+    return tuple(names), tuple(secrets)
+
+
+def _route(doc: _Doc, path: Path_, raw: Any, base: Path, index: int) -> Route | None:
+    if not isinstance(raw, dict):
+        doc.error(path, f"a route must be a mapping, got {_describe(raw)}")
+        return None
+    doc.unknown_keys(raw, path, ROUTE_KEYS)
+    event = doc.get(raw, path, "event", str, "", required=True)
+    when = doc.get(raw, path, "if", dict, {})
+    for key in when:
+        if not key or any(not part for part in key.split(".")):
+            doc.error(path + ("if", key), "must be a dotted payload path such as 'repository.full_name'")
+    argv = _argv(doc, path, raw, base)
+    timeout_s = doc.get(raw, path, "timeout_s", float, DEFAULT_TIMEOUT_S, minimum=0.001)
+    concurrency = doc.get(raw, path, "concurrency", int, None, minimum=1)
+    retries = doc.get(raw, path, "retries", int, DEFAULT_RETRIES, minimum=0)
+    env = _route_env(doc, path, raw)
+    default_name = Path(argv[0]).stem if argv else f"route{index}"
+    name = doc.get(raw, path, "name", str, default_name)
+    if not ROUTE_NAME.match(name):
+        doc.error(path + ("name",), f"must be 1-64 of [A-Za-z0-9._-], got {name!r}")
+    if not argv:
+        return None
+    return Route(name=name, event=event, when=tuple(when.items()), argv=argv, timeout_s=timeout_s,
+                 concurrency=concurrency, retries=retries, env=env)
+
+
+def _argv(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[str, ...]:
+    run = doc.get(raw, path, "run", (str, list), None, required=True)
+    if run is None:
+        return ()
+    items = [run] if isinstance(run, str) else run
+    if not items or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in items):
+        doc.error(path + ("run",), "must be a script path or a non-empty list of strings")
+        return ()
+    argv = [str(a) for a in items]
+    program = argv[0]
+    if "/" in program:
+        resolved = (base / program).resolve() if not os.path.isabs(program) else Path(program)
+        if not resolved.is_file():
+            hint = " (to pass arguments, write run as a list)" if isinstance(run, str) and " " in program else ""
+            doc.error(path + ("run",), f"no such file: {resolved}{hint}")
+            return ()
+        if not os.access(resolved, os.X_OK):
+            doc.error(path + ("run",), f"not executable: {resolved} (chmod +x it)")
+            return ()
+        argv[0] = str(resolved)
+    elif shutil.which(program) is None:
+        doc.error(path + ("run",), f"command not found on PATH: {program!r} (scripts need a path such as hooks/x.sh)")
+        return ()
+    return tuple(argv)
+
+
+def _route_env(doc: _Doc, path: Path_, raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    env = doc.get(raw, path, "env", dict, {})
+    out = []
+    for key, value in env.items():
+        if not ENV_NAME.match(key) or key.startswith("WEBHOOK_"):
+            doc.error(path + ("env", key), "must be a variable name not starting with WEBHOOK_")
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            doc.error(path + ("env", key), f"must be a string, got {_describe(value)}")
+        else:
+            out.append((key, str(value)))
+    return tuple(out)

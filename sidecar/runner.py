@@ -1,0 +1,147 @@
+"""Run one hook: payload on stdin, a clean environment, a deadline for the whole group."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+TAIL_BYTES = 4096
+KILL_GRACE_S = 5.0
+# After the script exits, its background children may hold stdout open; read
+# what they write for this long, then stop waiting for them.
+DRAIN_S = 0.5
+PASSED_THROUGH = ("PATH", "HOME", "LANG")
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int | None  # None when killed by a signal
+    timed_out: bool
+    duration_s: float
+    output_tail: str
+    error: str = ""  # the script could not be started
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def hook_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """PATH, HOME and LANG from the sidecar, then `extra`; nothing else leaks (no secrets)."""
+    base = os.environ if base is None else base
+    env = {k: base[k] for k in PASSED_THROUGH if k in base}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(extra)
+    return env
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    # Kill the process group, not just the shell: scripts start children
+    # (curl, git) that would outlive the timeout and hold the stdout pipe open.
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
+        cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S) -> Result:
+    """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(env), cwd=cwd, start_new_session=True, close_fds=True,
+        )
+    except OSError as e:
+        return Result(None, False, time.monotonic() - start, "", error=f"cannot start: {e.strerror}")
+    assert proc.stdin is not None and proc.stdout is not None
+    tail = bytearray()
+    timed_out = False
+    sel = selectors.DefaultSelector()
+    out_fd, in_fd = proc.stdout.fileno(), proc.stdin.fileno()
+    os.set_blocking(out_fd, False)
+    os.set_blocking(in_fd, False)
+    sel.register(out_fd, selectors.EVENT_READ, "out")
+    view, sent = memoryview(stdin), 0
+    if stdin:
+        sel.register(in_fd, selectors.EVENT_WRITE, "in")
+    else:
+        proc.stdin.close()
+    pidfd = _pidfd(proc.pid)
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+
+    deadline = start + timeout_s
+    stage = "run"  # run -> term -> kill on timeout; run -> drain when the script exits
+    try:
+        while True:
+            now = time.monotonic()
+            exited = proc.poll() is not None
+            reading = out_fd in sel.get_map()
+            if exited and not reading:
+                break
+            if exited and stage == "run":
+                stage, deadline = "drain", now + DRAIN_S
+            if now >= deadline:
+                if stage == "run":
+                    timed_out, stage, deadline = True, "term", now + kill_grace_s
+                    _signal_group(proc, signal.SIGTERM)
+                elif stage == "term":
+                    stage, deadline = "kill", now + 1.0
+                    _signal_group(proc, signal.SIGKILL)
+                else:
+                    break  # drained, or killed and a setsid'd grandchild still holds stdout
+                continue
+            wait = deadline - now
+            for key, _ in sel.select(wait if pidfd is not None else min(wait, 0.05)):
+                if key.data == "out":
+                    chunk = os.read(out_fd, 65536)
+                    if chunk:
+                        tail += chunk
+                        del tail[:-TAIL_BYTES]
+                    else:
+                        sel.unregister(out_fd)
+                elif key.data == "in":
+                    try:
+                        sent += os.write(in_fd, view[sent:sent + 65536])
+                    except BlockingIOError:
+                        pass
+                    except BrokenPipeError:
+                        sent = len(view)  # the script closed stdin early: its choice
+                    if sent >= len(view):
+                        sel.unregister(in_fd)
+                        proc.stdin.close()
+                else:
+                    sel.unregister(pidfd)  # the script exited: proc.poll() sees it next turn
+    finally:
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        proc.stdout.close()
+        if timed_out or proc.poll() is None:
+            # After a timeout nothing of the group may survive, even children
+            # that ignored SIGTERM after their shell died.
+            _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+    code = proc.returncode
+    return Result(
+        exit_code=code if code >= 0 else None,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - start,
+        output_tail=bytes(tail).decode("utf-8", "replace"),
+    )
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError):
+        return None

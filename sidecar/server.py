@@ -1,0 +1,299 @@
+"""HTTP only: framing, size limits, deadlines, and errors mapped to status codes.
+
+Everything about senders lives in providers, everything about routing in router;
+this module turns a request into a call of those and a SidecarError into a status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from . import logs, router
+from .config import Config
+from .errors import (
+    BadRequest,
+    LengthRequired,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    SidecarError,
+    Unavailable,
+)
+from .workers import Job, Workers
+
+SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SAFE_DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+HEALTH_PATHS = {"/healthz", "/readyz"}
+
+
+class SidecarServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer holding the live routing table and the worker pool."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], config: Config, workers: Workers) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self._config = config
+        self.workers = workers
+        self.draining = False
+        self._deadlines: dict[Handler, float] = {}
+        self._deadline_lock = threading.Lock()
+        super().__init__(address, Handler)
+        threading.Thread(target=self._reap, name="deadlines", daemon=True).start()
+
+    @property
+    def config(self) -> Config:
+        """The table a new request starts on; swapping it is one reference assignment."""
+        return self._config
+
+    def swap(self, config: Config) -> None:
+        self._config = config
+
+    @property
+    def is_ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        return True, "ok"
+
+    # Whole-request deadlines. A socket timeout only bounds one recv, so a client
+    # trickling a byte a second would hold its thread forever; the reaper shuts
+    # down the read side of any connection whose request is not in by its deadline.
+    def set_deadline(self, handler: Handler, seconds: float | None) -> None:
+        with self._deadline_lock:
+            if seconds is None:
+                self._deadlines.pop(handler, None)
+            else:
+                self._deadlines[handler] = time.monotonic() + seconds
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(0.2)
+            now = time.monotonic()
+            with self._deadline_lock:
+                late = [h for h, t in self._deadlines.items() if t <= now]
+                for h in late:
+                    del self._deadlines[h]
+            for h in late:
+                h.expire()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "webhook-sidecar"
+    sys_version = ""
+    # Headers and body are one write (see _respond), and no Nagle delay either.
+    disable_nagle_algorithm = True
+    server: SidecarServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.config.request_timeout_s
+        super().setup()
+        self.expired = False
+
+    def finish(self) -> None:
+        self.server.set_deadline(self, None)
+        super().finish()
+
+    def expire(self) -> None:
+        """Called by the reaper: the request missed its deadline; unblock the read."""
+        self.expired = True
+        try:
+            self.connection.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def handle_one_request(self) -> None:
+        # The deadline covers waiting for the request line, headers and body.
+        self.server.set_deadline(self, self.server.config.request_timeout_s)
+        self.request_id = uuid.uuid4().hex
+        self.started = time.monotonic()
+        self.fields: dict[str, Any] = {}
+        self.body_read = False
+        super().handle_one_request()
+        if self.expired:
+            self.close_connection = True
+            if not self.fields:  # nothing answered: dropped while reading headers
+                logs.warning("request.timeout", remote=self.client_address[0], reason="request deadline")
+
+    # --- dispatch -------------------------------------------------------------
+    def do_POST(self) -> None:
+        self._handle(self._post)
+
+    def do_GET(self) -> None:
+        self._handle(self._get)
+
+    def do_other(self) -> None:
+        self._handle(self._other)
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_other
+
+    def _handle(self, work: Callable[[Config], tuple[HTTPStatus, Any, str]]) -> None:
+        rid = self.headers.get("X-Request-Id", "")
+        self.request_id = rid if SAFE_TOKEN.match(rid) else self.request_id
+        config = self.server.config  # one read: this request finishes on this table
+        extra: dict[str, str] = {}
+        msg, level = "request", logs.info
+        try:
+            status, body, msg = work(config)
+            ctype = "application/json"
+            if isinstance(body, tuple):
+                body, ctype = body
+        except SidecarError as e:
+            status, body, extra = e.status, {"error": str(e)}, dict(e.headers)
+            ctype = "application/json"
+            unauthorized = status == HTTPStatus.UNAUTHORIZED
+            msg, level = ("delivery.rejected" if unauthorized else "request.rejected"), logs.warning
+            self.fields["reason"] = e.reason
+            if status not in (HTTPStatus.UNAUTHORIZED,):
+                self.fields["error"] = str(e)
+        except Exception:
+            status, body, ctype = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}, "application/json"
+            msg, level = "request.failed", logs.error
+            logs.error("request.exception", exc_info=True, request_id=self.request_id)
+        if self.path in HEALTH_PATHS and status == HTTPStatus.OK:
+            level = logs.debug  # probes every few seconds would drown the real events
+        if not self.body_read:
+            # The body was not consumed, so the connection cannot carry another request.
+            self.close_connection = True
+        self._respond(status, body, ctype, extra)
+        level(msg, request_id=self.request_id, remote=self.client_address[0], method=self.command,
+              path=self.path[:256], status=int(status), duration_ms=round((time.monotonic() - self.started) * 1000, 2),
+              **self.fields)
+
+    def _respond(self, status: HTTPStatus, body: Any, ctype: str, headers: dict[str, str]) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Request-Id", self.request_id)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        # One write for headers and body: end_headers() would flush the headers
+        # alone and leave the body to a second segment.
+        self._headers_buffer.append(b"\r\n" + (data if self.command != "HEAD" else b""))
+        self.flush_headers()
+
+    # --- routes ---------------------------------------------------------------
+    def _get(self, config: Config) -> tuple[HTTPStatus, Any, str]:
+        path = self.path.split("?", 1)[0]
+        self.body_read = not self.headers.get("Content-Length") and not self.headers.get("Transfer-Encoding")
+        if path == "/healthz":
+            return HTTPStatus.OK, {"status": "ok"}, "health"
+        if path == "/readyz":
+            ready, why = self.server.is_ready
+            if not ready:
+                raise Unavailable(f"not ready: {why}")
+            return HTTPStatus.OK, {"status": "ready", "config": config.digest}, "health"
+        router.endpoint_for(config, path)
+        raise MethodNotAllowed("POST")
+
+    def _other(self, config: Config) -> tuple[HTTPStatus, Any, str]:
+        path = self.path.split("?", 1)[0]
+        if path in HEALTH_PATHS:
+            raise MethodNotAllowed("GET")
+        router.endpoint_for(config, path)
+        raise MethodNotAllowed("POST")
+
+    def _post(self, config: Config) -> tuple[HTTPStatus, Any, str]:
+        path = self.path.split("?", 1)[0]
+        if path in HEALTH_PATHS:
+            raise MethodNotAllowed("GET")
+        endpoint = router.endpoint_for(config, path)
+        provider = endpoint.provider
+        self.fields.update(endpoint=endpoint.path, provider=provider.name)
+        length = self._content_length(config.max_body_bytes)
+        if self.server.draining:
+            raise Unavailable("shutting down")
+        body = self._read_body(length)
+        self.server.set_deadline(self, None)
+        self.fields["bytes"] = len(body)
+
+        # Signature first, on the raw bytes; nothing is parsed before it holds.
+        provider.verify(self.headers, body, endpoint.secrets, time.time())
+        payload = provider.parse(self.headers, body)
+        event = provider.event(self.headers, payload)
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in event):
+            raise BadRequest("event type holds control characters", reason="invalid_event")
+        given = provider.delivery(self.headers, payload)
+        delivery = given if isinstance(given, str) and SAFE_DELIVERY.match(given) else uuid.uuid4().hex
+        self.fields.update(event=event, delivery=delivery)
+
+        reply = provider.reply(event, payload)
+        if reply is not None:
+            return HTTPStatus.OK, (reply.body, reply.content_type), "delivery.answered"
+        routes = router.match(endpoint, event, payload)
+        if not routes:
+            return HTTPStatus.OK, {"status": "ignored", "delivery": delivery}, "delivery.ignored"
+        cwd = str(config.base_dir)
+        jobs = [Job(delivery=delivery, endpoint=endpoint.path, provider=provider.name, event=event,
+                    route=r, body=body, request_id=self.request_id, cwd=cwd) for r in routes]
+        self.server.workers.submit(jobs)
+        names = [r.name for r in routes]
+        self.fields["routes"] = names
+        return HTTPStatus.OK, {"status": "accepted", "delivery": delivery, "routes": names}, "delivery.accepted"
+
+    # --- framing --------------------------------------------------------------
+    def _content_length(self, limit: int) -> int:
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise LengthRequired("chunked or other transfer codings are not accepted; send Content-Length")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            raise LengthRequired("Content-Length required")
+        if len(set(v.strip() for v in values)) != 1 or not values[0].strip().isdigit():
+            raise BadRequest("invalid Content-Length", reason="bad_length")
+        length = int(values[0].strip())
+        if length > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes", reason="too_large")
+        return length
+
+    def _read_body(self, length: int) -> bytes:
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            self.close_connection = True
+            if self.expired:
+                raise SidecarError("request timeout", reason="timeout")
+            raise BadRequest("body shorter than Content-Length", reason="short_body")
+        self.body_read = True
+        return body
+
+    # --- stdlib hooks -----------------------------------------------------------
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors raised by the stdlib parser (bad request line, huge headers): small JSON too."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        self.fields = {"reason": "malformed_request", "error": message or status.phrase}
+        body = json.dumps({"error": (message or status.phrase)[:200]}).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Request-Id", self.request_id)
+            self.send_header("Connection", "close")
+            self._headers_buffer.append(b"\r\n" + (body if self.command != "HEAD" else b""))
+            self.flush_headers()
+        except OSError:
+            pass
+        logs.warning("request.rejected", request_id=self.request_id, remote=self.client_address[0],
+                     status=int(status), reason="malformed_request", error=(message or status.phrase)[:200])
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logs.debug("http", detail=(format % args)[:300], remote=self.client_address[0])
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # every request gets one JSON line from _handle instead

@@ -1,0 +1,195 @@
+"""A real sidecar in a subprocess (`python -m sidecar serve`) on an ephemeral port.
+
+Tests talk HTTP to it and read its JSON log lines from stdout; hook scripts in
+tests/scripts record what they received into a temp dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SECRET = "It's a Secret to Everybody"
+
+
+def github_signature(body: bytes, secret: str = SECRET) -> str:
+    """Computed here, independently of sidecar.providers, as GitHub documents it."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll until predicate() is truthy; return its value or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Sidecar:
+    proc: subprocess.Popen[str]
+    port: int = 0
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    _lines: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            try:
+                self.logs.append(json.loads(line))
+            except ValueError:
+                self.logs.append({"msg": "(not json)", "line": line})
+            self._lines.put(line)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 10) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Response:
+        return self.request("POST", path, body, headers)
+
+    def deliver(self, body: bytes, event: str = "push", delivery: str | None = None, path: str = "/webhook",
+                secret: str = SECRET, extra: dict[str, str] | None = None) -> Response:
+        """POST a correctly signed GitHub delivery."""
+        headers = {"Content-Type": "application/json", "X-GitHub-Event": event,
+                   "X-Hub-Signature-256": github_signature(body, secret)}
+        if delivery:
+            headers["X-GitHub-Delivery"] = delivery
+        headers.update(extra or {})
+        return self.post(path, body, headers)
+
+    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+        """The first log line (seen so far or arriving within `timeout`) that satisfies predicate."""
+        return wait_for(lambda: next((e for e in list(self.logs) if predicate(e)), None), timeout)
+
+    def find_logs(self, msg: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.logs) if e.get("msg") == msg]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_sidecar(config: Path, *args: str, env: dict[str, str] | None = None,
+                  ready_timeout: float = 15.0) -> Sidecar:
+    """Start `python -m sidecar serve` and wait for its server.listening line."""
+    full_env = {**os.environ, "WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "sidecar", "serve", "--config", str(config),
+           "--listen", "127.0.0.1:0", "--log-level", "debug", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=full_env, cwd=ROOT)
+    sidecar = Sidecar(proc)
+    threading.Thread(target=sidecar._read, daemon=True).start()
+
+    def listening() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"sidecar exited {proc.returncode}:\n{''.join(sidecar.raw)}")
+        return next((e for e in list(sidecar.logs) if e.get("msg") == "server.listening"), None)
+
+    sidecar.port = wait_for(listening, ready_timeout)["port"]
+    return sidecar
+
+
+def write_config(directory: Path, text: str) -> Path:
+    """Write config.yaml into `directory`; {scripts} and {out} expand to the test's paths."""
+    out = directory / "out"
+    out.mkdir(exist_ok=True)
+    path = directory / "config.yaml"
+    path.write_text(textwrap.dedent(text).format(scripts=SCRIPTS, out=out))
+    return path
+
+
+@pytest.fixture
+def sidecars() -> Iterator[Callable[..., Sidecar]]:
+    """Factory for sidecars that are all stopped (SIGKILL if need be) after the test."""
+    started: list[Sidecar] = []
+
+    def start(config: Path, *args: str, **kwargs: Any) -> Sidecar:
+        s = start_sidecar(config, *args, **kwargs)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(10)
+        if s.proc.stdout:
+            s.proc.stdout.close()
+
+
+BASIC = """
+    max_body_bytes: 4096
+    request_timeout_s: 2
+    endpoints:
+      - path: /webhook
+        provider: github
+        secret_env: WEBHOOK_SECRET
+        routes:
+          - event: push
+            name: main_push
+            if: {{ref: refs/heads/main}}
+            run: {scripts}/record.sh
+            env: {{OUT: {out}}}
+          - event: "*"
+            name: every
+            run: {scripts}/record.sh
+            env: {{OUT: {out}}}
+          - event: release
+            name: released
+            if: {{action: published, release.draft: false}}
+            run: {scripts}/record.sh
+            env: {{OUT: {out}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar, Path]]:
+    """One shared sidecar with the BASIC table; yields (sidecar, hook output dir)."""
+    directory = tmp_path_factory.mktemp("basic")
+    sidecar = start_sidecar(write_config(directory, BASIC))
+    yield sidecar, directory / "out"
+    sidecar.stop(signal.SIGKILL)
+    if sidecar.proc.stdout:
+        sidecar.proc.stdout.close()

@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "going to fail" >&2
+exit 3

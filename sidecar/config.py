@@ -96,7 +96,7 @@ class _Doc:
     def __init__(self, file: Path, text: str) -> None:
         self.file = file
         self.lines: dict[Path_, int] = {}
-        self.errors: list[str] = []
+        self.errors: list[tuple[int, str]] = []
         self._construct = yaml.constructor.SafeConstructor()
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -104,7 +104,7 @@ class _Doc:
             mark = getattr(e, "problem_mark", None)
             line = mark.line + 1 if mark else 1
             problem = getattr(e, "problem", None) or str(e)
-            self.errors.append(f"{file}:{line}: (yaml): {problem}")
+            self.errors.append((line, f"{file}:{line}: (yaml): {problem}"))
             self.data: Any = None
             return
         self.data = self._walk(node, ()) if node is not None else None
@@ -134,7 +134,8 @@ class _Doc:
         return self.lines.get(path, 1)
 
     def error(self, path: Path_, message: str, line: int | None = None) -> None:
-        self.errors.append(f"{self.file}:{line or self.line(path)}: {_key_path(path)}: {message}")
+        line = line or self.line(path)
+        self.errors.append((line, f"{self.file}:{line}: {_key_path(path)}: {message}"))
 
     # Typed getters: each reports a wrong type and returns the default.
     def get(self, obj: Mapping[str, Any], path: Path_, key: str, kind: type | tuple[type, ...],
@@ -188,9 +189,11 @@ def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None =
     environ = os.environ if environ is None else environ
     dotenv = _read_env_file(Path(env_file)) if env_file else {}
     doc = _Doc(file, text)
-    config = _build(doc, file, text, environ, dotenv) if not doc.errors else None
+    # Build even after YAML-level errors (duplicate keys) so every problem is reported at once.
+    config = _build(doc, file, text, environ, dotenv) if doc.data is not None else None
     if doc.errors or config is None:
-        raise ConfigError(doc.errors or [f"{file}:1: (file): empty"])
+        found = [text for _, text in sorted(doc.errors, key=lambda e: e[0])]
+        raise ConfigError(found or [f"{file}:1: (file): empty"])
     return config
 
 

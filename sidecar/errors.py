@@ -44,6 +44,12 @@ class LengthRequired(SidecarError):
     status = HTTPStatus.LENGTH_REQUIRED
 
 
+class RequestTimeout(SidecarError):
+    """The request (line, headers and body) was not complete by its deadline."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
 class PayloadTooLarge(SidecarError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from .errors import (
     LengthRequired,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     SidecarError,
     Unavailable,
 )
@@ -51,6 +53,14 @@ class SidecarServer(ThreadingHTTPServer):
         self._deadline_lock = threading.Lock()
         super().__init__(address, Handler)
         threading.Thread(target=self._reap, name="deadlines", daemon=True).start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints tracebacks to stderr; keep to one JSON line, quiet for dropped peers."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            logs.debug("connection.dropped", remote=client_address[0], error=type(exc).__name__)
+        else:
+            logs.error("connection.failed", exc_info=True, remote=client_address[0])
 
     @property
     def config(self) -> Config:
@@ -260,11 +270,14 @@ class Handler(BaseHTTPRequestHandler):
         return length
 
     def _read_body(self, length: int) -> bytes:
-        body = self.rfile.read(length) if length else b""
+        try:
+            body = self.rfile.read(length) if length else b""
+        except TimeoutError:  # the socket timeout fired before the reaper did
+            body, self.expired = b"", True
         if len(body) != length:
             self.close_connection = True
             if self.expired:
-                raise SidecarError("request timeout", reason="timeout")
+                raise RequestTimeout("request not complete within the deadline", reason="timeout")
             raise BadRequest("body shorter than Content-Length", reason="short_body")
         self.body_read = True
         return body

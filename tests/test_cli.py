@@ -1,0 +1,142 @@
+"""The command line as a user runs it: check, sign, send, serve, signals."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import ROOT, SECRET, Sidecar, write_config
+
+GITHUB_VECTOR_BODY = b"Hello, World!"
+# https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries#testing-the-webhook-payload-validation
+GITHUB_VECTOR_SIG = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+
+
+def cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], input=stdin, capture_output=True, timeout=30,
+                          env={**os.environ, "WEBHOOK_SECRET": SECRET, **(env or {})}, cwd=cwd)
+
+
+def test_check_accepts_the_example_config() -> None:
+    result = cli("check", "--config", "config.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("config.yaml: ok (1 endpoint(s), 2 route(s), hash ")
+
+
+def test_check_lists_every_error_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "config.yaml"
+    bad.write_text("endpoints:\n  - path: /x\n    provider: github\n    secret_env: MISSING_ONE\n    routes:\n"
+                   "      - event: push\n        run: nope.sh\n")
+    result = cli("check", "--config", str(bad))
+    assert result.returncode == 1
+    assert result.stdout.decode().splitlines() == [
+        f"{bad}:4: endpoints[0].secret_env: secret MISSING_ONE is not set in the environment or the env file",
+        f"{bad}:7: endpoints[0].routes[0].run: command not found on PATH: 'nope.sh' (scripts need a path such as"
+        " hooks/x.sh)",
+        f"{bad}: 2 error(s)",
+    ]
+
+
+def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
+    bad = tmp_path / "config.yaml"
+    bad.write_text("endpoints: []\n")
+    result = cli("serve", "--config", str(bad), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert f"{bad}:1: endpoints: needs at least one endpoint" in result.stderr.decode()
+
+
+def test_secret_from_the_env_file_in_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ONLY_IN_FILE=abc\n")
+    config = tmp_path / "config.yaml"
+    config.write_text("endpoints:\n  - {path: /x, provider: github, secret_env: ONLY_IN_FILE, routes: []}\n")
+    assert cli("check", "--config", "config.yaml", cwd=tmp_path).returncode == 0
+    assert cli("check", "--config", "config.yaml", "--env-file", "other.env", cwd=tmp_path).returncode == 1
+
+
+def test_sign_prints_the_github_headers() -> None:
+    result = cli("sign", "--provider", "github", "--event", "push", "--delivery", "d-1",
+                 stdin=GITHUB_VECTOR_BODY)
+    assert result.returncode == 0
+    lines = result.stdout.decode().splitlines()
+    assert f"X-Hub-Signature-256: {GITHUB_VECTOR_SIG}" in lines
+    assert "X-GitHub-Event: push" in lines and "X-GitHub-Delivery: d-1" in lines
+
+
+def test_sign_without_the_secret_fails_clearly() -> None:
+    result = cli("sign", "--provider", "github", "--secret-env", "NOT_SET_ANYWHERE")
+    assert result.returncode == 1
+    assert b"secret NOT_SET_ANYWHERE is not set" in result.stderr
+
+
+def test_github_documented_vector_passes_verification(basic: tuple[Sidecar, Path]) -> None:
+    sidecar, _ = basic
+    headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": GITHUB_VECTOR_SIG}
+    # Verified (the secret is GitHub's example secret), then refused as not JSON: 400, not 401.
+    assert sidecar.post("/webhook", GITHUB_VECTOR_BODY, headers).status == 400
+    assert sidecar.post("/webhook", b"Hello, World?", headers).status == 401
+
+
+def test_send_posts_a_signed_delivery(basic: tuple[Sidecar, Path], tmp_path: Path) -> None:
+    sidecar, _ = basic
+    payload = tmp_path / "push.json"
+    payload.write_bytes(b'{"ref": "refs/heads/main"}')
+    result = cli("send", f"http://127.0.0.1:{sidecar.port}/webhook", str(payload), "--provider", "github",
+                 "--event", "push", "--delivery", "sent-1")
+    assert result.returncode == 0, result.stderr
+    first, body = result.stdout.decode().split("\n", 1)
+    assert first == "200 OK"
+    assert '"delivery":"sent-1"' in body and '"routes":["main_push","every"]' in body
+    wrong = cli("send", f"http://127.0.0.1:{sidecar.port}/webhook", str(payload), "--provider", "github",
+                env={"WEBHOOK_SECRET": "wrong"})
+    assert wrong.returncode == 1 and wrong.stdout.decode().startswith("401 Unauthorized")
+
+
+def test_sigterm_stops_with_exit_0_after_running_hooks_finish(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, """
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_env: WEBHOOK_SECRET
+            routes:
+              - event: "*"
+                run: {scripts}/slow.sh
+                env: {{OUT: {out}, SLEEP: "1"}}
+    """)
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b"{}", delivery="last").status == 200
+    sidecar.wait_log(lambda e: e.get("msg") == "delivery.accepted")
+    assert sidecar.stop(signal.SIGTERM) == 0
+    assert (tmp_path / "out" / "last.done").exists()
+    stopped = sidecar.wait_log(lambda e: e.get("msg") == "server.stopped")
+    assert stopped["drained"] is True
+    assert sidecar.find_logs("server.draining")[0]["reason"] == "SIGTERM"
+
+
+def test_every_log_line_is_one_json_object(basic: tuple[Sidecar, Path]) -> None:
+    sidecar, _ = basic
+    import socket
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as sock:
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nContent-Length: 2\r\nX-GitHub-Event: a\x00b\x1b[31m\r\n"
+                     b"X-Request-Id: x\x85y\r\n\r\n{}")
+        assert sock.recv(100).startswith(b"HTTP/1.1 401 ")
+    sidecar.request("GET", "/nope%0a%7b%22msg%22")
+    sidecar.wait_log(lambda e: e.get("path", "").startswith("/nope"))
+    for line in sidecar.raw:
+        assert line.startswith("{") and line.endswith("}\n") and "\n" not in line[:-1], "".join(sidecar.raw)
+    assert all({"ts", "level", "msg"} <= set(e) for e in sidecar.logs)
+    assert not any(SECRET in line for line in sidecar.raw)
+
+
+def test_payload_and_signature_never_logged(basic: tuple[Sidecar, Path]) -> None:
+    sidecar, _ = basic
+    body = b'{"ref": "refs/heads/main", "marker": "PAYLOAD-MARKER-7f3a"}'
+    sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    sidecar.deliver(body, delivery="no-leak")
+    sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("delivery") == "no-leak")
+    assert not any("PAYLOAD-MARKER" in line or sig in line for line in sidecar.raw)

@@ -1,0 +1,127 @@
+"""Hooks as real processes: stdin, environment, exit codes, timeouts that kill the whole group."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from sidecar import runner
+
+from .conftest import SCRIPTS, Sidecar, wait_for, write_config
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purpose.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_stdin_is_byte_identical_and_large_payloads_pass(tmp_path: Path) -> None:
+    payload = os.urandom(3 * 1024 * 1024)  # more than any pipe buffer, binary
+    env = runner.hook_env({"OUT": str(tmp_path), "WEBHOOK_DELIVERY": "d", "WEBHOOK_ROUTE": "r"})
+    result = runner.run([str(SCRIPTS / "record.sh")], payload, env, timeout_s=20)
+    assert result.ok, result
+    assert (tmp_path / "d.r.body").read_bytes() == payload
+
+
+def test_exit_code_and_output_tail() -> None:
+    result = runner.run([str(SCRIPTS / "exit3.sh")], b"", runner.hook_env({}), timeout_s=5)
+    assert (result.exit_code, result.timed_out, result.ok) == (3, False, False)
+    assert result.output_tail == "going to fail\n"
+    noisy = runner.run([str(SCRIPTS / "noisy.sh")], b"x" * 100, runner.hook_env({}), timeout_s=10)
+    assert noisy.ok
+    assert len(noisy.output_tail.encode()) == runner.TAIL_BYTES
+    assert noisy.output_tail.endswith("line 1999 of noise\nTHE-END\n")
+
+
+def test_script_that_does_not_read_stdin_still_succeeds() -> None:
+    result = runner.run(["/bin/sh", "-c", "echo done"], b"x" * 2_000_000, runner.hook_env({}), timeout_s=5)
+    assert result.ok and result.output_tail == "done\n"
+
+
+def test_missing_program_is_an_error_not_an_exception(tmp_path: Path) -> None:
+    result = runner.run([str(tmp_path / "gone.sh")], b"", runner.hook_env({}), timeout_s=5)
+    assert not result.ok and result.exit_code is None and "cannot start" in result.error
+
+
+def test_timeout_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = runner.run([str(SCRIPTS / "stubborn.sh")], b"", runner.hook_env({"OUT": str(tmp_path)}),
+                        timeout_s=0.5, kill_grace_s=0.5)
+    elapsed = time.monotonic() - start
+    assert result.timed_out and not result.ok and result.exit_code is None
+    assert elapsed < 3
+    for name in ("parent.pid", "child.pid"):
+        pid = int((tmp_path / name).read_text())
+        wait_for(lambda pid=pid: not alive(pid), timeout=2)
+
+
+def test_background_child_does_not_hold_the_run(tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = runner.run(["/bin/sh", "-c", "sleep 5 & echo started"], b"", runner.hook_env({}), timeout_s=10)
+    assert result.ok and result.output_tail == "started\n"
+    assert time.monotonic() - start < 2
+
+
+def test_hook_env_holds_only_the_allowed_variables() -> None:
+    env = runner.hook_env({"A": "1"}, base={"PATH": "/bin", "HOME": "/h", "LANG": "C", "WEBHOOK_SECRET": "x",
+                                            "AWS_SECRET_ACCESS_KEY": "y"})
+    assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C", "A": "1"}
+
+
+def test_hook_gets_exactly_the_documented_environment(basic: tuple[Sidecar, Path]) -> None:
+    sidecar, out = basic
+    delivery = str(uuid.uuid4())
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    resp = sidecar.deliver(body, delivery=delivery, extra={"X-Request-Id": "req-1"})
+    assert resp.status == 200
+    env_file = out / f"{delivery}.main_push.env"
+    wait_for(env_file.exists)
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    env.pop("PWD", None)  # the shell sets these itself
+    env.pop("SHLVL", None)
+    env.pop("_", None)
+    assert env == {
+        "PATH": os.environ["PATH"], "HOME": os.environ["HOME"], **({"LANG": os.environ["LANG"]}
+                                                                   if "LANG" in os.environ else {}),
+        "OUT": str(out), "WEBHOOK_EVENT": "push", "WEBHOOK_DELIVERY": delivery, "WEBHOOK_PROVIDER": "github",
+        "WEBHOOK_ENDPOINT": "/webhook", "WEBHOOK_ROUTE": "main_push", "WEBHOOK_ATTEMPT": "1",
+        "WEBHOOK_REQUEST_ID": "req-1",
+    }
+    assert "It's a Secret" not in env_file.read_text()
+
+
+def test_server_times_out_a_stubborn_hook_and_logs_it(tmp_path: Path, sidecars) -> None:
+    """Through the server with the real 5 s SIGTERM->SIGKILL grace."""
+    config = write_config(tmp_path, """
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_env: WEBHOOK_SECRET
+            routes:
+              - event: "*"
+                run: {scripts}/stubborn.sh
+                timeout_s: 0.5
+                env: {{OUT: {out}}}
+              - event: "*"
+                run: {scripts}/exit3.sh
+    """)
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b"{}", delivery="stuck").status == 200
+    failed = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "exit3")
+    assert (failed["outcome"], failed["exit_code"], failed["level"]) == ("failed", 3, "warning")
+    assert failed["output_tail"] == "going to fail\n"
+    line = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "stubborn", timeout=10)
+    assert line["outcome"] == "timeout" and line["delivery"] == "stuck"
+    assert 5000 <= line["duration_ms"] < 8000
+    for name in ("parent.pid", "child.pid"):
+        assert not alive(int((tmp_path / "out" / name).read_text()))

@@ -101,9 +101,9 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
 def _headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
     try:
         provider = PROVIDERS[args.provider](**_provider_options(args))
+        return provider.sign(body, _secret(args), time.time(), event=args.event, delivery=args.delivery)
     except ValueError as e:
         raise SystemExit(f"webhook-sidecar: {e}") from e
-    return provider.sign(body, _secret(args), time.time(), event=args.event, delivery=args.delivery)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -310,7 +310,12 @@ def _secrets(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | 
         if not secret:
             doc.error(where, f"secret {name} is not set in the environment or the env file")
             continue
-        secrets.append(secret.encode("utf-8"))
+        secret_b = secret.encode("utf-8")
+        problem = cls.secret_problem(secret_b) if cls is not None else None
+        if problem:
+            doc.error(where, f"secret {name} {problem}")
+            continue
+        secrets.append(secret_b)
     return tuple(names), tuple(secrets)
 
 
@@ -350,7 +355,10 @@ def _argv(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[str,
     argv = [str(a) for a in items]
     program = argv[0]
     if "/" in program:
-        resolved = (base / program).resolve() if not os.path.isabs(program) else Path(program)
+        # abspath, not resolve(): on a ConfigMap volume the script is reached through
+        # the ..data symlink, and the timestamped directory behind it is deleted on
+        # the next update. Keep the path that survives updates.
+        resolved = Path(os.path.abspath(base / program))
         if not resolved.is_file():
             hint = " (to pass arguments, write run as a list)" if isinstance(run, str) and " " in program else ""
             doc.error(path + ("run",), f"no such file: {resolved}{hint}")

@@ -1,0 +1,67 @@
+# webhook-sidecar image: a small, non-root image that runs `webhook-sidecar serve`.
+#
+#   docker build -t webhook-sidecar:0.1.0 .
+#   docker run --rm --read-only -p 8080:8080 \
+#     -v "$PWD/deploy:/etc/webhook-sidecar:ro" -v webhook-spool:/var/lib/webhook-sidecar \
+#     --tmpfs /tmp -e WEBHOOK_SECRET=change-me webhook-sidecar:0.1.0
+#
+# The routing table is expected at /etc/webhook-sidecar/config.yaml (a ConfigMap mount in Kubernetes, see
+# helm/webhook-sidecar); its spool_dir should be /var/lib/webhook-sidecar, the only place the app writes.
+# To add tools your hooks need (git, curl, jq, kubectl), build FROM this image: see docs/kubernetes.md.
+
+# ---- build: turn the source into wheels (the package and its dependencies); tests never enter the image
+FROM python:3.11-slim-bookworm AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+# .dockerignore lets in only what the wheel is built from: pyproject.toml, README.md and sidecar/.
+COPY pyproject.toml README.md ./
+COPY sidecar/ sidecar/
+RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && python -m venv --without-pip /opt/webhook-sidecar \
+ && pip --python /opt/webhook-sidecar/bin/python install --no-cache-dir --no-index --find-links /wheels \
+        /wheels/webhook_sidecar-*.whl \
+ && /opt/webhook-sidecar/bin/webhook-sidecar --version
+
+# ---- runtime: the slim Python base, tini, the virtual environment from the build stage, nothing else
+FROM python:3.11-slim-bookworm
+
+# tini is PID 1: it forwards SIGTERM to the sidecar and reaps the orphaned children of hook scripts
+# (a hook's background `git` or `curl` whose shell already exited), which the kernel hands to PID 1.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+ && rm -rf /var/lib/apt/lists/*
+
+# A fixed numeric user, so Kubernetes can check runAsNonRoot without reading /etc/passwd. Its home is /tmp,
+# the one writable scratch place beside the spool when the root filesystem is read-only.
+RUN groupadd --system --gid 10001 webhook \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+        --shell /usr/sbin/nologin webhook \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/webhook-sidecar \
+ && install -d -m 0755 /etc/webhook-sidecar
+
+COPY --from=build /opt/webhook-sidecar /opt/webhook-sidecar
+
+# PYTHONDONTWRITEBYTECODE: no __pycache__ writes (the root filesystem may be read-only; the wheel's modules
+# were byte-compiled at install). PYTHONUNBUFFERED: each JSON log line reaches `kubectl logs` at once.
+# SIDECAR_CONFIG lets `webhook-sidecar check` (kubectl exec ... -- webhook-sidecar check) find the same file.
+ENV PATH=/opt/webhook-sidecar/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    LANG=C.UTF-8 \
+    SIDECAR_CONFIG=/etc/webhook-sidecar/config.yaml
+
+USER 10001:10001
+# The working directory is the (read-only) config directory: `./.env` beside config.yaml is found as with
+# `make run`, and nothing a hook writes to /tmp can become the sidecar's environment at its next start.
+WORKDIR /etc/webhook-sidecar
+VOLUME ["/var/lib/webhook-sidecar"]
+EXPOSE 8080
+# SIGTERM starts the drain: /readyz turns 503, running hooks get --grace (SIDECAR_GRACE, default 25) seconds.
+STOPSIGNAL SIGTERM
+
+ENTRYPOINT ["/usr/bin/tini", "--", "webhook-sidecar"]
+CMD ["serve", "--config", "/etc/webhook-sidecar/config.yaml", "--listen", "0.0.0.0:8080"]

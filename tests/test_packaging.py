@@ -1,0 +1,243 @@
+"""The container as Kubernetes runs it, without a container engine: the Dockerfile's own command, the chart's
+default config.yaml and hook scripts laid out as the kubelet lays out a ConfigMap volume, the image's and the
+chart's environment. tools/check-packaging.sh checks the chart itself (schema, render, lint) and the Dockerfile.
+
+Paths of the image (/etc/webhook-sidecar, /var/lib/webhook-sidecar, /tmp) are mapped into a temp dir, the
+listen address becomes 127.0.0.1:0, and `webhook-sidecar` is this venv's console script; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ROOT, SECRET, Sidecar, wait_for
+
+CHART = ROOT / "helm" / "webhook-sidecar"
+CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
+IMAGE_DIRS = (CONFIG_DIR, SPOOL_DIR, "/tmp")
+PUSH_TO_MAIN = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/web"}}).encode()
+
+
+def _dockerfile_facts() -> Any:
+    spec = importlib.util.spec_from_file_location("dockerfile_facts", ROOT / "tools" / "dockerfile_facts.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+STAGE = _dockerfile_facts().final_stage(ROOT / "Dockerfile")
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+class Image:
+    """The image's filesystem, as far as the sidecar touches it, under a temp dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for directory in IMAGE_DIRS:
+            self.path(directory).mkdir(parents=True)
+        self.generation = 0
+
+    def path(self, image_path: str) -> Path:
+        return self.root / image_path.lstrip("/")
+
+    def map(self, text: str) -> str:
+        """Image paths in `text` (an argument, a config file) -> their place under the temp dir."""
+        # One pass, and only where a path starts: the temp dir itself may lie under /tmp.
+        pattern = r"(?<![\w/.-])(" + "|".join(map(re.escape, IMAGE_DIRS)) + r")(?![\w.-])"
+        return re.sub(pattern, lambda m: str(self.path(m.group(1))), text)
+
+    def configmap(self, files: dict[str, str]) -> None:
+        """Write `files` (config.yaml's image paths mapped) as the kubelet's atomic writer does: a new
+        ..<timestamp> directory, its files with the volume's defaultMode (0755), the ..data symlink swapped to
+        it by rename, one symlink per key; then the previous ..<timestamp> directory is deleted."""
+        volume = self.path(CONFIG_DIR)
+        self.generation += 1
+        stamp = volume / f"..2024_01_01_00_00_0{self.generation}.000000001"
+        stamp.mkdir()
+        for name, text in files.items():
+            (stamp / name).write_text(self.map(text) if name == "config.yaml" else text)
+            (stamp / name).chmod(0o755)
+        data, data_tmp = volume / "..data", volume / "..data_tmp"
+        old = data.resolve() if data.is_symlink() else None
+        data_tmp.symlink_to(stamp.name)
+        data_tmp.rename(data)
+        for name in files:
+            if not (volume / name).is_symlink():
+                (volume / name).symlink_to(f"..data/{name}")
+        if old:
+            shutil.rmtree(old)
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every file and directory outside the writable volumes, with its content."""
+        writable = [self.path(d) for d in (SPOOL_DIR, "/tmp")]
+        return {str(p.relative_to(self.root)): (p.read_bytes() if p.is_file() else b"")
+                for p in sorted(self.root.rglob("*"))
+                if not any(p == w or w in p.parents for w in writable)}
+
+
+def chart_files(values: dict[str, Any]) -> dict[str, str]:
+    """The ConfigMap's data as the chart builds it: config.yaml plus one key per hook."""
+    return {"config.yaml": values["config"], **values["hooks"]}
+
+
+def image_command(image: Image) -> list[str]:
+    argv = [image.map(a) for a in STAGE.app_argv]
+    assert argv[0] == "webhook-sidecar", f"the image runs {STAGE.argv}"
+    script = Path(sys.executable).with_name("webhook-sidecar")
+    argv[:1] = [str(script)] if script.exists() else [sys.executable, "-m", "sidecar"]
+    listen = argv.index("--listen")
+    argv[listen + 1] = "127.0.0.1:0"
+    return argv
+
+
+def container_env(image: Image) -> dict[str, str]:
+    """The image's ENV, the chart's container env, and the variables its Secret would inject."""
+    env = {name: image.map(value) for name, value in STAGE.env.items() if name != "PATH"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+    env["SIDECAR_GRACE"] = str(VALUES["drain"]["graceSeconds"])
+    env["SIDECAR_LOG_LEVEL"] = VALUES["logLevel"]
+    env.update(dict.fromkeys(secret_names(VALUES), SECRET))
+    return env
+
+
+def secret_names(values: dict[str, Any]) -> set[str]:
+    """The keys of the chart's Secret: every secret_env of the table, and those given in secrets.values."""
+    names = set(values["secrets"]["values"])
+    for endpoint in yaml.safe_load(values["config"])["endpoints"]:
+        secret_env = endpoint.get("secret_env") or []
+        names.update([secret_env] if isinstance(secret_env, str) else secret_env)
+    return names
+
+
+def start(image: Image) -> Sidecar:
+    """Start the image's command as the container would; wait for its server.listening line."""
+    proc = subprocess.Popen(image_command(image), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=container_env(image), cwd=image.path(STAGE.workdir))
+    sidecar = Sidecar(proc)
+    threading.Thread(target=sidecar._read, daemon=True).start()
+
+    def listening() -> dict[str, Any] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"the image's command exited {proc.returncode}:\n{''.join(sidecar.raw)}")
+        return next((e for e in list(sidecar.logs) if e.get("msg") == "server.listening"), None)
+
+    try:
+        sidecar.port = wait_for(listening, 15)["port"]
+    except BaseException:
+        stop(sidecar)
+        raise
+    return sidecar
+
+
+def stop(sidecar: Sidecar) -> None:
+    if sidecar.proc.poll() is None:
+        sidecar.proc.kill()
+        sidecar.proc.wait(10)
+    if sidecar.proc.stdout:
+        sidecar.proc.stdout.close()
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Image:
+    image = Image(tmp_path / "image")
+    image.configmap(chart_files(VALUES))
+    return image
+
+
+@pytest.fixture
+def container(image: Image) -> Iterator[Sidecar]:
+    sidecar = start(image)
+    yield sidecar
+    stop(sidecar)
+
+
+def hook_runs(sidecar: Sidecar, delivery: str, routes: int = 2) -> dict[str, dict[str, Any]]:
+    """The hook.finished lines of `delivery` by route, once all `routes` of the default table have run."""
+    def finished() -> dict[str, dict[str, Any]] | None:
+        runs = {e["route"]: e for e in sidecar.find_logs("hook.finished") if e.get("delivery") == delivery}
+        return runs if len(runs) == routes else None
+
+    return wait_for(finished)
+
+
+def test_the_dockerfile_runs_the_sidecar_under_an_init_on_port_8080() -> None:
+    assert STAGE.entrypoint[:2] == ["/usr/bin/tini", "--"], "PID 1 must reap the orphans of hook scripts"
+    assert STAGE.app_argv == ["webhook-sidecar", "serve", "--config", f"{CONFIG_DIR}/config.yaml",
+                              "--listen", "0.0.0.0:8080"]
+    assert STAGE.expose == ["8080"] and STAGE.stopsignal == "SIGTERM"
+    assert STAGE.user.split(":")[0].isdigit() and int(STAGE.user.split(":")[0]) != 0
+    assert STAGE.env["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+def test_the_image_command_serves_the_chart_default_config(container: Sidecar) -> None:
+    assert container.request("GET", "/healthz").status == 200
+    ready = container.request("GET", "/readyz")
+    assert ready.status == 200, ready.body
+
+    resp = container.deliver(PUSH_TO_MAIN, event="push", delivery="pkg-1")
+    assert resp.status == 200, resp.body
+    assert resp.json()["status"] == "accepted"
+    # Both default routes ran their ConfigMap scripts: executable, found through the ..data symlinks.
+    runs = hook_runs(container, "pkg-1")
+    assert {name: run["exit_code"] for name, run in runs.items()} == {"on_push": 0, "log_event": 0}, runs
+    assert "deploying web: push delivery pkg-1" in runs["on_push"]["output_tail"]
+
+
+def test_nothing_is_written_outside_the_spool_and_tmp(image: Image, container: Sidecar) -> None:
+    """The chart mounts the root filesystem and the ConfigMap read-only: only the spool and /tmp may change."""
+    before = image.snapshot()
+    assert container.deliver(PUSH_TO_MAIN, event="push", delivery="pkg-ro").status == 200
+    hook_runs(container, "pkg-ro")
+    assert container.stop() == 0
+    assert image.snapshot() == before
+
+
+def test_sigterm_drains_and_exits_0_within_the_pod_grace(container: Sidecar) -> None:
+    assert container.deliver(PUSH_TO_MAIN, event="push", delivery="pkg-term").status == 200
+    hook_runs(container, "pkg-term")
+    pod_grace = sum(VALUES["drain"][k] for k in ("preStopSleepSeconds", "graceSeconds", "marginSeconds"))
+    assert container.stop(signal.SIGTERM, timeout=pod_grace) == 0
+
+
+def test_a_hook_edited_in_the_configmap_runs_without_a_restart(image: Image, container: Sidecar) -> None:
+    """The kubelet swaps ..data to a new directory and deletes the old one: the next run uses the new script."""
+    files = chart_files(VALUES)
+    files["on_push.sh"] = "#!/bin/sh\ncat >/dev/null\necho edited in the configmap\n"
+    image.configmap(files)
+    assert container.deliver(PUSH_TO_MAIN, event="push", delivery="pkg-edit").status == 200
+    runs = hook_runs(container, "pkg-edit")
+    assert runs["on_push"]["exit_code"] == 0, runs["on_push"]
+    assert "edited in the configmap" in runs["on_push"]["output_tail"]
+
+
+@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("curl") and shutil.which("bash")),
+                    reason="the NOTES.txt command needs bash, openssl and curl")
+def test_the_signed_curl_command_of_notes_is_accepted(container: Sidecar) -> None:
+    """NOTES.txt's BODY=, SIG= and curl lines, run as a user would, against the image's command."""
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    lines = [line.strip() for line in notes.splitlines() if line.strip().startswith(("BODY=", "SIG=", "curl "))]
+    assert [line.split("=")[0].split()[0] for line in lines] == ["BODY", "SIG", "curl"], lines
+    assert not any("{{" in line for line in lines), "these lines must run as printed"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WEBHOOK_SECRET": SECRET,
+           "WEBHOOK_URL": f"http://127.0.0.1:{container.port}/webhook"}
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)], env=env, capture_output=True,
+                         text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "accepted", out.stdout

@@ -1,0 +1,510 @@
+"""Check the Helm chart with Helm's own library (PyPI helm-sdkpy), without a cluster.
+
+Run by tools/check-packaging.sh with the .venv-helm interpreter (helm-sdkpy needs Python >= 3.12):
+
+    .venv-helm/bin/python tools/check_chart.py [helm/webhook-sidecar]
+
+1. values.yaml and every ci/*-values.yaml override set validate against values.schema.json (jsonschema),
+   and a few broken sets are rejected, by jsonschema and by Helm's own schema check.
+2. Rendering. helm-sdkpy has no `helm template`, but its Install returns the rendered manifest and NOTES.
+   Install is pointed at a small fake Kubernetes API on 127.0.0.1 (discovery, release storage, creates),
+   so the chart is rendered and applied by the real Helm code, and template errors come back with their text.
+3. The rendered objects are checked for the facts the product relies on: restricted securityContext,
+   probes, no subPath, the ConfigMap mounted whole with mode 0755, hooks where config.yaml's run: paths
+   point, spool_dir on the spool volume, terminationGracePeriodSeconds = preStop + grace + margin, the
+   Secret's keys covering secret_env, the standard labels, and agreement with the Dockerfile.
+4. `helm lint` (helm-sdkpy's Lint) of the chart with the default values and with each override set.
+5. Self-test: broken variants of the chart (MUTANTS) must each be caught by step 3.
+
+Exit status 0 when everything holds; 1 with one line per problem otherwise.
+CHECK_CHART_DEBUG=1 prints what each broken variant was caught by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import os
+import posixpath
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dockerfile_facts import final_stage
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE, NAMESPACE = "hooks", "webhooks"
+CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
+STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                   "app.kubernetes.io/managed-by", "helm.sh/chart")
+# Volume types the restricted Pod Security Standard allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+LINT_SEVERITY = {1: "INFO", 2: "WARNING", 3: "ERROR"}
+
+# Values that must be refused: (why, override).
+INVALID = [
+    ("a hook name with '/' (a ConfigMap key cannot hold one)", {"hooks": {"hooks/x.sh": "#!/bin/sh\n"}}),
+    ("a hook named config.yaml", {"hooks": {"config.yaml": "x"}}),
+    ("a secret name that is no env var", {"secrets": {"values": {"WEBHOOK-SECRET": "x"}}}),
+    ("a negative grace", {"drain": {"graceSeconds": -1}}),
+    ("a port as text", {"service": {"port": "eighty"}}),
+    ("a misspelt key", {"replicas": 2}),
+    ("an unknown log level", {"logLevel": "verbose"}),
+]
+
+# Broken charts the render checks must catch, so a check that silently passes is noticed:
+# (the problem expected, values override, (template, text, replacement) or None).
+MUTANTS: list[tuple[str, dict[str, Any], tuple[str, str, str] | None]] = [
+    ("subPath", {"extraVolumeMounts": [{"name": "config", "mountPath": "/x/config.yaml", "subPath": "config.yaml"}]},
+     None),
+    ("readOnlyRootFilesystem", {"securityContext": {"readOnlyRootFilesystem": False}}, None),
+    ("capabilities", {"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}, None),
+    ("config checksum", {"podAnnotations": {"checksum/config": "0"}}, None),
+    ("no key of the ConfigMap", {"config": "spool_dir: /var/lib/webhook-sidecar\nendpoints:\n- path: /w\n"
+                                           "  provider: none\n  routes:\n  - {event: '*', run: hooks/x.sh}\n"}, None),
+    ("spool_dir", {"config": "endpoints: []\n"}, None),
+    ("not in Secret", {"secrets": {"values": {"OTHER": "x"}}},
+     ("secret.yaml", 'include "webhook-sidecar.secretKeys" . | fromJsonArray', "keys $values")),
+    ("defaultMode", {}, ("deployment.yaml", "defaultMode: 0755", "defaultMode: 0644")),
+    ("lists items", {}, ("deployment.yaml", "defaultMode: 0755", "defaultMode: 0755\n            items: "
+                                                                   "[{key: config.yaml, path: config.yaml}]")),
+    ("terminationGracePeriodSeconds", {}, ("deployment.yaml", "add $preStop $grace", "add $grace")),
+    ("readinessProbe", {}, ("deployment.yaml", "path: /readyz", "path: /healthz")),
+]
+
+# Kubernetes resources the fake API serves: group/version -> (plural, kind, namespaced).
+API_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
+    "v1": [("configmaps", "ConfigMap", True), ("secrets", "Secret", True), ("services", "Service", True),
+           ("serviceaccounts", "ServiceAccount", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+           ("namespaces", "Namespace", False)],
+    "apps/v1": [("deployments", "Deployment", True)],
+    "networking.k8s.io/v1": [("ingresses", "Ingress", True)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True)],
+}
+
+
+class Problems(list[str]):
+    def check(self, ok: Any, message: str) -> bool:
+        if not ok:
+            self.append(message)
+        return bool(ok)
+
+
+# --- a fake Kubernetes API: just enough for `helm install --wait=false` -------------------------------
+class _FakeAPI(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each keep-alive request waits ~40 ms for a delayed ACK
+    created: list[dict[str, Any]]  # set per server in fake_cluster()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/version":
+            return self._send(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "platform": "linux/amd64"})
+        if path == "/api":
+            return self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
+        if path == "/apis":
+            groups = []
+            for gv in API_RESOURCES:
+                if "/" in gv:
+                    version = {"groupVersion": gv, "version": gv.split("/")[1]}
+                    groups.append({"name": gv.split("/")[0], "versions": [version], "preferredVersion": version})
+            return self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        gv = path.removeprefix("/api/") if path.startswith("/api/") else path.removeprefix("/apis/")
+        if gv in API_RESOURCES:
+            verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+            return self._send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
+                {"name": plural, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind, "verbs": verbs}
+                for plural, kind, namespaced in API_RESOURCES[gv]]})
+        if "labelSelector=" in self.path:  # Helm's release history (Secrets labelled owner=helm): none
+            return self._send(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": []})
+        return self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                "code": 404, "message": "not found"})
+
+    def _store(self, status: int) -> None:
+        body = self._body()
+        if body.startswith(b"k8s\x00"):
+            # Helm's release record, sent as protobuf: acknowledge it, nothing to check.
+            return self._send(status, {"kind": "Secret", "apiVersion": "v1",
+                                       "metadata": {"name": "release", "namespace": NAMESPACE}})
+        obj = json.loads(body)
+        self.created.append(obj)
+        self._send(status, obj)
+
+    def do_POST(self) -> None:
+        self._store(201)
+
+    def do_PUT(self) -> None:
+        self._store(200)
+
+
+@contextmanager
+def fake_cluster() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """(kubeconfig YAML text, list that receives every object Helm creates)."""
+    created: list[dict[str, Any]] = []
+    handler = type("Handler", (_FakeAPI,), {"created": created})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig = yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+        "users": [{"name": "fake", "user": {}}],
+    })
+    try:
+        yield kubeconfig, created
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- values -----------------------------------------------------------------------------------------
+def merge(base: Any, override: Any) -> Any:
+    """Helm's coalescing: maps merge, anything else replaces, null removes the key."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return copy.deepcopy(override)
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge(out.get(key), value)
+    return out
+
+
+def check_schema(chart: Path, problems: Problems) -> dict[str, dict[str, Any]]:
+    """Validate values.yaml and every ci/*-values.yaml; return the value sets by name."""
+    schema = json.loads((chart / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    defaults = yaml.safe_load((chart / "values.yaml").read_text())
+    sets = {"default": {}}
+    for path in sorted((chart / "ci").glob("*-values.yaml")):
+        sets[path.name] = yaml.safe_load(path.read_text()) or {}
+    for name, override in sets.items():
+        for error in validator.iter_errors(merge(defaults, override)):
+            where = "/".join(str(p) for p in error.absolute_path) or "(top)"
+            problems.append(f"schema: {name}: {where}: {error.message}")
+    for why, override in INVALID:
+        problems.check(not validator.is_valid(merge(defaults, override)),
+                       f"schema: accepts {why}: {json.dumps(override)}")
+    return sets
+
+
+# --- rendering via Helm -----------------------------------------------------------------------------
+def install(helm: Any, kubeconfig: str, chart: Path, values: dict[str, Any]) -> dict[str, Any]:
+    config = helm.Configuration(namespace=NAMESPACE, kubeconfig=kubeconfig)
+    return asyncio.run(helm.Install(config).run(RELEASE, str(chart), values=values or None, wait=False))
+
+
+def documents(manifest: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def run_paths(config: dict[str, Any]) -> list[str]:
+    """Every relative script path that config.yaml's routes run."""
+    out = []
+    for endpoint in config.get("endpoints") or []:
+        for route in endpoint.get("routes") or []:
+            run = route.get("run")
+            program = run[0] if isinstance(run, list) and run else run
+            if isinstance(program, str) and "/" in program and not program.startswith("/"):
+                out.append(program)
+    return out
+
+
+def secret_envs(config: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for endpoint in config.get("endpoints") or []:
+        value = endpoint.get("secret_env")
+        names.update([value] if isinstance(value, str) else value or [])
+    return names
+
+
+def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], created: list[dict[str, Any]],
+                 notes: str, problems: Problems) -> None:
+    """The facts every value set must keep."""
+    p = f"render: {name}:"
+    problems.check(len(created) == len(docs), f"{p} Helm applied {len(created)} objects of {len(docs)} rendered")
+    for doc in docs:
+        labels = doc.get("metadata", {}).get("labels") or {}
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        problems.check(not missing, f"{p} {doc.get('kind')} {doc['metadata'].get('name')} lacks labels {missing}")
+    deployments = by_kind(docs, "Deployment")
+    configmaps = by_kind(docs, "ConfigMap")
+    if not (problems.check(len(deployments) == 1, f"{p} expected one Deployment, got {len(deployments)}")
+            and problems.check(len(configmaps) == 1, f"{p} expected one ConfigMap, got {len(configmaps)}")):
+        return
+    deployment, configmap = deployments[0], configmaps[0]
+    pod = deployment["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    sidecar = containers.get("webhook-sidecar")
+    if not problems.check(sidecar, f"{p} no container named webhook-sidecar"):
+        return
+
+    # Restricted Pod Security Standard, pod and sidecar container.
+    psc, csc = pod.get("securityContext") or {}, sidecar.get("securityContext") or {}
+    problems.check(psc.get("runAsNonRoot") is True and csc.get("runAsNonRoot") is True, f"{p} runAsNonRoot not set")
+    problems.check(isinstance(csc.get("runAsUser"), int) and csc["runAsUser"] > 0,
+                   f"{p} runAsUser is not a numeric non-root user")
+    problems.check(csc.get("readOnlyRootFilesystem") is True, f"{p} readOnlyRootFilesystem not true")
+    problems.check(csc.get("allowPrivilegeEscalation") is False, f"{p} allowPrivilegeEscalation not false")
+    problems.check(csc.get("capabilities", {}).get("drop") == ["ALL"], f"{p} capabilities do not drop ALL")
+    problems.check((psc.get("seccompProfile") or csc.get("seccompProfile") or {}).get("type") == "RuntimeDefault",
+                   f"{p} seccompProfile is not RuntimeDefault")
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        problems.check(not pod.get(field), f"{p} {field} set")
+    problems.check(pod.get("automountServiceAccountToken") is values["serviceAccount"]["automountToken"],
+                   f"{p} automountServiceAccountToken does not follow serviceAccount.automountToken")
+    problems.check((sidecar.get("resources") or {}).get("requests"), f"{p} the sidecar requests no resources")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        problems.check(kinds <= RESTRICTED_VOLUMES, f"{p} volume {volume['name']} of type {kinds} not allowed")
+
+    # Probes.
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = (sidecar.get(probe) or {}).get("httpGet") or {}
+        problems.check(get.get("path") == path and get.get("port") in ("http", 8080),
+                       f"{p} {probe} is not GET {path} on the http port")
+    problems.check(any(port.get("containerPort") == 8080 and port.get("name") == "http"
+                       for port in sidecar.get("ports", [])), f"{p} no containerPort 8080 named http")
+
+    # No subPath anywhere: subPath mounts never receive ConfigMap updates.
+    for container in pod["containers"] + pod.get("initContainers", []):
+        for mount in container.get("volumeMounts", []):
+            problems.check("subPath" not in mount and "subPathExpr" not in mount,
+                           f"{p} container {container['name']} mounts {mount['name']} with subPath")
+
+    # The ConfigMap, mounted whole at /etc/webhook-sidecar with mode 0755, holding config.yaml and the hooks.
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in sidecar.get("volumeMounts", [])}
+    config_mount = mounts.get(CONFIG_DIR) or {}
+    config_volume = (volumes.get(config_mount.get("name")) or {}).get("configMap") or {}
+    problems.check(config_volume.get("name") == configmap["metadata"]["name"],
+                   f"{p} the ConfigMap is not mounted at {CONFIG_DIR}")
+    problems.check(config_mount.get("readOnly") is True, f"{p} the config mount is not readOnly")
+    problems.check(config_volume.get("defaultMode") == 0o755,
+                   f"{p} config volume defaultMode is {config_volume.get('defaultMode')!r}, not 0755 (493)")
+    problems.check("items" not in config_volume, f"{p} config volume lists items: keys added later would not appear")
+    data = configmap.get("data") or {}
+    problems.check(data.get("config.yaml") == values["config"], f"{p} ConfigMap config.yaml differs from values.config")
+    for hook, script in values["hooks"].items():
+        problems.check(data.get(hook) == script, f"{p} ConfigMap {hook} differs from values.hooks")
+    config = yaml.safe_load(data.get("config.yaml", "")) or {}
+    for run in run_paths(config):
+        key = posixpath.normpath(run)
+        problems.check(key in data and "/" not in key, f"{p} config.yaml runs {run}, which is no key of the ConfigMap")
+    spool_dir = posixpath.normpath(posixpath.join(CONFIG_DIR, str(config.get("spool_dir", ".spool"))))
+    problems.check(spool_dir == SPOOL_DIR, f"{p} config.yaml spool_dir resolves to {spool_dir}, not {SPOOL_DIR}")
+    problems.check(SPOOL_DIR in mounts and "/tmp" in mounts, f"{p} {SPOOL_DIR} or /tmp is not a mounted volume")
+    for path in (SPOOL_DIR, "/tmp"):
+        problems.check(not mounts.get(path, {}).get("readOnly"), f"{p} {path} is mounted read-only")
+
+    # Drain: the same grace reaches the sidecar and sizes terminationGracePeriodSeconds.
+    drain = values["drain"]
+    env = {e["name"]: e.get("value") for e in sidecar.get("env", [])}
+    problems.check(env.get("SIDECAR_GRACE") == str(drain["graceSeconds"]),
+                   f"{p} SIDECAR_GRACE={env.get('SIDECAR_GRACE')!r}, drain.graceSeconds={drain['graceSeconds']}")
+    expected = drain["preStopSleepSeconds"] + drain["graceSeconds"] + drain["marginSeconds"]
+    problems.check(pod.get("terminationGracePeriodSeconds") == expected,
+                   f"{p} terminationGracePeriodSeconds={pod.get('terminationGracePeriodSeconds')}, expected {expected}")
+    problems.check("command" not in sidecar and "args" not in sidecar,
+                   f"{p} the sidecar overrides the image's command: tests/test_packaging.py would test another one")
+
+    # Secrets: every secret_env of the table is a key of the Secret (existingSecret: the user's business).
+    secret_refs = [e["secretRef"]["name"] for e in sidecar.get("envFrom", []) if "secretRef" in e]
+    existing = values["secrets"]["existingSecret"]
+    secrets = by_kind(docs, "Secret")
+    if existing:
+        problems.check(not secrets and secret_refs == [existing], f"{p} existingSecret {existing} not used alone")
+    elif problems.check(len(secrets) == 1 and secret_refs == [secrets[0]["metadata"]["name"]],
+                        f"{p} the chart's Secret is not the sidecar's envFrom"):
+        keys = secrets[0].get("data") or {}
+        missing = sorted(secret_envs(config) - set(keys))
+        problems.check(not missing, f"{p} secret_env {missing} not in Secret")
+        problems.check(all(base64.b64decode(v) for v in keys.values()), f"{p} an empty secret value")
+
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    problems.check(not any("config" in k for k in annotations),
+                   f"{p} a config checksum annotation would restart pods on route edits: {sorted(annotations)}")
+
+    # Service -> pods, and NOTES.
+    for service in by_kind(docs, "Service"):
+        selector = service["spec"]["selector"]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        problems.check(all(pod_labels.get(k) == v for k, v in selector.items()), f"{p} Service selects no pod")
+        problems.check(service["spec"]["ports"][0].get("targetPort") == "http", f"{p} Service targetPort is not http")
+    first = (config.get("endpoints") or [{}])[0]
+    needles = ["webhook-sidecar send", first.get("path", "/")]
+    if first.get("provider") == "github":
+        needles += ["openssl dgst -sha256 -hmac", "curl ", "X-Hub-Signature-256"]
+    if not values["ingress"]["enabled"]:
+        needles.append("port-forward")
+    for needle in needles:
+        problems.check(needle in notes, f"{p} NOTES.txt lacks {needle!r}")
+
+
+def check_dockerfile_agrees(docs: list[dict[str, Any]], problems: Problems) -> None:
+    """The chart runs the image's own command: the paths and port it hard-codes must match the Dockerfile's."""
+    stage = final_stage(ROOT / "Dockerfile")
+    argv = stage.app_argv
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == "webhook-sidecar")
+    problems.check("8080" in stage.expose or "8080/tcp" in stage.expose, "dockerfile: EXPOSE 8080 missing")
+    problems.check(argv[:2] == ["webhook-sidecar", "serve"],
+                   f"dockerfile: the command is {argv}, not webhook-sidecar serve")
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
+    problems.check(flags.get("--config") == f"{CONFIG_DIR}/config.yaml",
+                   f"dockerfile: --config {flags.get('--config')} is not {CONFIG_DIR}/config.yaml (the chart's mount)")
+    problems.check(flags.get("--listen", "").endswith(":8080"), "dockerfile: --listen is not on port 8080")
+    user = stage.user.split(":")[0]
+    problems.check(user.isdigit() and int(user) == sidecar["securityContext"]["runAsUser"],
+                   f"dockerfile: USER {stage.user} differs from the chart's runAsUser")
+    problems.check(stage.stopsignal == "SIGTERM", "dockerfile: STOPSIGNAL SIGTERM missing")
+
+
+def rendered(helm: Any, kubeconfig: str, created: list[dict[str, Any]], chart: Path,
+             override: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(rendered documents, objects Helm applied, NOTES) of installing `chart` with `override`."""
+    created.clear()
+    release = install(helm, kubeconfig, chart, override)
+    return documents(release.get("manifest", "")), list(created), (release.get("info") or {}).get("notes", "")
+
+
+def render_all(helm: Any, chart: Path, defaults: dict[str, Any], sets: dict[str, dict[str, Any]],
+               problems: Problems) -> None:
+    """Render every value set and check it; refuse the invalid sets; catch every mutant."""
+    with fake_cluster() as (kubeconfig, created):
+        for name, override in sets.items():
+            try:
+                docs, applied, notes = rendered(helm, kubeconfig, created, chart, override)
+            except helm.HelmError as e:
+                problems.append(f"render: {name}: {e}")
+                continue
+            check_render(name, merge(defaults, override), docs, applied, notes, problems)
+            kinds = sorted(d["kind"] for d in docs)
+            if name == "default":
+                check_dockerfile_agrees(docs, problems)
+                problems.check(kinds == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"],
+                               f"render: default: unexpected objects {kinds}")
+            if name.startswith("full"):
+                wanted = {"Ingress", "ServiceMonitor", "PodDisruptionBudget", "PersistentVolumeClaim"}
+                problems.check(wanted <= set(kinds), f"render: {name}: missing {sorted(wanted - set(kinds))}")
+        for why, override in INVALID:
+            try:
+                install(helm, kubeconfig, chart, override)
+                problems.append(f"render: Helm accepted {why}")
+            except helm.HelmError:
+                pass
+        if not problems:  # a chart that already fails would make every mutant "caught" or noise
+            catch_mutants(helm, kubeconfig, created, chart, defaults, problems)
+
+
+def catch_mutants(helm: Any, kubeconfig: str, created: list[dict[str, Any]], chart: Path, defaults: dict[str, Any],
+                  problems: Problems) -> None:
+    with tempfile.TemporaryDirectory(prefix="chart-mutant-") as tmp:
+        for i, (expected, override, edit) in enumerate(MUTANTS):
+            mutant = chart
+            if edit:
+                mutant = Path(tmp) / str(i) / chart.name
+                shutil.copytree(chart, mutant)
+                template = mutant / "templates" / edit[0]
+                text = template.read_text()
+                if not problems.check(edit[1] in text, f"self-test: {edit[0]} no longer contains {edit[1]!r}"):
+                    continue
+                template.write_text(text.replace(edit[1], edit[2]))
+            found = Problems()
+            try:
+                check_render("mutant", merge(defaults, override),
+                             *rendered(helm, kubeconfig, created, mutant, override), found)
+            except helm.HelmError as e:
+                found.append(str(e))
+            if os.environ.get("CHECK_CHART_DEBUG"):
+                print(f"check_chart: mutant {expected!r} caught by {found}")
+            problems.check(any(expected in f for f in found),
+                           f"self-test: a chart broken by {edit or override} passes the checks for {expected!r}")
+
+
+# --- helm lint --------------------------------------------------------------------------------------
+def lint_all(helm: Any, chart: Path, defaults: dict[str, Any], sets: dict[str, dict[str, Any]],
+             problems: Problems) -> None:
+    """helm lint with each value set (Lint takes no values: lint a copy whose values.yaml is the merged set)."""
+    config = helm.Configuration(namespace=NAMESPACE)
+    with tempfile.TemporaryDirectory(prefix="chart-lint-") as tmp:
+        for name, override in sets.items():
+            copy_dir = Path(tmp) / name / chart.name
+            shutil.copytree(chart, copy_dir)
+            (copy_dir / "values.yaml").write_text(yaml.safe_dump(merge(defaults, override), sort_keys=False))
+            result = asyncio.run(helm.Lint(config).run(str(copy_dir)))
+            for message in result.get("Messages") or []:
+                severity = message.get("Severity", 3)
+                # helm-sdkpy serialises each message's error as {} (Go error values have no JSON fields),
+                # so only the file and severity are known; rendering (above) reports errors with their text.
+                problems.check(severity <= 1, f"lint: {name}: {LINT_SEVERITY.get(severity, severity)} in "
+                                              f"{message.get('Path')} (helm-sdkpy does not say what)")
+
+
+def main(argv: list[str]) -> int:
+    chart = Path(argv[1] if len(argv) > 1 else ROOT / "helm" / "webhook-sidecar").resolve()
+    # Helm's caches and config go to a throwaway directory, not the user's home.
+    scratch = tempfile.mkdtemp(prefix="check-chart-")
+    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        os.environ[var] = os.path.join(scratch, var.lower())
+    os.environ.pop("KUBECONFIG", None)
+    import helm_sdkpy as helm
+
+    problems = Problems()
+    try:
+        defaults = yaml.safe_load((chart / "values.yaml").read_text())
+        sets = check_schema(chart, problems)
+        render_all(helm, chart, defaults, sets, problems)
+        lint_all(helm, chart, defaults, sets, problems)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for problem in problems:
+        print(f"check_chart: {problem}")
+    where = chart.relative_to(ROOT) if chart.is_relative_to(ROOT) else chart
+    if problems:
+        print(f"check_chart: {where}: {len(problems)} problem(s)")
+    else:
+        print(f"check_chart: {where}: ok ({len(sets)} value sets rendered, checked and linted, {len(INVALID)} "
+              f"invalid sets refused, {len(MUTANTS)} broken variants caught)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

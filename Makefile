@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench clean
+.PHONY: run test lint check bench clean packaging
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,17 @@ check: $(STAMP) .env
 	$(BIN)/webhook-sidecar check --config config.yaml --env-file .env
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff check sidecar tests bench tools
 
-test: lint
+# Dockerfile (hadolint) and Helm chart (helm lint, schema, rendered facts); installs its own tools.
+packaging: $(STAMP)
+	bash tools/check-packaging.sh
+
+test: lint packaging
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/load.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .spool
+	rm -rf $(VENV) .venv-helm .pytest_cache .ruff_cache .spool

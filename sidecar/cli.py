@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default=_env("LISTEN"), help="host:port, overrides config (SIDECAR_LISTEN)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=logs.LEVELS,
                        help="SIDECAR_LOG_LEVEL, default info")
+    serve.add_argument("--watch", default=_env("WATCH", "native"), choices=("native", "poll", "off"),
+                       help="config reload: inotify (native), polling, or off; SIGHUP reloads in any mode"
+                            " (SIDECAR_WATCH, default native)")
     serve.add_argument("--grace", type=float, default=float(_env("GRACE", str(DEFAULT_GRACE_S)) or DEFAULT_GRACE_S),
                        help="seconds running hooks may finish after SIGTERM (SIDECAR_GRACE, default 25)")
 
@@ -66,19 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _env_file(value: str | None) -> Path | None:
-    if value:
-        return Path(value)
+def _env_file(value: str | None) -> Path:
     # An explicit path, never find_dotenv(): an installed console script would
-    # search from its own location, not the working directory.
-    return Path(".env") if Path(".env").is_file() else None
+    # search from its own location, not the working directory. A missing file
+    # is no error (secrets may all be in the environment), and may appear later.
+    return Path(value or ".env")
 
 
 def _secret(args: argparse.Namespace) -> bytes:
     if not PROVIDERS[args.provider].needs_secret:
         return b""
     env_file = _env_file(args.env_file)
-    value = os.environ.get(args.secret_env) or (dotenv_values(env_file).get(args.secret_env) if env_file else None)
+    value = os.environ.get(args.secret_env) or (
+        dotenv_values(env_file).get(args.secret_env) if env_file.is_file() else None)
     if not value:
         raise SystemExit(f"webhook-sidecar: secret {args.secret_env} is not set in the environment or the env file")
     return value.encode()
@@ -109,7 +112,7 @@ def _headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     try:
-        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace)
+        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch)
     except ConfigError as e:
         for line in e.errors:
             logs.error("config.invalid", detail=line)

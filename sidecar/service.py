@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import logs
+from .reload import Reloader
 from .server import SidecarServer
 from .workers import Workers
 
@@ -26,13 +27,14 @@ class Service:
     """One running sidecar: server thread plus workers, stopped by stop()."""
 
     def __init__(self, config_path: Path, env_file: Path | None, listen: str | None = None,
-                 grace_s: float = DEFAULT_GRACE_S) -> None:
+                 grace_s: float = DEFAULT_GRACE_S, watch: str = "native") -> None:
         self.config_path = config_path
         self.env_file = env_file
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
         self.workers = Workers(cfg.max_workers, cfg.max_queue)
         self.server = SidecarServer(parse_listen(listen or cfg.listen), cfg, self.workers)
+        self.reloader = Reloader(cfg, env_file, self.server.swap, mode=watch)
         self._stopping = threading.Event()
 
     @property
@@ -48,8 +50,11 @@ class Service:
                              detail="provider 'none' accepts deliveries without any signature")
         host, port = self.server.server_address[:2]
         logs.info("server.listening", address=f"{host}:{port}", port=port, config=str(cfg.file),
-                  config_hash=cfg.digest, endpoints=len(cfg.endpoints), routes=cfg.route_count)
+                  config_hash=cfg.digest, endpoints=len(cfg.endpoints), routes=cfg.route_count,
+                  watch=self.reloader.mode)
+        self.reloader.start()
         self.server.serve_forever(poll_interval=0.2)
+        self.reloader.stop()
         finished = self.workers.drain(self.grace_s)
         self.server.server_close()
         logs.info("server.stopped", drained=finished, pending=self.workers.depth)
@@ -69,3 +74,4 @@ class Service:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, _frame: self.stop(signal.Signals(signum).name))
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reloader.trigger())

@@ -1,0 +1,185 @@
+"""Hot reload: watch the config's directory, debounce, hash, validate, swap atomically.
+
+Watch the directory, not the file: editors replace the file by rename, and a
+Kubernetes ConfigMap volume never edits a file at all (config.yaml is a symlink
+to ..data/config.yaml, and an update renames a new ..data symlink over the old
+one). A hash of what the files hold decides whether anything changed, so
+touches and the kubelet's periodic resyncs cost one read and no reload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from . import config as config_mod
+from . import logs
+from .config import Config
+from .errors import ConfigError
+
+WATCH_MODES = ("native", "poll", "off")
+DEBOUNCE_S = 0.15
+POLL_INTERVAL_S = 0.5
+# With inotify the loop still re-hashes now and then: events can be lost (inotify
+# limits on busy nodes, a watch on a directory that was replaced).
+RESYNC_INTERVAL_S = 30.0
+# What can only change with a restart: the listening socket and what was built
+# from these at start.
+RESTART_KEYS = ("listen", "spool_dir", "max_workers", "max_queue")
+
+# Our own reads of the file raise opened/closed-no-write events; only changes matter.
+CHANGE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+    DirCreatedEvent, DirModifiedEvent, DirMovedEvent, DirDeletedEvent,
+]
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """A hash of what the files hold (through symlinks), missing files included."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            h.update(path.read_bytes())
+        except OSError as e:
+            h.update(f"<{type(e).__name__}>".encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class _Kick(FileSystemEventHandler):
+    """Wake the reload loop when a name that matters shows up in an event."""
+
+    def __init__(self, names: set[str], kick: threading.Event) -> None:
+        self.names = names
+        self.kick = kick
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            name = os.path.basename(os.fsdecode(raw)) if raw else ""
+            # ..data, ..data_tmp and ..<timestamp> are the ConfigMap swap.
+            if name in self.names or name.startswith(".."):
+                self.kick.set()
+                return
+
+
+class Reloader:
+    """Keeps `apply` fed with the newest valid Config; the last good one stays on errors."""
+
+    def __init__(self, current: Config, env_file: Path | None, apply: Callable[[Config], None],
+                 mode: str = "native", debounce_s: float = DEBOUNCE_S) -> None:
+        if mode not in WATCH_MODES:
+            raise ValueError(f"watch mode must be one of {', '.join(WATCH_MODES)}, got {mode!r}")
+        self.current = current
+        self.env_file = env_file
+        self.apply = apply
+        self.mode = mode
+        self.debounce_s = debounce_s
+        self.paths = [current.file] + ([env_file] if env_file else [])
+        self.last_fingerprint = _fingerprint(self.paths)
+        self.last_result = "loaded"
+        self._force = False
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching; in every mode, including off, trigger() (SIGHUP) reloads."""
+        if self.mode == "native":
+            observer = Observer()
+            dirs: dict[str, set[str]] = {}
+            for path in self.paths:
+                dirs.setdefault(os.path.abspath(path.parent), set()).add(path.name)
+            for directory, names in dirs.items():
+                observer.schedule(_Kick(names, self._kick), directory, recursive=False, event_filter=CHANGE_EVENTS)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        if self._observer is not None:
+            self._observer.stop()
+
+    def trigger(self) -> None:
+        """Reload now even if nothing seems to have changed (SIGHUP does this)."""
+        self._force = True
+        self._kick.set()
+
+    def _loop(self) -> None:
+        interval = {"poll": POLL_INTERVAL_S, "native": RESYNC_INTERVAL_S}.get(self.mode)
+        last_retry = time.monotonic()
+        while not self._stop.is_set():
+            kicked = self._kick.wait(interval)
+            if self._stop.is_set():
+                return
+            if kicked:
+                # Debounce: one update is a burst of events; wait for quiet.
+                while True:
+                    self._kick.clear()
+                    if not self._kick.wait(self.debounce_s):
+                        break
+            # A rejected table may become valid without a change to config.yaml
+            # (a missing hook script appears): retry it now and then.
+            retry = interval is not None and time.monotonic() - last_retry >= RESYNC_INTERVAL_S
+            if retry:
+                last_retry = time.monotonic()
+            force, self._force = self._force, False
+            try:
+                self.check(force=force or (retry and self.last_result == "rejected"))
+            except Exception:  # never let the watcher die; the next event retries
+                logs.error("config.reload_failed", exc_info=True)
+
+    def check(self, force: bool = False) -> str:
+        """Reload when the watched files' content changed; 'unchanged', 'reloaded' or 'rejected'."""
+        with self._lock:
+            fingerprint = _fingerprint(self.paths)
+            if fingerprint == self.last_fingerprint and not force:
+                return "unchanged"
+            self.last_fingerprint = fingerprint
+            try:
+                new = config_mod.load(self.current.file, self.env_file)
+            except ConfigError as e:
+                self.last_result = "rejected"
+                logs.error("config.rejected", config=str(self.current.file), errors=e.errors,
+                           config_hash=self.current.digest, detail="still serving the last good table")
+                return "rejected"
+            self.last_result = "loaded"
+            if new.digest == self.current.digest:
+                return "unchanged"
+            old, self.current = self.current, new
+            self.apply(new)
+            logs.info("config.reloaded", config=str(new.file), config_hash=new.digest,
+                      previous_hash=old.digest, endpoints=len(new.endpoints), routes=new.route_count)
+            changed = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+            if changed:
+                logs.warning("config.restart_needed", keys=changed,
+                             detail="these settings keep their old values until the process restarts")
+            for ep in new.endpoints.values():
+                if not ep.provider.needs_secret:
+                    logs.warning("endpoint.unverified", endpoint=ep.path,
+                                 detail="provider 'none' accepts deliveries without any signature")
+            return "reloaded"

@@ -34,6 +34,7 @@ from .workers import Job, Workers
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SAFE_DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 HEALTH_PATHS = {"/healthz", "/readyz"}
+HTTP_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})")
 
 
 class SidecarServer(ThreadingHTTPServer):
@@ -283,9 +284,23 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     # --- stdlib hooks -----------------------------------------------------------
+    def parse_request(self) -> bool:
+        """The stdlib parser, minus HTTP/0.9: a bare `GET /` line would get an answer without status line."""
+        words = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n").split()
+        version = HTTP_VERSION.fullmatch(words[2]) if len(words) == 3 else None
+        if (len(words) == 2 and words[0] == "GET") or (version and int(version[1]) < 1):
+            self.command, self.request_version = None, self.protocol_version
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/0.9 is not supported")
+            return False
+        return super().parse_request()
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors raised by the stdlib parser (bad request line, huge headers): small JSON too."""
         self.close_connection = True
+        # Until the request line's version is parsed, the stdlib's default is
+        # HTTP/0.9, for which send_response writes neither status line nor headers.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = self.protocol_version
         status = HTTPStatus(code)
         self.fields = {"reason": "malformed_request", "error": message or status.phrase}
         body = json.dumps({"error": (message or status.phrase)[:200]}).encode()

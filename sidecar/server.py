@@ -34,6 +34,7 @@ from .workers import Job, Workers
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SAFE_DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 HEALTH_PATHS = {"/healthz", "/readyz"}
+DIGITS = re.compile(r"[0-9]+")
 HTTP_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})")
 
 
@@ -263,9 +264,13 @@ class Handler(BaseHTTPRequestHandler):
         values = self.headers.get_all("Content-Length") or []
         if not values:
             raise LengthRequired("Content-Length required")
-        if len(set(v.strip() for v in values)) != 1 or not values[0].strip().isdigit():
+        given = {v.strip(" \t") for v in values}
+        # ASCII digits only: str.isdigit() takes '\u00b2', which int() refuses. A length of more
+        # than 18 digits is too large without int() (which refuses more than 4300 of them).
+        if len(given) != 1 or not DIGITS.fullmatch(value := given.pop()):
             raise BadRequest("invalid Content-Length", reason="bad_length")
-        length = int(values[0].strip())
+        digits = value.lstrip("0") or "0"
+        length = int(digits) if len(digits) <= 18 else limit + 1
         if length > limit:
             raise PayloadTooLarge(f"body larger than {limit} bytes", reason="too_large")
         return length

@@ -117,6 +117,8 @@ class Reloader:
             self._observer = observer
         self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
         self._thread.start()
+        # The file may have changed between load and the watch being in place.
+        self._kick.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -6,6 +6,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class Result:
     duration_s: float
     output_tail: str
     error: str = ""  # the script could not be started
+    cancelled: bool = False  # stopped by cancel (a shutdown), not by its own doing
 
     @property
     def ok(self) -> bool:
@@ -50,8 +52,12 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
-        cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S) -> Result:
-    """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace."""
+        cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S, cancel: threading.Event | None = None,
+        cancel_grace_s: float = KILL_GRACE_S) -> Result:
+    """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace.
+
+    Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
+    """
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -62,7 +68,7 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
         return Result(None, False, time.monotonic() - start, "", error=f"cannot start: {e.strerror}")
     assert proc.stdin is not None and proc.stdout is not None
     tail = bytearray()
-    timed_out = False
+    timed_out = cancelled = False
     sel = selectors.DefaultSelector()
     out_fd, in_fd = proc.stdout.fileno(), proc.stdin.fileno()
     os.set_blocking(out_fd, False)
@@ -88,6 +94,9 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
                 break
             if exited and stage == "run":
                 stage, deadline = "drain", now + DRAIN_S
+            if cancel is not None and cancel.is_set() and stage in ("run", "drain") and not exited:
+                cancelled, stage, deadline = True, "term", now + cancel_grace_s
+                _signal_group(proc, signal.SIGTERM)
             if now >= deadline:
                 if stage == "run":
                     timed_out, stage, deadline = True, "term", now + kill_grace_s
@@ -99,7 +108,11 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
                     break  # drained, or killed and a setsid'd grandchild still holds stdout
                 continue
             wait = deadline - now
-            for key, _ in sel.select(wait if pidfd is not None else min(wait, 0.05)):
+            if pidfd is None:
+                wait = min(wait, 0.05)
+            if cancel is not None:
+                wait = min(wait, 0.1)  # notice a cancel within 0.1 s
+            for key, _ in sel.select(wait):
                 if key.data == "out":
                     chunk = os.read(out_fd, 65536)
                     if chunk:
@@ -126,7 +139,7 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
         if not proc.stdin.closed:
             proc.stdin.close()
         proc.stdout.close()
-        if timed_out or proc.poll() is None:
+        if timed_out or cancelled or proc.poll() is None:
             # After a timeout nothing of the group may survive, even children
             # that ignored SIGTERM after their shell died.
             _signal_group(proc, signal.SIGKILL)
@@ -137,6 +150,7 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
         timed_out=timed_out,
         duration_s=time.monotonic() - start,
         output_tail=bytes(tail).decode("utf-8", "replace"),
+        cancelled=cancelled,
     )
 
 

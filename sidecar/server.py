@@ -6,7 +6,9 @@ this module turns a request into a call of those and a SidecarError into a statu
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import socket
 import sys
@@ -29,13 +31,18 @@ from .errors import (
     SidecarError,
     Unavailable,
 )
-from .workers import Job, Workers
+from .spool import Delivery
+from .workers import Workers
 
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 SAFE_DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 HEALTH_PATHS = {"/healthz", "/readyz"}
 DIGITS = re.compile(r"[0-9]+")
 HTTP_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})")
+# A header line: a token, a colon, a value without CR, LF or NUL (so no obs-fold, no bare CR).
+HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*\r?\n")
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_FIELDS = 99  # http.client refuses more than 100 lines, the blank one included
 
 
 class SidecarServer(ThreadingHTTPServer):
@@ -76,6 +83,9 @@ class SidecarServer(ThreadingHTTPServer):
     def is_ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
+        spool = self.workers.spool
+        if not spool.writable or not os.access(spool.path.parent, os.W_OK):
+            return False, "spool not writable"
         return True, "ok"
 
     # Whole-request deadlines. A socket timeout only bounds one recv, so a client
@@ -109,7 +119,8 @@ class Handler(BaseHTTPRequestHandler):
     server: SidecarServer
 
     def setup(self) -> None:
-        self.timeout = self.server.config.request_timeout_s
+        # Above the deadline, so that the reaper (not a recv timeout) ends a slow request.
+        self.timeout = self.server.config.request_timeout_s + 1.0
         super().setup()
         self.expired = False
 
@@ -132,11 +143,12 @@ class Handler(BaseHTTPRequestHandler):
         self.started = time.monotonic()
         self.fields: dict[str, Any] = {}
         self.body_read = False
+        self.raw_requestline = b""
         super().handle_one_request()
         if self.expired:
             self.close_connection = True
-            if not self.fields:  # nothing answered: dropped while reading headers
-                logs.warning("request.timeout", remote=self.client_address[0], reason="request deadline")
+            if not self.raw_requestline:  # an idle keep-alive connection, not a request
+                logs.debug("connection.idle", remote=self.client_address[0])
 
     # --- dispatch -------------------------------------------------------------
     def do_POST(self) -> None:
@@ -249,11 +261,12 @@ class Handler(BaseHTTPRequestHandler):
         routes = router.match(endpoint, event, payload)
         if not routes:
             return HTTPStatus.OK, {"status": "ignored", "delivery": delivery}, "delivery.ignored"
-        cwd = str(config.base_dir)
-        jobs = [Job(delivery=delivery, endpoint=endpoint.path, provider=provider.name, event=event,
-                    route=r, body=body, request_id=self.request_id, cwd=cwd) for r in routes]
-        self.server.workers.submit(jobs)
-        names = [r.name for r in routes]
+        accepted = self.server.workers.submit(
+            Delivery(endpoint=endpoint.path, delivery=delivery, provider=provider.name, event=event,
+                     request_id=self.request_id, cwd=str(config.base_dir), body=body), routes)
+        if accepted.status == "duplicate":
+            return HTTPStatus.OK, {"status": "duplicate", "delivery": delivery}, "delivery.duplicate"
+        names = list(accepted.routes)
         self.fields["routes"] = names
         return HTTPStatus.OK, {"status": "accepted", "delivery": delivery, "routes": names}, "delivery.accepted"
 
@@ -290,14 +303,71 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- stdlib hooks -----------------------------------------------------------
     def parse_request(self) -> bool:
-        """The stdlib parser, minus HTTP/0.9: a bare `GET /` line would get an answer without status line."""
-        words = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n").split()
+        """The stdlib parser behind stricter framing.
+
+        HTTP/0.9 is refused (a bare `GET /` would get an answer without status line). The header
+        block is read here first: at most 64 KiB and 99 fields, each line `name: value` without
+        obs-fold; a bare CR or NUL becomes a space (the email parser behind http.client splits lines
+        at a bare CR, and silently drops every header after a line it cannot parse). A request line
+        or header block cut short by the deadline is 408, never handled with the headers so far.
+        """
+        raw = self.raw_requestline
+        words = str(raw, "iso-8859-1").rstrip("\r\n").split()
+        self.command, self.request_version = (words[0] if words else None), self.protocol_version
+        if not raw.endswith(b"\n"):
+            self._incomplete()
+            return False
         version = HTTP_VERSION.fullmatch(words[2]) if len(words) == 3 else None
         if (len(words) == 2 and words[0] == "GET") or (version and int(version[1]) < 1):
-            self.command, self.request_version = None, self.protocol_version
             self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/0.9 is not supported")
             return False
-        return super().parse_request()
+        if not version or int(version[1]) >= 2:
+            return super().parse_request()  # 400 or 505 from the request line alone, no header read
+        block = self._read_header_block()
+        if block is None:
+            return False
+        stream, self.rfile = self.rfile, io.BytesIO(block)
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = stream
+
+    def _read_header_block(self) -> bytes | None:
+        """The raw header lines up to the blank one, or None once an error is answered."""
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                line = self.rfile.readline(MAX_HEADER_BYTES + 1)
+            except TimeoutError:
+                self.expired, line = True, b""
+            size += len(line)
+            if size > MAX_HEADER_BYTES:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                f"header block larger than {MAX_HEADER_BYTES} bytes")
+                return None
+            if not line.endswith(b"\n"):
+                self._incomplete()
+                return None
+            if line in (b"\r\n", b"\n"):
+                return b"".join(lines) + line
+            if len(lines) == MAX_HEADER_FIELDS:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                f"more than {MAX_HEADER_FIELDS} header fields")
+                return None
+            if not HEADER_LINE.fullmatch(line):
+                # A NUL or a bare CR becomes SP (RFC 9110 5.5, RFC 9112 2.2); anything else is refused.
+                line = line.rstrip(b"\r\n").replace(b"\r", b" ").replace(b"\x00", b" ") + b"\r\n"
+                if not HEADER_LINE.fullmatch(line):
+                    self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line")
+                    return None
+            lines.append(line)
+
+    def _incomplete(self) -> None:
+        if self.expired:
+            self.send_error(HTTPStatus.REQUEST_TIMEOUT, "request not complete within the deadline")
+        else:
+            self.send_error(HTTPStatus.BAD_REQUEST, "connection closed inside the request head")
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors raised by the stdlib parser (bad request line, huge headers): small JSON too."""
@@ -307,7 +377,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.request_version == "HTTP/0.9":
             self.request_version = self.protocol_version
         status = HTTPStatus(code)
-        self.fields = {"reason": "malformed_request", "error": message or status.phrase}
+        timeout = status == HTTPStatus.REQUEST_TIMEOUT
+        reason = "timeout" if timeout else "malformed_request"
+        self.fields = {"reason": reason, "error": message or status.phrase}
         body = json.dumps({"error": (message or status.phrase)[:200]}).encode()
         try:
             self.send_response(status)
@@ -319,8 +391,9 @@ class Handler(BaseHTTPRequestHandler):
             self.flush_headers()
         except OSError:
             pass
-        logs.warning("request.rejected", request_id=self.request_id, remote=self.client_address[0],
-                     status=int(status), reason="malformed_request", error=(message or status.phrase)[:200])
+        logs.warning("request.timeout" if timeout else "request.rejected", request_id=self.request_id,
+                     remote=self.client_address[0], status=int(status), reason=reason,
+                     error=(message or status.phrase)[:200])
 
     def version_string(self) -> str:
         return self.server_version

@@ -10,6 +10,7 @@ from . import config as config_mod
 from . import logs
 from .reload import Reloader
 from .server import SidecarServer
+from .spool import Spool
 from .workers import Workers
 
 DEFAULT_GRACE_S = 25.0
@@ -32,44 +33,57 @@ class Service:
         self.env_file = env_file
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
-        self.workers = Workers(cfg.max_workers, cfg.max_queue)
+        self.spool = Spool(cfg.spool_dir)
+        self.workers = Workers(self.spool, cfg.max_workers, cfg.max_queue, lambda: self.server.config)
         self.server = SidecarServer(parse_listen(listen or cfg.listen), cfg, self.workers)
         self.reloader = Reloader(cfg, env_file, self.server.swap, mode=watch)
         self._stopping = threading.Event()
+        self._drained = False
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
     def run(self) -> int:
-        """Serve until stop(); then let queued hooks finish within the grace period."""
+        """Serve until stop(); running hooks get the grace period, queued ones stay spooled."""
         cfg = self.server.config
         for ep in cfg.endpoints.values():
             if not ep.provider.needs_secret:
                 logs.warning("endpoint.unverified", endpoint=ep.path,
                              detail="provider 'none' accepts deliveries without any signature")
+        # Watch before announcing: a change made right after "listening" must not be missed.
+        self.reloader.start()
         host, port = self.server.server_address[:2]
         logs.info("server.listening", address=f"{host}:{port}", port=port, config=str(cfg.file),
                   config_hash=cfg.digest, endpoints=len(cfg.endpoints), routes=cfg.route_count,
-                  watch=self.reloader.mode)
-        self.reloader.start()
+                  watch=self.reloader.mode, spool=str(self.spool.path), pending=self.workers.depth)
         self.server.serve_forever(poll_interval=0.2)
         self.reloader.stop()
-        finished = self.workers.drain(self.grace_s)
         self.server.server_close()
-        logs.info("server.stopped", drained=finished, pending=self.workers.depth)
+        self.spool.close()
+        logs.info("server.stopped", drained=self._drained, pending=self.workers.depth)
         return 0
 
     def stop(self, reason: str = "stop") -> None:
-        """Stop taking deliveries; safe to call from a signal handler, more than once."""
+        """Drain and stop; safe to call from a signal handler, more than once.
+
+        While draining, the server keeps answering: /readyz and new POSTs get 503,
+        so senders retry elsewhere or later. Running hooks get the grace period,
+        then are interrupted; they and all queued jobs stay in the spool.
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
         self.server.draining = True
-        logs.info("server.draining", reason=reason, grace_s=self.grace_s)
-        # shutdown() waits for serve_forever to return, so it must not run on
-        # the thread that serves (the signal handler runs there).
-        threading.Thread(target=self.server.shutdown, name="shutdown", daemon=True).start()
+        logs.info("server.draining", reason=reason, grace_s=self.grace_s, running=self.workers.running,
+                  pending=self.workers.depth)
+        # Not on this thread: a signal handler runs on the serving thread, and
+        # shutdown() waits for serve_forever to return.
+        threading.Thread(target=self._drain_then_shutdown, name="drain", daemon=True).start()
+
+    def _drain_then_shutdown(self) -> None:
+        self._drained = self.workers.stop(self.grace_s)
+        self.server.shutdown()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

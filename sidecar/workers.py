@@ -1,19 +1,33 @@
-"""A bounded pool that runs hook jobs after the response has been sent.
+"""Workers: run spooled jobs with bounded concurrency, retries with backoff, dead letters.
 
-The queue policy is explicit: a delivery's jobs are queued all together or not
-at all (QueueFull -> 503), so a sender never sees half of a delivery accepted.
+The queue policy: a delivery's jobs are committed all together or not at all
+(QueueFull -> 503 above `max_queue` pending jobs, nothing half accepted). Jobs
+start in order of their due time; a route with `concurrency: N` never has more
+than N runs at once (1 = serialized). Exit 0 is done; exit 75 (EX_TEMPFAIL) or a
+timeout is retried with exponential backoff and jitter up to the route's
+`retries`; anything else fails at once. Failed jobs stay in the spool as dead
+letters for `webhook-sidecar spool retry`.
 """
 
 from __future__ import annotations
 
-import queue
+import heapq
+import random
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import logs, runner
-from .config import Route
+from .config import Config, Route
 from .errors import QueueFull
+from .spool import Accepted, Delivery, Spool
+
+EX_TEMPFAIL = 75
+SYNC_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 600.0
+STOP_KILL_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -25,7 +39,6 @@ class Job:
     provider: str
     event: str
     route: Route
-    body: bytes
     request_id: str
     cwd: str
     attempt: int = 1
@@ -44,63 +57,184 @@ class Job:
         })
 
 
-def execute(job: Job) -> runner.Result:
-    """Run one job's hook and write its `hook.finished` log line."""
-    result = runner.run(job.route.argv, job.body, job.env(), job.route.timeout_s, cwd=job.cwd)
-    outcome = "ok" if result.ok else ("timeout" if result.timed_out else ("error" if result.error else "failed"))
-    emit = logs.info if result.ok else logs.warning
-    emit("hook.finished", delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
-         event=job.event, route=job.route.name, attempt=job.attempt, outcome=outcome,
-         exit_code=result.exit_code, duration_ms=round(result.duration_s * 1000, 1),
-         request_id=job.request_id, output_tail=result.output_tail or None, error=result.error or None)
-    return result
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """Delay before attempt `attempt + 1`: base * 2^(attempt-1), capped, with 50-100% jitter."""
+    return min(max_s, base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 class Workers:
-    """`max_workers` threads taking jobs from a queue of at most `max_queue`."""
+    """`max_workers` threads running spooled jobs; at most `max_queue` pending at once."""
 
-    def __init__(self, max_workers: int, max_queue: int) -> None:
+    def __init__(self, spool: Spool, max_workers: int, max_queue: int, config: Callable[[], Config]) -> None:
+        self.spool = spool
         self.max_queue = max_queue
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._pending = 0  # queued + running
-        self._idle = threading.Condition(self._lock)
+        self.config = config
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._meta: dict[int, tuple[tuple[str, str], int | None]] = {}  # id -> (route key, concurrency)
+        self._running_keys: Counter[tuple[str, str]] = Counter()
+        self._cancels: dict[int, threading.Event] = {}
+        self._stopping = False
+        self._stopped = threading.Event()
+        recovered = spool.pending()
+        for job_id, next_at, endpoint, route, concurrency in recovered:
+            self._add(job_id, next_at, (endpoint, route), concurrency)
+        if recovered:
+            logs.info("spool.recovered", jobs=len(recovered), detail="pending jobs from before the restart")
         self._threads = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                          for i in range(max_workers)]
         for t in self._threads:
             t.start()
+        threading.Thread(target=self._housekeeping, name="spool-sync", daemon=True).start()
 
     @property
     def depth(self) -> int:
-        return self._pending
+        """Pending jobs: queued, waiting for a retry, or running."""
+        return len(self._meta)
 
-    def submit(self, jobs: list[Job]) -> None:
-        """Queue all of `jobs`, or none of them and raise QueueFull."""
-        with self._lock:
-            if self._pending + len(jobs) > self.max_queue:
+    @property
+    def running(self) -> int:
+        return len(self._cancels)
+
+    def _add(self, job_id: int, next_at: float, key: tuple[str, str], concurrency: int | None) -> None:
+        self._meta[job_id] = (key, concurrency)
+        heapq.heappush(self._heap, (next_at, job_id))
+
+    # --- accepting --------------------------------------------------------------------
+    def submit(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:
+        """Commit the delivery's jobs to the spool (or raise QueueFull), then schedule them."""
+        with self._cond:
+            if len(self._meta) + len(routes) > self.max_queue:
                 raise QueueFull()
-            self._pending += len(jobs)
-        for job in jobs:
-            self._queue.put(job)
+        accepted = self.spool.accept(delivery, routes)
+        with self._cond:
+            by_name = {r.name: r for r in routes}
+            for job_id, name in zip(accepted.job_ids, accepted.routes, strict=True):
+                route = by_name.get(name)
+                concurrency = route.concurrency if route else self._stored_concurrency(job_id)
+                self._add(job_id, 0.0, (delivery.endpoint, name), concurrency)
+            self._cond.notify_all()
+        return accepted
+
+    def _stored_concurrency(self, job_id: int) -> int | None:
+        row = self.spool.job(job_id)
+        return row.route.concurrency if row else None
+
+    # --- running ----------------------------------------------------------------------
+    def _take(self) -> tuple[int, threading.Event] | None:
+        with self._cond:
+            while not self._stopping:
+                now = time.time()
+                blocked, chosen = [], None
+                while self._heap and self._heap[0][0] <= now:
+                    item = heapq.heappop(self._heap)
+                    if item[1] not in self._meta or item[1] in self._cancels:
+                        continue  # a stale duplicate entry
+                    key, concurrency = self._meta[item[1]]
+                    if concurrency is None or self._running_keys[key] < concurrency:
+                        chosen = item[1]
+                        break
+                    blocked.append(item)
+                for item in blocked:
+                    heapq.heappush(self._heap, item)
+                if chosen is not None:
+                    self._running_keys[self._meta[chosen][0]] += 1
+                    cancel = self._cancels[chosen] = threading.Event()
+                    return chosen, cancel
+                future = [t for t, _ in self._heap if t > now]
+                self._cond.wait(min(future) - now if future else None)
+            return None
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while (taken := self._take()) is not None:
+            job_id, cancel = taken
+            retry_at: float | None = None
+            keep = False
             try:
-                execute(job)
+                retry_at, keep = self._run(job_id, cancel)
             except Exception:
-                logs.error("hook.crashed", exc_info=True, delivery=job.delivery, route=job.route.name)
+                logs.error("hook.crashed", exc_info=True, job=job_id)
             finally:
-                with self._lock:
-                    self._pending -= 1
-                    self._idle.notify_all()
+                with self._cond:
+                    self._running_keys[self._meta[job_id][0]] -= 1
+                    del self._cancels[job_id]
+                    if retry_at is not None:
+                        heapq.heappush(self._heap, (retry_at, job_id))
+                    elif not keep:
+                        del self._meta[job_id]
+                    self._cond.notify_all()
 
-    def drain(self, grace_s: float) -> bool:
-        """Wait up to `grace_s` for queued and running jobs; True when all finished."""
+    def _run(self, job_id: int, cancel: threading.Event) -> tuple[float | None, bool]:
+        """Run one attempt; (retry time or None, whether the job stays pending without a retry)."""
+        row = self.spool.job(job_id)
+        if row is None or row.state != "pending":
+            return None, False  # purged or finished elsewhere (spool CLI)
+        attempt = row.attempts + 1
+        job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
+                  route=row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt)
+        result = runner.run(row.route.argv, self.spool.body(job_id), job.env(), row.route.timeout_s, cwd=row.cwd,
+                            cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
+        fields = dict(job=job_id, delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
+                      event=job.event, route=job.route.name, attempt=attempt, exit_code=result.exit_code,
+                      duration_ms=round(result.duration_s * 1000, 1), request_id=job.request_id,
+                      output_tail=result.output_tail or None, error=result.error or None)
+        if result.cancelled:
+            # Stopped by a shutdown: not an attempt; it stays pending for the next start.
+            logs.warning("hook.interrupted", **fields, detail="stopped at shutdown; runs again at the next start")
+            return None, True
+        outcome = "ok" if result.ok else ("timeout" if result.timed_out else ("error" if result.error else "failed"))
+        retryable = result.timed_out or result.exit_code == EX_TEMPFAIL
+        cfg = self.config()
+        if result.ok:
+            state, next_at = "done", 0.0
+        elif retryable and attempt <= row.route.retries:
+            state = "pending"
+            next_at = time.time() + backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
+        else:
+            state, next_at = "failed", 0.0
+        self.spool.finish(job_id, state, attempt, next_at, result.exit_code, outcome, result.output_tail)
+        emit = logs.info if result.ok else (logs.warning if state == "pending" else logs.error)
+        emit("hook.finished", **fields, outcome=outcome, state=state,
+             retry_in_s=round(next_at - time.time(), 2) if state == "pending" else None,
+             dead_letter=True if state == "failed" else None)
+        return (next_at if state == "pending" else None), False
+
+    # --- housekeeping -------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        """Pick up jobs requeued by `webhook-sidecar spool retry`; prune old finished jobs."""
+        last_prune = 0.0
+        while not self._stopped.wait(SYNC_INTERVAL_S):
+            try:
+                pending = self.spool.pending()
+                with self._cond:
+                    fresh = [p for p in pending if p[0] not in self._meta]
+                    for job_id, next_at, endpoint, route, concurrency in fresh:
+                        self._add(job_id, next_at, (endpoint, route), concurrency)
+                    if fresh:
+                        self._cond.notify_all()
+                if time.monotonic() - last_prune > PRUNE_INTERVAL_S:
+                    last_prune = time.monotonic()
+                    pruned = self.spool.purge(self.config().retention_hours * 3600)
+                    if pruned:
+                        logs.info("spool.pruned", jobs=pruned)
+            except Exception:
+                logs.error("spool.sync_failed", exc_info=True)
+
+    def stop(self, grace_s: float) -> bool:
+        """Start no more jobs; give running ones `grace_s`, then interrupt them (they stay pending).
+
+        True when every running hook finished within the grace period.
+        """
         deadline = time.monotonic() + grace_s
-        with self._lock:
-            while self._pending and (left := deadline - time.monotonic()) > 0:
-                self._idle.wait(left)
-            done = self._pending == 0
-        for _ in self._threads:
-            self._queue.put(None)
-        return done
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            while self._cancels and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            finished = not self._cancels
+            for cancel in self._cancels.values():
+                cancel.set()
+        self._stopped.set()
+        for t in self._threads:
+            t.join(STOP_KILL_GRACE_S + 5)
+        return finished

@@ -111,6 +111,7 @@ def test_server_times_out_a_stubborn_hook_and_logs_it(tmp_path: Path, sidecars) 
               - event: "*"
                 run: {scripts}/stubborn.sh
                 timeout_s: 0.5
+                retries: 0
                 env: {{OUT: {out}}}
               - event: "*"
                 run: {scripts}/exit3.sh
@@ -118,7 +119,8 @@ def test_server_times_out_a_stubborn_hook_and_logs_it(tmp_path: Path, sidecars) 
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="stuck").status == 200
     failed = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "exit3")
-    assert (failed["outcome"], failed["exit_code"], failed["level"]) == ("failed", 3, "warning")
+    assert (failed["outcome"], failed["exit_code"], failed["level"]) == ("failed", 3, "error")
+    assert failed["dead_letter"] is True and failed["state"] == "failed"
     assert failed["output_tail"] == "going to fail\n"
     line = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "stubborn", timeout=10)
     assert line["outcome"] == "timeout" and line["delivery"] == "stuck"

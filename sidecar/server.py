@@ -34,8 +34,9 @@ from .errors import (
 from .spool import Delivery
 from .workers import Workers
 
-SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-SAFE_DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# \Z, not $: "$" also matches before a final newline, and "evt_1\n" is no safe token.
+SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
+SAFE_DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 HEALTH_PATHS = {"/healthz", "/readyz"}
 DIGITS = re.compile(r"[0-9]+")
 HTTP_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})")

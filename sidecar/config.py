@@ -31,6 +31,7 @@ ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TOP_KEYS = {
     "listen", "max_body_bytes", "spool_dir", "endpoints", "max_workers", "max_queue",
     "request_timeout_s", "retry_backoff_s", "retry_backoff_max_s", "retention_hours",
+    "max_connections",
 }
 ENDPOINT_KEYS = {"path", "provider", "secret_env", "routes"}
 ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env"}
@@ -71,6 +72,7 @@ class Config:
     max_workers: int = 4
     max_queue: int = 1000
     request_timeout_s: float = 10.0
+    max_connections: int = 256
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
     retention_hours: float = 168.0
@@ -220,6 +222,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     max_workers = doc.get(top, (), "max_workers", int, Config.max_workers, minimum=1)
     max_queue = doc.get(top, (), "max_queue", int, Config.max_queue, minimum=1)
     request_timeout = doc.get(top, (), "request_timeout_s", float, Config.request_timeout_s, minimum=0.1)
+    max_connections = doc.get(top, (), "max_connections", int, Config.max_connections, minimum=1)
     backoff = doc.get(top, (), "retry_backoff_s", float, Config.retry_backoff_s, minimum=0)
     backoff_max = doc.get(top, (), "retry_backoff_max_s", float, Config.retry_backoff_max_s, minimum=0)
     retention = doc.get(top, (), "retention_hours", float, Config.retention_hours, minimum=0.01)
@@ -246,6 +249,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     return Config(
         file=file, listen=listen, max_body_bytes=max_body, spool_dir=file.parent / spool_dir,
         max_workers=max_workers, max_queue=max_queue, request_timeout_s=request_timeout,
+        max_connections=max_connections,
         retry_backoff_s=backoff, retry_backoff_max_s=backoff_max, retention_hours=retention,
         endpoints=endpoints, digest=digest[:16],
     )

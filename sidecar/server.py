@@ -44,6 +44,10 @@ HTTP_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})")
 HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*\r?\n")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_FIELDS = 99  # http.client refuses more than 100 lines, the blank one included
+_BUSY = b'{"error":"too many connections"}'
+TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nRetry-After: 2\r\nX-Request-Id: %%s\r\nConnection: close\r\n"
+                        b"\r\n%s" % (len(_BUSY), _BUSY))
 
 
 class SidecarServer(ThreadingHTTPServer):
@@ -61,6 +65,8 @@ class SidecarServer(ThreadingHTTPServer):
         self.draining = False
         self._deadlines: dict[Handler, float] = {}
         self._deadline_lock = threading.Lock()
+        self.connections = 0  # connections with a handler thread
+        self._connections_lock = threading.Lock()
         super().__init__(address, Handler)
         threading.Thread(target=self._reap, name="deadlines", daemon=True).start()
 
@@ -71,6 +77,45 @@ class SidecarServer(ThreadingHTTPServer):
             logs.debug("connection.dropped", remote=client_address[0], error=type(exc).__name__)
         else:
             logs.error("connection.failed", exc_info=True, remote=client_address[0])
+
+    # The connection cap. ThreadingHTTPServer starts a thread per connection, without
+    # bound; beyond max_connections the accept thread itself answers 503 with one
+    # non-blocking send and closes, so idle or slow sockets cannot pile up threads.
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            admitted = self.connections < self.config.max_connections
+            if admitted:
+                self.connections += 1
+        if not admitted:
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._connections_lock:
+            self.connections -= 1
+
+    def _refuse(self, request: socket.socket, client_address: Any) -> None:
+        request_id = uuid.uuid4().hex
+        try:
+            request.setblocking(False)
+            request.send(TOO_MANY_CONNECTIONS % request_id.encode())
+            request.recv(65536)  # what already came: a close with unread data would reset the answer
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        logs.warning("connection.refused", request_id=request_id, remote=client_address[0], status=503,
+                     reason="max_connections", limit=self.config.max_connections)
 
     @property
     def config(self) -> Config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ from . import config as config_mod
 from .errors import ConfigError
 from .providers import PROVIDERS
 from .service import DEFAULT_GRACE_S, Service
+from .spool import DB_NAME, JobRow, Spool
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -66,7 +68,35 @@ def _parser() -> argparse.ArgumentParser:
     signing_flags(send)
     send.add_argument("--content-type", default="application/json")
     send.add_argument("-H", "--header", action="append", default=[], help="extra 'Name: value' header")
+    spool = sub.add_parser("spool", help="inspect and re-run spooled jobs (works while the server runs)")
+    spool.add_argument("--config", default=_env("CONFIG", "config.yaml"), help="config whose spool_dir to use")
+    spool.add_argument("--spool-dir", help="the spool directory, instead of the config's spool_dir")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
+    listing = spool_sub.add_parser("list", help="jobs, newest last")
+    listing.add_argument("--failed", action="store_true", help="only dead letters")
+    listing.add_argument("--pending", action="store_true", help="only queued or retrying jobs")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = spool_sub.add_parser("show", help="one job in full, with its output tail")
+    show.add_argument("id", type=int)
+    show.add_argument("--payload", action="store_true", help="print the delivery's body instead")
+    retry = spool_sub.add_parser("retry", help="put dead letters back in the queue")
+    retry.add_argument("ids", type=int, nargs="*")
+    retry.add_argument("--all-failed", action="store_true")
+    purge = spool_sub.add_parser("purge", help="delete finished jobs older than a duration")
+    purge.add_argument("--older-than", required=True, type=_duration, help="e.g. 90s, 30m, 12h, 7d")
+    purge.add_argument("--failed-too", action="store_true", help="also delete dead letters (default: done only)")
     return p
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d)") from None
 
 
 def _env_file(value: str | None) -> Path:
@@ -166,7 +196,73 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if 200 <= resp.status < 300 else 1
 
 
+def _job_dict(job: JobRow) -> dict[str, object]:
+    return {"id": job.id, "state": job.state, "attempts": job.attempts, "endpoint": job.endpoint,
+            "route": job.route.name, "event": job.event, "delivery": job.delivery, "provider": job.provider,
+            "received": _when(job.received_at), "updated": _when(job.updated_at),
+            "next_attempt": _when(job.next_at) if job.state == "pending" and job.next_at else None,
+            "outcome": job.outcome, "exit_code": job.exit_code, "request_id": job.request_id,
+            "run": list(job.route.argv)}
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    try:
+        directory = Path(args.spool_dir) if args.spool_dir else config_mod.spool_dir_of(args.config)
+    except ConfigError as e:
+        print("\n".join(e.errors), file=sys.stderr)
+        return 1
+    if not (directory / DB_NAME).is_file():
+        print(f"webhook-sidecar: no spool at {directory / DB_NAME}", file=sys.stderr)
+        return 1
+    spool = Spool(directory)
+    try:
+        return _spool_action(args, spool)
+    finally:
+        spool.close()
+
+
+def _spool_action(args: argparse.Namespace, spool: Spool) -> int:
+    if args.spool_command == "list":
+        states = ("failed",) if args.failed else ("pending",) if args.pending else ("pending", "done", "failed")
+        jobs = spool.jobs(states, limit=args.limit)
+        if args.json:
+            for job in jobs:
+                print(json.dumps(_job_dict(job)))
+            return 0
+        print(f"{'ID':>6}  {'STATE':8} {'TRY':>3}  {'UPDATED':20} {'ENDPOINT':16} {'ROUTE':16} {'EVENT':16} DELIVERY")
+        for j in jobs:
+            print(f"{j.id:>6}  {j.state:8} {j.attempts:>3}  {_when(j.updated_at):20} {j.endpoint[:16]:16} "
+                  f"{j.route.name[:16]:16} {j.event[:16]:16} {j.delivery}")
+        return 0
+    if args.spool_command == "show":
+        job = spool.job(args.id)
+        if job is None:
+            print(f"webhook-sidecar: no job {args.id}", file=sys.stderr)
+            return 1
+        if args.payload:
+            sys.stdout.buffer.write(spool.body(args.id))
+            return 0
+        print(json.dumps({**_job_dict(job), "output_tail": job.output_tail}, indent=2))
+        return 0
+    if args.spool_command == "retry":
+        if not args.ids and not args.all_failed:
+            print("webhook-sidecar: give job ids or --all-failed", file=sys.stderr)
+            return 2
+        requeued = spool.retry(None if args.all_failed else args.ids)
+        missing = sorted(set(args.ids) - set(requeued))
+        print(f"requeued {len(requeued)} job(s)" + (f"; not dead letters: {missing}" if missing else ""))
+        return 1 if missing else 0
+    states = ("done", "failed") if args.failed_too else ("done",)
+    print(f"purged {spool.purge(args.older_than, states)} job(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = {"serve": cmd_serve, "check": cmd_check, "sign": cmd_sign, "send": cmd_send}[args.command]
+    command = {"serve": cmd_serve, "check": cmd_check, "sign": cmd_sign, "send": cmd_send,
+               "spool": cmd_spool}[args.command]
     return command(args)

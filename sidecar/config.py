@@ -395,3 +395,14 @@ def _route_env(doc: _Doc, path: Path_, raw: dict[str, Any]) -> tuple[tuple[str, 
         else:
             out.append((key, str(value)))
     return tuple(out)
+
+
+def spool_dir_of(path: str | os.PathLike[str]) -> Path:
+    """Where a config file keeps its spool, without validating the rest (no secrets needed)."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError([f"{file}:1: (file): cannot read: {e}"]) from e
+    value = data.get("spool_dir") if isinstance(data, dict) else None
+    return file.parent / (value if isinstance(value, str) else str(Config.spool_dir))

@@ -174,38 +174,52 @@ class Spool:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
-        results: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            for i, (op, future) in enumerate(batch):
-                # A savepoint per request: one failing op does not undo the others.
-                self._db.execute(f"SAVEPOINT op{i}")
-                try:
-                    results.append((future, op(self._db), None))
-                    self._db.execute(f"RELEASE op{i}")
-                except Exception as e:
-                    self._db.execute(f"ROLLBACK TO op{i}")
-                    self._db.execute(f"RELEASE op{i}")
-                    results.append((future, None, e))
-            self._db.execute("COMMIT")
-            self.writable = True
-            self.commits += 1
+            outcomes = self._transaction(batch)
         except sqlite3.Error as e:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             self.writable = False
             failure = Unavailable("spool not writable", retry_after=30)
             failure.__cause__ = e
             for _, future in batch:
                 future.set_exception(failure)
             return
-        for future, value, error in results:
+        self.writable = True
+        self.commits += 1
+        for (_, future), (value, error) in zip(batch, outcomes, strict=True):
             if error is not None:
                 future.set_exception(error)
             else:
                 future.set_result(value)
+
+    def _transaction(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
+                     ) -> list[tuple[Any, BaseException | None]]:
+        """Run every op in one transaction. An op that raises (rare: ops check before they
+        write) sends the batch round again with one transaction per op, so only it fails."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            values = [op(db) for op, _ in batch]
+        except Exception:
+            db.execute("ROLLBACK")
+            if len(batch) == 1:
+                return [self._single(batch[0][0])]
+            return [self._single(op) for op, _ in batch]
+        db.execute("COMMIT")
+        return [(v, None) for v in values]
+
+    def _single(self, op: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            value = op(db)
+        except sqlite3.OperationalError:
+            db.execute("ROLLBACK")
+            raise  # the disk, not the op: fail the batch
+        except Exception as e:
+            db.execute("ROLLBACK")
+            return None, e
+        db.execute("COMMIT")
+        return value, None
 
     def close(self) -> None:
         self._requests.put(None)
@@ -242,11 +256,11 @@ class Spool:
             f" WHERE j.state IN ({marks}) ORDER BY j.id LIMIT ?", (*states, limit)).fetchall()
         return [_job_row(r) for r in rows]
 
-    def pending(self) -> list[tuple[int, float, str, str, int | None]]:
-        """(id, next_at, endpoint, route, concurrency) of every pending job."""
+    def pending(self, changed_since: float = 0.0) -> list[tuple[int, float, str, str, int | None]]:
+        """(id, next_at, endpoint, route, concurrency) of pending jobs updated since `changed_since`."""
         rows = self.reader.execute(
             "SELECT j.id, j.next_at, d.endpoint, j.route, j.spec FROM jobs j JOIN deliveries d"
-            " ON d.id = j.delivery_id WHERE j.state = 'pending'").fetchall()
+            " ON d.id = j.delivery_id WHERE j.state = 'pending' AND j.updated_at >= ?", (changed_since,)).fetchall()
         return [(r[0], r[1], r[2], r[3], json.loads(r[4])["concurrency"]) for r in rows]
 
     # --- writes -----------------------------------------------------------------------

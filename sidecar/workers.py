@@ -73,6 +73,7 @@ class Workers:
         self._heap: list[tuple[float, int]] = []
         self._meta: dict[int, tuple[tuple[str, str], int | None]] = {}  # id -> (route key, concurrency)
         self._running_keys: Counter[tuple[str, str]] = Counter()
+        self._parked: dict[tuple[str, str], list[tuple[float, int]]] = {}
         self._cancels: dict[int, threading.Event] = {}
         self._stopping = False
         self._stopped = threading.Event()
@@ -96,9 +97,14 @@ class Workers:
     def running(self) -> int:
         return len(self._cancels)
 
-    def _add(self, job_id: int, next_at: float, key: tuple[str, str], concurrency: int | None) -> None:
+    def _add(self, job_id: int, next_at: float, key: tuple[str, str], concurrency: int | None) -> bool:
+        """Queue a job (lock held); False when it went straight to its route's parking (no wake-up needed)."""
         self._meta[job_id] = (key, concurrency)
+        if next_at <= time.time() and concurrency is not None and self._running_keys[key] >= concurrency:
+            heapq.heappush(self._parked.setdefault(key, []), (next_at, job_id))
+            return False
         heapq.heappush(self._heap, (next_at, job_id))
+        return True
 
     # --- accepting --------------------------------------------------------------------
     def submit(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:
@@ -109,11 +115,13 @@ class Workers:
         accepted = self.spool.accept(delivery, routes)
         with self._cond:
             by_name = {r.name: r for r in routes}
+            runnable = 0
             for job_id, name in zip(accepted.job_ids, accepted.routes, strict=True):
                 route = by_name.get(name)
                 concurrency = route.concurrency if route else self._stored_concurrency(job_id)
-                self._add(job_id, 0.0, (delivery.endpoint, name), concurrency)
-            self._cond.notify_all()
+                runnable += self._add(job_id, 0.0, (delivery.endpoint, name), concurrency)
+            if runnable:
+                self._cond.notify(runnable)
         return accepted
 
     def _stored_concurrency(self, job_id: int) -> int | None:
@@ -122,28 +130,35 @@ class Workers:
 
     # --- running ----------------------------------------------------------------------
     def _take(self) -> tuple[int, threading.Event] | None:
+        # Due jobs of a route at its concurrency limit are parked per route, and one
+        # is handed back each time a run of that route ends: each job is looked at
+        # O(1) times per start, however long the queue behind a serialized route.
         with self._cond:
             while not self._stopping:
                 now = time.time()
-                blocked, chosen = [], None
                 while self._heap and self._heap[0][0] <= now:
                     item = heapq.heappop(self._heap)
                     if item[1] not in self._meta or item[1] in self._cancels:
                         continue  # a stale duplicate entry
                     key, concurrency = self._meta[item[1]]
-                    if concurrency is None or self._running_keys[key] < concurrency:
-                        chosen = item[1]
-                        break
-                    blocked.append(item)
-                for item in blocked:
-                    heapq.heappush(self._heap, item)
-                if chosen is not None:
-                    self._running_keys[self._meta[chosen][0]] += 1
-                    cancel = self._cancels[chosen] = threading.Event()
-                    return chosen, cancel
-                future = [t for t, _ in self._heap if t > now]
-                self._cond.wait(min(future) - now if future else None)
+                    if concurrency is not None and self._running_keys[key] >= concurrency:
+                        heapq.heappush(self._parked.setdefault(key, []), item)
+                        continue
+                    self._running_keys[key] += 1
+                    cancel = self._cancels[item[1]] = threading.Event()
+                    return item[1], cancel
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
             return None
+
+    def _release(self, job_id: int) -> None:
+        """A run ended (lock held): free its route's slot and unpark the next due job of that route."""
+        key = self._meta[job_id][0]
+        self._running_keys[key] -= 1
+        parked = self._parked.get(key)
+        if parked:
+            heapq.heappush(self._heap, heapq.heappop(parked))
+            if not parked:
+                del self._parked[key]
 
     def _work(self) -> None:
         while (taken := self._take()) is not None:
@@ -156,7 +171,7 @@ class Workers:
                 logs.error("hook.crashed", exc_info=True, job=job_id)
             finally:
                 with self._cond:
-                    self._running_keys[self._meta[job_id][0]] -= 1
+                    self._release(job_id)
                     del self._cancels[job_id]
                     if retry_at is not None:
                         heapq.heappush(self._heap, (retry_at, job_id))
@@ -202,10 +217,13 @@ class Workers:
     # --- housekeeping -------------------------------------------------------------------
     def _housekeeping(self) -> None:
         """Pick up jobs requeued by `webhook-sidecar spool retry`; prune old finished jobs."""
-        last_prune = 0.0
+        last_prune, last_sync = 0.0, time.time()
         while not self._stopped.wait(SYNC_INTERVAL_S):
             try:
-                pending = self.spool.pending()
+                # Only what changed lately: `spool retry` stamps updated_at (clocks are
+                # the same machine's; the margin covers a commit in flight).
+                since, last_sync = last_sync - 5.0, time.time()
+                pending = self.spool.pending(changed_since=since)
                 with self._cond:
                     fresh = [p for p in pending if p[0] not in self._meta]
                     for job_id, next_at, endpoint, route, concurrency in fresh:

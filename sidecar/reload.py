@@ -32,7 +32,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from . import config as config_mod
-from . import logs
+from . import logs, metrics
 from .config import Config
 from .errors import ConfigError
 
@@ -96,6 +96,7 @@ class Reloader:
         self.paths = [current.file] + ([env_file] if env_file else [])
         self.last_fingerprint = _fingerprint(self.paths)
         self.last_result = "loaded"
+        metrics.LAST_RELOAD.set_to_current_time()  # the table loaded at start
         self._force = False
         self._kick = threading.Event()
         self._stop = threading.Event()
@@ -166,6 +167,7 @@ class Reloader:
                 new = config_mod.load(self.current.file, self.env_file)
             except ConfigError as e:
                 self.last_result = "rejected"
+                metrics.CONFIG_RELOADS.labels("rejected").inc()
                 logs.error("config.rejected", config=str(self.current.file), errors=e.errors,
                            config_hash=self.current.digest, detail="still serving the last good table")
                 return "rejected"
@@ -174,6 +176,8 @@ class Reloader:
                 return "unchanged"
             old, self.current = self.current, new
             self.apply(new)
+            metrics.CONFIG_RELOADS.labels("reloaded").inc()
+            metrics.LAST_RELOAD.set_to_current_time()
             logs.info("config.reloaded", config=str(new.file), config_hash=new.digest,
                       previous_hash=old.digest, endpoints=len(new.endpoints), routes=new.route_count)
             changed = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]

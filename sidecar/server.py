@@ -20,7 +20,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import logs, router
+from . import logs, metrics, router
 from .config import Config
 from .errors import (
     BadRequest,
@@ -37,7 +37,7 @@ from .workers import Workers
 # \Z, not $: "$" also matches before a final newline, and "evt_1\n" is no safe token.
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 SAFE_DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
-HEALTH_PATHS = {"/healthz", "/readyz"}
+HEALTH_PATHS = {"/healthz", "/readyz", "/metrics"}
 DIGITS = re.compile(r"[0-9]+")
 HTTP_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})")
 # A header line: a token, a colon, a value without CR, LF or NUL (so no obs-fold, no bare CR).
@@ -237,9 +237,19 @@ class Handler(BaseHTTPRequestHandler):
             # The body was not consumed, so the connection cannot carry another request.
             self.close_connection = True
         self._respond(status, body, ctype, extra)
+        self._count(status, msg)
         level(msg, request_id=self.request_id, remote=self.client_address[0], method=self.command,
               path=self.path[:256], status=int(status), duration_ms=round((time.monotonic() - self.started) * 1000, 2),
               **self.fields)
+
+    def _count(self, status: HTTPStatus, msg: str) -> None:
+        path = self.path.split("?", 1)[0]
+        endpoint = self.fields.get("endpoint") or (path if path in HEALTH_PATHS else "other")
+        metrics.REQUESTS.labels(endpoint, str(int(status))).inc()
+        if status == HTTPStatus.UNAUTHORIZED:
+            metrics.VERIFICATION_FAILURES.labels(self.fields.get("provider", ""), self.fields.get("reason", "")).inc()
+        elif msg.startswith("delivery."):
+            metrics.DELIVERIES.labels(endpoint, msg.split(".", 1)[1]).inc()
 
     def _respond(self, status: HTTPStatus, body: Any, ctype: str, headers: dict[str, str]) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
@@ -262,6 +272,9 @@ class Handler(BaseHTTPRequestHandler):
         self.body_read = not self.headers.get("Content-Length") and not self.headers.get("Transfer-Encoding")
         if path == "/healthz":
             return HTTPStatus.OK, {"status": "ok"}, "health"
+        if path == "/metrics":
+            data, ctype = metrics.exposition()
+            return HTTPStatus.OK, (data, ctype), "health"
         if path == "/readyz":
             ready, why = self.server.is_ready
             if not ready:

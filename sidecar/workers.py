@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import logs, runner
+from . import logs, metrics, runner
 from .config import Config, Route
 from .errors import QueueFull
 from .spool import Accepted, Delivery, Spool
@@ -82,6 +82,7 @@ class Workers:
             self._add(job_id, next_at, (endpoint, route), concurrency)
         if recovered:
             logs.info("spool.recovered", jobs=len(recovered), detail="pending jobs from before the restart")
+        metrics.track_queue(lambda: self.depth, lambda: self.running)
         self._threads = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                          for i in range(max_workers)]
         for t in self._threads:
@@ -208,6 +209,10 @@ class Workers:
         else:
             state, next_at = "failed", 0.0
         self.spool.finish(job_id, state, attempt, next_at, result.exit_code, outcome, result.output_tail)
+        metrics.HOOK_RUNS.labels(job.endpoint, job.route.name, outcome).inc()
+        metrics.HOOK_DURATION.labels(job.endpoint, job.route.name).observe(result.duration_s)
+        if state == "failed":
+            metrics.DEAD_LETTERS.labels(job.endpoint, job.route.name).inc()
         emit = logs.info if result.ok else (logs.warning if state == "pending" else logs.error)
         emit("hook.finished", **fields, outcome=outcome, state=state,
              retry_in_s=round(next_at - time.time(), 2) if state == "pending" else None,

@@ -1,0 +1,45 @@
+"""Prometheus metrics, on their own registry. Labels are bounded: configured endpoint
+paths and route names, providers, reasons and outcomes; never delivery ids or raw paths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+PREFIX = "webhook_sidecar"
+
+REQUESTS = Counter(f"{PREFIX}_requests_total", "HTTP requests answered, by endpoint and status code.",
+                   ["endpoint", "status"], registry=REGISTRY)
+VERIFICATION_FAILURES = Counter(f"{PREFIX}_verification_failures_total",
+                                "Deliveries refused with 401, by provider and reason.",
+                                ["provider", "reason"], registry=REGISTRY)
+DELIVERIES = Counter(f"{PREFIX}_deliveries_total", "Verified deliveries, by endpoint and result.",
+                     ["endpoint", "result"], registry=REGISTRY)
+HOOK_RUNS = Counter(f"{PREFIX}_hook_runs_total", "Hook runs finished, by endpoint, route and outcome.",
+                    ["endpoint", "route", "outcome"], registry=REGISTRY)
+HOOK_DURATION = Histogram(f"{PREFIX}_hook_duration_seconds", "Hook run duration, by endpoint and route.",
+                          ["endpoint", "route"], registry=REGISTRY,
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+CONFIG_RELOADS = Counter(f"{PREFIX}_config_reloads_total", "Config reload attempts, by result.",
+                         ["result"], registry=REGISTRY)
+LAST_RELOAD = Gauge(f"{PREFIX}_config_last_reload_success_timestamp_seconds",
+                    "When the routing table in use was loaded (Unix time).", registry=REGISTRY)
+QUEUE_DEPTH = Gauge(f"{PREFIX}_queue_depth", "Pending jobs: queued, waiting for a retry, or running.",
+                    registry=REGISTRY)
+HOOKS_RUNNING = Gauge(f"{PREFIX}_hooks_running", "Hooks running now.", registry=REGISTRY)
+DEAD_LETTERS = Counter(f"{PREFIX}_dead_letters_total", "Jobs that failed for good, by endpoint and route.",
+                       ["endpoint", "route"], registry=REGISTRY)
+
+
+def track_queue(depth: Callable[[], int], running: Callable[[], int]) -> None:
+    """Read queue depth and running hooks at scrape time."""
+    QUEUE_DEPTH.set_function(depth)
+    HOOKS_RUNNING.set_function(running)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The body and content type of a /metrics answer."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

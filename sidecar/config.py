@@ -225,7 +225,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     max_connections = doc.get(top, (), "max_connections", int, Config.max_connections, minimum=1)
     backoff = doc.get(top, (), "retry_backoff_s", float, Config.retry_backoff_s, minimum=0)
     backoff_max = doc.get(top, (), "retry_backoff_max_s", float, Config.retry_backoff_max_s, minimum=0)
-    retention = doc.get(top, (), "retention_hours", float, Config.retention_hours, minimum=0.01)
+    retention = doc.get(top, (), "retention_hours", float, Config.retention_hours, minimum=0.0001)
     raw_endpoints = doc.get(top, (), "endpoints", list, [], required=True)
     if "endpoints" in top and isinstance(top["endpoints"], list) and not top["endpoints"]:
         doc.error(("endpoints",), "needs at least one endpoint")

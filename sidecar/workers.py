@@ -235,9 +235,10 @@ class Workers:
                         self._add(job_id, next_at, (endpoint, route), concurrency)
                     if fresh:
                         self._cond.notify_all()
-                if time.monotonic() - last_prune > PRUNE_INTERVAL_S:
+                retention_s = self.config().retention_hours * 3600
+                if time.monotonic() - last_prune > min(PRUNE_INTERVAL_S, retention_s / 10):
                     last_prune = time.monotonic()
-                    pruned = self.spool.purge(self.config().retention_hours * 3600)
+                    pruned = self.spool.purge(retention_s)
                     if pruned:
                         logs.info("spool.pruned", jobs=pruned)
             except Exception:

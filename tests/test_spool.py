@@ -306,6 +306,21 @@ def test_purge_removes_old_finished_jobs(tmp_path: Path, sidecars) -> None:
     assert spool_cli(config, "purge", "--older-than", "soon").returncode == 2
 
 
+def test_retention_prunes_finished_jobs(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, table("""
+          - event: push
+            run: {scripts}/append.sh
+            env: {{OUT: {out}}}
+    """, "retention_hours: 0.0003\n"))  # about a second
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b"{}", delivery="short-lived").status == 200
+    sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")
+    assert sidecar.wait_log(lambda e: e.get("msg") == "spool.pruned", timeout=10)["jobs"] == 1
+    assert spool_cli(config, "list", "--json").stdout == ""
+    # Dedupe forgets with the job: the same id is a new delivery again.
+    assert sidecar.deliver(b"{}", delivery="short-lived").json()["status"] == "accepted"
+
+
 def test_spool_cli_without_a_spool_says_so(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("spool_dir: nowhere\nendpoints: []\n")

@@ -208,12 +208,14 @@ def test_settings_that_need_a_restart_are_reported(tmp_path: Path, sidecars) -> 
 def test_flood_during_20_reloads_gets_no_5xx_and_no_wrong_routing(tmp_path: Path, sidecars) -> None:
     """Table A routes push->a and tag->ta; table B push->b and tag->tb. A response never mixes them."""
     def table(v: str) -> str:
-        return TABLE.format(name=v) + f"      - event: tag\n        name: t{v}\n        run: [/bin/true]\n"
+        return ("max_queue: 1000000\n" + TABLE.format(name=v)
+                + f"      - event: tag\n        name: t{v}\n        run: [/bin/true]\n")
 
     config = tmp_path / "config.yaml"
     config.write_text(table("a"))
     sidecar = sidecars(config)
     stop = threading.Event()
+
     problems: list[str] = []
     counts = {"a": 0, "b": 0}
 

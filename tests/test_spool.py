@@ -45,7 +45,7 @@ def test_kill_9_mid_burst_loses_no_acknowledged_delivery(tmp_path: Path, sidecar
 
     def sender(worker: int) -> None:
         import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=30)
         for i in range(75):
             delivery = f"d-{worker}-{i}"
             body = json.dumps({"n": i, "w": worker}).encode()

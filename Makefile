@@ -34,8 +34,9 @@ packaging: $(STAMP)
 test: lint packaging
 	$(BIN)/python -m pytest -q
 
+# Figures against their ceilings (README "Measuring"); installs wrk when missing, stops within 5 minutes.
 bench: $(STAMP)
-	$(BIN)/python bench/load.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .venv-helm .pytest_cache .ruff_cache .spool

@@ -213,7 +213,9 @@ def parse_json(body: bytes | str) -> Any:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest("body is not valid JSON", reason="invalid_json") from e
-    if not _depth_ok(payload):
+    # Fewer brackets than the limit cannot nest deeper than it: skip the walk.
+    raw = body.encode() if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(payload):
         raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH}", reason="too_deep")
     return payload
 

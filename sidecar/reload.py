@@ -19,12 +19,10 @@ from pathlib import Path
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
-    DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -46,10 +44,13 @@ RESYNC_INTERVAL_S = 30.0
 # from these at start.
 RESTART_KEYS = ("listen", "spool_dir", "max_workers", "max_queue")
 
-# Our own reads of the file raise opened/closed-no-write events; only changes matter.
+# Only events that end a change. Our own reads raise opened/closed-no-write events,
+# and "modified" fires on every write() to any file in the directory (a log file
+# beside config.yaml made each request 30 % dearer): an in-place edit is seen
+# when the writer closes the file, a rename or the ConfigMap swap as a move.
 CHANGE_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
-    DirCreatedEvent, DirModifiedEvent, DirMovedEvent, DirDeletedEvent,
+    FileCreatedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
 ]
 
 

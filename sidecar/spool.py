@@ -62,6 +62,13 @@ CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_id);
 
 
 @dataclass(frozen=True)
+class _Request:
+    op: Callable[[sqlite3.Connection], Any]
+    future: Future[Any]
+    durable: bool
+
+
+@dataclass(frozen=True)
 class Delivery:
     """What a verified request leaves for its jobs: enough to run them after a restart."""
 
@@ -142,7 +149,8 @@ class Spool:
         self.path = directory / DB_NAME
         self._db = connect(self.path)
         self._db.executescript(SCHEMA)
-        self._requests: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._full_sync = True
         self._local = threading.local()
         self.writable = True
         self.commits = 0
@@ -151,10 +159,19 @@ class Spool:
 
     # --- the writer ---------------------------------------------------------------
     def write(self, op: Callable[[sqlite3.Connection], T], timeout: float = 30) -> T:
-        """Run `op` in the writer's next transaction; return once it is committed."""
+        """Run `op` in the writer's next transaction; return once it is committed (fsync'd)."""
+        return self.submit_write(op).result(timeout)
+
+    def submit_write(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> Future[T]:
+        """Queue `op` for the writer; the future resolves when it is committed.
+
+        durable=False lets a batch holding only such ops commit with synchronous=NORMAL:
+        safe against a crash of the process, and on power loss such a write may be
+        lost, never corrupted. Use it only where losing the write is harmless.
+        """
         future: Future[T] = Future()
-        self._requests.put((op, future))
-        return future.result(timeout)
+        self._requests.put(_Request(op, future, durable))
+        return future
 
     def _write_loop(self) -> None:
         while True:
@@ -173,37 +190,38 @@ class Spool:
                 batch.append(item)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
+    def _commit(self, batch: list[_Request]) -> None:
         try:
             outcomes = self._transaction(batch)
         except sqlite3.Error as e:
             self.writable = False
             failure = Unavailable("spool not writable", retry_after=30)
             failure.__cause__ = e
-            for _, future in batch:
-                future.set_exception(failure)
+            for request in batch:
+                request.future.set_exception(failure)
             return
         self.writable = True
         self.commits += 1
-        for (_, future), (value, error) in zip(batch, outcomes, strict=True):
+        for request, (value, error) in zip(batch, outcomes, strict=True):
             if error is not None:
-                future.set_exception(error)
+                request.future.set_exception(error)
             else:
-                future.set_result(value)
+                request.future.set_result(value)
 
-    def _transaction(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
-                     ) -> list[tuple[Any, BaseException | None]]:
+    def _transaction(self, batch: list[_Request]) -> list[tuple[Any, BaseException | None]]:
         """Run every op in one transaction. An op that raises (rare: ops check before they
         write) sends the batch round again with one transaction per op, so only it fails."""
         db = self._db
+        full = any(r.durable for r in batch)
+        if full != self._full_sync:  # a connection setting, changed outside the transaction
+            db.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+            self._full_sync = full
         db.execute("BEGIN IMMEDIATE")
         try:
-            values = [op(db) for op, _ in batch]
+            values = [r.op(db) for r in batch]
         except Exception:
             db.execute("ROLLBACK")
-            if len(batch) == 1:
-                return [self._single(batch[0][0])]
-            return [self._single(op) for op, _ in batch]
+            return [self._single(r.op) for r in batch]
         db.execute("COMMIT")
         return [(v, None) for v in values]
 
@@ -297,12 +315,16 @@ class Spool:
         return self.write(op)
 
     def finish(self, job_id: int, state: str, attempts: int, next_at: float, exit_code: int | None,
-               outcome: str, output_tail: str) -> None:
-        """Record an attempt: done, failed (dead letter), or pending again for a retry at `next_at`."""
-        self.write(lambda db: db.execute(
+               outcome: str, output_tail: str) -> Future[Any]:
+        """Record an attempt: done, failed (dead letter), or pending again for a retry at `next_at`.
+
+        Not durable in the fsync sense: if the record is lost (power loss), the job is
+        still pending on disk and runs again, which at-least-once allows.
+        """
+        return self.submit_write(lambda db: db.execute(
             "UPDATE jobs SET state = ?, attempts = ?, next_at = ?, exit_code = ?, outcome = ?, output_tail = ?,"
             " updated_at = ? WHERE id = ?",
-            (state, attempts, next_at, exit_code, outcome, output_tail, time.time(), job_id)))
+            (state, attempts, next_at, exit_code, outcome, output_tail, time.time(), job_id)), durable=False)
 
     def retry(self, job_ids: Sequence[int] | None = None) -> list[int]:
         """Put failed jobs (the given ones, or all) back in the queue; the ids that were requeued."""

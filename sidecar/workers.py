@@ -17,7 +17,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from . import logs, metrics, runner
 from .config import Config, Route
@@ -166,8 +168,9 @@ class Workers:
             job_id, cancel = taken
             retry_at: float | None = None
             keep = False
+            recorded: Future[Any] | None = None
             try:
-                retry_at, keep = self._run(job_id, cancel)
+                retry_at, keep, recorded = self._run(job_id, cancel)
             except Exception:
                 logs.error("hook.crashed", exc_info=True, job=job_id)
             finally:
@@ -176,15 +179,25 @@ class Workers:
                     del self._cancels[job_id]
                     if retry_at is not None:
                         heapq.heappush(self._heap, (retry_at, job_id))
-                    elif not keep:
+                    elif not keep and recorded is None:
                         del self._meta[job_id]
                     self._cond.notify_all()
+            if recorded is not None:
+                # The worker goes on at once; the job leaves the books when its result
+                # is committed, so the spool sync cannot mistake it for a pending one.
+                recorded.add_done_callback(lambda _f, job_id=job_id: self._forget(job_id))
 
-    def _run(self, job_id: int, cancel: threading.Event) -> tuple[float | None, bool]:
-        """Run one attempt; (retry time or None, whether the job stays pending without a retry)."""
+    def _forget(self, job_id: int) -> None:
+        with self._cond:
+            self._meta.pop(job_id, None)
+            self._cond.notify_all()
+
+    def _run(self, job_id: int, cancel: threading.Event) -> tuple[float | None, bool, Future[Any] | None]:
+        """Run one attempt: (retry time or None, whether the job stays pending without a retry,
+        the pending commit of a final result)."""
         row = self.spool.job(job_id)
         if row is None or row.state != "pending":
-            return None, False  # purged or finished elsewhere (spool CLI)
+            return None, False, None  # purged or finished elsewhere (spool CLI)
         attempt = row.attempts + 1
         job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
                   route=row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt)
@@ -197,7 +210,7 @@ class Workers:
         if result.cancelled:
             # Stopped by a shutdown: not an attempt; it stays pending for the next start.
             logs.warning("hook.interrupted", **fields, detail="stopped at shutdown; runs again at the next start")
-            return None, True
+            return None, True, None
         outcome = "ok" if result.ok else ("timeout" if result.timed_out else ("error" if result.error else "failed"))
         retryable = result.timed_out or result.exit_code == EX_TEMPFAIL
         cfg = self.config()
@@ -208,16 +221,26 @@ class Workers:
             next_at = time.time() + backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
         else:
             state, next_at = "failed", 0.0
-        self.spool.finish(job_id, state, attempt, next_at, result.exit_code, outcome, result.output_tail)
+        recorded = self.spool.finish(job_id, state, attempt, next_at, result.exit_code, outcome, result.output_tail)
+        if state == "pending":
+            recorded.result()  # the next attempt must read this attempt's count
         metrics.HOOK_RUNS.labels(job.endpoint, job.route.name, outcome).inc()
         metrics.HOOK_DURATION.labels(job.endpoint, job.route.name).observe(result.duration_s)
         if state == "failed":
             metrics.DEAD_LETTERS.labels(job.endpoint, job.route.name).inc()
         emit = logs.info if result.ok else (logs.warning if state == "pending" else logs.error)
-        emit("hook.finished", **fields, outcome=outcome, state=state,
-             retry_in_s=round(next_at - time.time(), 2) if state == "pending" else None,
-             dead_letter=True if state == "failed" else None)
-        return (next_at if state == "pending" else None), False
+
+        def log(_recorded: Future[Any] | None = None) -> None:
+            emit("hook.finished", **fields, outcome=outcome, state=state,
+                 retry_in_s=round(next_at - time.time(), 2) if state == "pending" else None,
+                 dead_letter=True if state == "failed" else None)
+
+        if state == "pending":
+            log()
+            return next_at, False, None
+        # Logged once recorded, so `spool list` agrees with the log from that line on.
+        recorded.add_done_callback(log)
+        return None, False, recorded
 
     # --- housekeeping -------------------------------------------------------------------
     def _housekeeping(self) -> None:

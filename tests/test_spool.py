@@ -236,8 +236,7 @@ def test_sigterm_drains_running_hooks_and_refuses_new_work(tmp_path: Path, sidec
     out = tmp_path / "out"
     sidecar = sidecars(config, "--grace", "10")
     assert sidecar.deliver(b"{}", delivery="running").status == 200
-    wait_for(lambda: sidecar.find_logs("delivery.accepted"))
-    time.sleep(0.2)  # let the worker start the 1.5 s hook (a start has no log line)
+    wait_for((out / "running.started").exists)
     import http.client
     conn = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=5)
     conn.request("GET", "/healthz")
@@ -272,8 +271,7 @@ def test_hooks_past_the_grace_are_interrupted_and_run_at_the_next_start(tmp_path
     sidecar = sidecars(config, "--grace", "0.5")
     assert sidecar.deliver(b"{}", delivery="long").status == 200
     assert sidecar.deliver(b"{}", event="tag", delivery="queued").status == 200  # waits: one worker
-    wait_for(lambda: Path(f"/proc/{sidecar.proc.pid}").exists())
-    time.sleep(0.3)  # the long hook is running
+    wait_for((out / "long.started").exists)
     start = time.monotonic()
     sidecar.proc.send_signal(signal.SIGTERM)
     assert sidecar.proc.wait(15) == 0

@@ -54,6 +54,14 @@ CHANGE_EVENTS: list[type[FileSystemEvent]] = [
 ]
 
 
+def warn_unverified(config: Config) -> None:
+    """`provider: none` is an explicit choice, warned about at start and on every reload."""
+    for ep in config.endpoints.values():
+        if not ep.provider.needs_secret:
+            logs.warning("endpoint.unverified", endpoint=ep.path,
+                         detail="provider 'none' accepts deliveries without any signature")
+
+
 def _fingerprint(paths: list[Path]) -> str:
     """A hash of what the files hold (through symlinks), missing files included."""
     h = hashlib.sha256()
@@ -185,8 +193,5 @@ class Reloader:
             if changed:
                 logs.warning("config.restart_needed", keys=changed,
                              detail="these settings keep their old values until the process restarts")
-            for ep in new.endpoints.values():
-                if not ep.provider.needs_secret:
-                    logs.warning("endpoint.unverified", endpoint=ep.path,
-                                 detail="provider 'none' accepts deliveries without any signature")
+            warn_unverified(new)
             return "reloaded"

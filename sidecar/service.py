@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import logs
-from .reload import Reloader
+from .reload import Reloader, warn_unverified
 from .server import SidecarServer
 from .spool import Spool
 from .workers import Workers
@@ -47,10 +47,7 @@ class Service:
     def run(self) -> int:
         """Serve until stop(); running hooks get the grace period, queued ones stay spooled."""
         cfg = self.server.config
-        for ep in cfg.endpoints.values():
-            if not ep.provider.needs_secret:
-                logs.warning("endpoint.unverified", endpoint=ep.path,
-                             detail="provider 'none' accepts deliveries without any signature")
+        warn_unverified(cfg)
         # Watch before announcing: a change made right after "listening" must not be missed.
         self.reloader.start()
         host, port = self.server.server_address[:2]

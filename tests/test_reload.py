@@ -277,3 +277,19 @@ def test_hook_script_edits_need_no_reload(tmp_path: Path, sidecars) -> None:
     sidecar.deliver(b"{}")
     wait_for(lambda: (out / "version").read_text() == "v2\n")
     assert SCRIPTS.exists()
+
+
+def test_unverified_endpoints_are_warned_at_start_and_on_every_reload(tmp_path: Path, sidecars) -> None:
+    config = tmp_path / "config.yaml"
+    open_endpoint = "  - path: /open\n    provider: none\n    routes: []\n"
+    config.write_text(TABLE.format(name="a") + open_endpoint)
+    sidecar = sidecars(config)
+    first = sidecar.wait_log(lambda e: e.get("msg") == "endpoint.unverified")
+    assert first["level"] == "warning" and first["endpoint"] == "/open"
+    write_by_rename(config, TABLE.format(name="b") + open_endpoint)
+    sidecar.wait_log(lambda e: e.get("msg") == "config.reloaded")
+    wait_for(lambda: len(sidecar.find_logs("endpoint.unverified")) == 2)
+    # A signed-only table warns about nothing.
+    write_by_rename(config, TABLE.format(name="c"))
+    wait_route(sidecar, "c")
+    assert len(sidecar.find_logs("endpoint.unverified")) == 2

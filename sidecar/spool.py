@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import logs
 from .config import Route
 from .errors import Unavailable
 
@@ -188,7 +189,13 @@ class Spool:
                     self._requests.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as e:  # a bug must not kill the only writer: fail this batch, go on
+                logs.error("spool.write_failed", exc_info=True)
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(e)
 
     def _commit(self, batch: list[_Request]) -> None:
         try:

@@ -160,8 +160,15 @@ class Spool:
 
     # --- the writer ---------------------------------------------------------------
     def write(self, op: Callable[[sqlite3.Connection], T], timeout: float = 30) -> T:
-        """Run `op` in the writer's next transaction; return once it is committed (fsync'd)."""
-        return self.submit_write(op).result(timeout)
+        """Run `op` in the writer's next transaction; return once it is committed (fsync'd).
+
+        Unavailable (503) when the commit does not come within `timeout` (a hung disk):
+        the sender retries later, and no 200 was given for it.
+        """
+        try:
+            return self.submit_write(op).result(timeout)
+        except TimeoutError as e:
+            raise Unavailable("spool not responding", retry_after=30) from e
 
     def submit_write(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> Future[T]:
         """Queue `op` for the writer; the future resolves when it is committed.

@@ -36,10 +36,14 @@ say "hadolint: Dockerfile and the example in docs/kubernetes.md clean"
 # --- 2. the Helm chart ------------------------------------------------------------------------------
 find_python312() {
   # 3.12 first (what helm-sdkpy is built and tested for), then newer ones; pyenv's versions, then PATH.
-  local candidate pyenv_versions=${PYENV_ROOT:-$HOME/.pyenv}/versions
+  # HOME may be unset (CI): look in PYENV_ROOT, ~/.pyenv and root's pyenv.
+  local candidate roots
+  roots=$(printf '%s\n' "${PYENV_ROOT:-}" "${HOME:-/root}/.pyenv" /root/.pyenv | grep -v '^$' | awk '!seen[$0]++')
   if [ -n "${HELM_PYTHON:-}" ]; then echo "$HELM_PYTHON"; return; fi
-  for candidate in $(ls -d "$pyenv_versions"/3.12*/bin/python3 2>/dev/null | sort -V -r) python3.12 \
-                   $(ls -d "$pyenv_versions"/3.1[3-9]*/bin/python3 2>/dev/null | sort -V) python3.13 python3; do
+  for candidate in $(for r in $roots; do ls -d "$r"/versions/3.12*/bin/python3 2>/dev/null; done | sort -V -r) \
+                   python3.12 \
+                   $(for r in $roots; do ls -d "$r"/versions/3.1[3-9]*/bin/python3 2>/dev/null; done | sort -V) \
+                   python3.13 python3; do
     if "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
       echo "$candidate"; return
     fi

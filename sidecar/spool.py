@@ -154,7 +154,6 @@ class Spool:
         self._full_sync = True
         self._local = threading.local()
         self.writable = True
-        self.commits = 0
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
 
@@ -208,6 +207,11 @@ class Spool:
         try:
             outcomes = self._transaction(batch)
         except sqlite3.Error as e:
+            if self._db.in_transaction:  # a failed COMMIT leaves it open; the next BEGIN would fail forever
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             self.writable = False
             failure = Unavailable("spool not writable", retry_after=30)
             failure.__cause__ = e
@@ -215,7 +219,6 @@ class Spool:
                 request.future.set_exception(failure)
             return
         self.writable = True
-        self.commits += 1
         for request, (value, error) in zip(batch, outcomes, strict=True):
             if error is not None:
                 request.future.set_exception(error)
@@ -365,11 +368,3 @@ class Spool:
             return cur.rowcount
 
         return self.write(op)
-
-    def check_writable(self) -> bool:
-        """A real write round trip (for /readyz): False when the disk refuses it."""
-        try:
-            self.write(lambda db: db.execute("PRAGMA user_version = 1"), timeout=5)
-        except Exception:
-            return False
-        return self.writable

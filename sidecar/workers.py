@@ -77,6 +77,7 @@ class Workers:
         self._running_keys: Counter[tuple[str, str]] = Counter()
         self._parked: dict[tuple[str, str], list[tuple[float, int]]] = {}
         self._cancels: dict[int, threading.Event] = {}
+        self._reserved = 0  # queue slots held by deliveries being committed
         self._stopping = False
         self._stopped = threading.Event()
         recovered = spool.pending()
@@ -112,11 +113,20 @@ class Workers:
     # --- accepting --------------------------------------------------------------------
     def submit(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:
         """Commit the delivery's jobs to the spool (or raise QueueFull), then schedule them."""
+        # Reserve the slots before the commit, so concurrent deliveries cannot
+        # together pass the bound that each of them checked alone.
         with self._cond:
-            if len(self._meta) + len(routes) > self.max_queue:
+            if len(self._meta) + self._reserved + len(routes) > self.max_queue:
                 raise QueueFull()
-        accepted = self.spool.accept(delivery, routes)
+            self._reserved += len(routes)
+        try:
+            accepted = self.spool.accept(delivery, routes)
+        except BaseException:
+            with self._cond:
+                self._reserved -= len(routes)
+            raise
         with self._cond:
+            self._reserved -= len(routes)  # in the same breath as the jobs take their places
             by_name = {r.name: r for r in routes}
             runnable = 0
             for job_id, name in zip(accepted.job_ids, accepted.routes, strict=True):

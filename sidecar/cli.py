@@ -17,6 +17,7 @@ from . import __version__, logs
 from . import config as config_mod
 from .errors import ConfigError
 from .providers import PROVIDERS
+from .reload import WATCH_MODES
 from .service import DEFAULT_GRACE_S, Service
 from .spool import DB_NAME, JobRow, Spool
 
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default=_env("LISTEN"), help="host:port, overrides config (SIDECAR_LISTEN)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=logs.LEVELS,
                        help="SIDECAR_LOG_LEVEL, default info")
-    serve.add_argument("--watch", default=_env("WATCH", "native"), choices=("native", "poll", "off"),
+    serve.add_argument("--watch", default=_env("WATCH", "native"), choices=WATCH_MODES,
                        help="config reload: inotify (native), polling, or off; SIGHUP reloads in any mode"
                             " (SIDECAR_WATCH, default native)")
     serve.add_argument("--grace", type=float, default=float(_env("GRACE", str(DEFAULT_GRACE_S)) or DEFAULT_GRACE_S),

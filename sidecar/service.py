@@ -29,8 +29,6 @@ class Service:
 
     def __init__(self, config_path: Path, env_file: Path | None, listen: str | None = None,
                  grace_s: float = DEFAULT_GRACE_S, watch: str = "native") -> None:
-        self.config_path = config_path
-        self.env_file = env_file
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
         self.spool = Spool(cfg.spool_dir)

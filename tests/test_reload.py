@@ -226,20 +226,22 @@ def test_flood_during_20_reloads_gets_no_5xx_and_no_wrong_routing(tmp_path: Path
         from .conftest import github_signature
         conn = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=10)
         body = b'{"ref": "x"}'
-        while not stop.is_set():
-            conn.request("POST", "/webhook", body=body, headers={
-                "X-GitHub-Event": "push", "X-Hub-Signature-256": github_signature(body)})
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status != 200:
-                problems.append(f"{resp.status} {data!r}")
-                continue
-            routes = _json.loads(data)["routes"]
-            if routes not in (["a"], ["b"]):
-                problems.append(f"wrong routes {routes}")
-            else:
-                counts[routes[0]] += 1
-        conn.close()
+        try:
+            while not stop.is_set():
+                conn.request("POST", "/webhook", body=body, headers={
+                    "X-GitHub-Event": "push", "X-Hub-Signature-256": github_signature(body)})
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.status != 200:
+                    problems.append(f"{resp.status} {data!r}")
+                    continue
+                routes = _json.loads(data)["routes"]
+                if routes not in (["a"], ["b"]):
+                    problems.append(f"wrong routes {routes}")
+                else:
+                    counts[routes[0]] += 1
+        finally:
+            conn.close()
 
     threads = [threading.Thread(target=flood) for _ in range(3)]
     for t in threads:

@@ -46,23 +46,26 @@ def test_kill_9_mid_burst_loses_no_acknowledged_delivery(tmp_path: Path, sidecar
     def sender(worker: int) -> None:
         import http.client
         conn = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=30)
-        for i in range(75):
-            delivery = f"d-{worker}-{i}"
-            body = json.dumps({"n": i, "w": worker}).encode()
-            try:
-                conn.request("POST", "/webhook", body=body, headers={
-                    "X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
-                    "X-Hub-Signature-256": github_signature(body)})
-                resp = conn.getresponse()
-                resp.read()
-            except OSError:
-                return  # the server died: this one got no answer, so it is not required
-            if resp.status == 200:
-                with lock:
-                    acked.append(delivery)
-                    if len(acked) == 120:
-                        sidecar.proc.kill()  # SIGKILL mid-burst
-                        killed.set()
+        try:
+            for i in range(75):
+                delivery = f"d-{worker}-{i}"
+                body = json.dumps({"n": i, "w": worker}).encode()
+                try:
+                    conn.request("POST", "/webhook", body=body, headers={
+                        "X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
+                        "X-Hub-Signature-256": github_signature(body)})
+                    resp = conn.getresponse()
+                    resp.read()
+                except OSError:
+                    return  # the server died: this one got no answer, so it is not required
+                if resp.status == 200:
+                    with lock:
+                        acked.append(delivery)
+                        if len(acked) == 120:
+                            sidecar.proc.kill()  # SIGKILL mid-burst
+                            killed.set()
+        finally:
+            conn.close()  # also on the early return, or CI sees an unclosed socket
 
     threads = [threading.Thread(target=sender, args=(w,)) for w in range(4)]  # 300 deliveries in all
     for t in threads:

@@ -48,6 +48,11 @@ _BUSY = b'{"error":"too many connections"}'
 TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                         b"Content-Length: %d\r\nRetry-After: 2\r\nX-Request-Id: %%s\r\nConnection: close\r\n"
                         b"\r\n%s" % (len(_BUSY), _BUSY))
+_ALIVE = b'{"status":"ok"}'
+ALIVE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+         b"X-Request-Id: %%s\r\nConnection: close\r\n\r\n%s" % (len(_ALIVE), _ALIVE))
+LIVENESS = re.compile(rb"GET /healthz(?:\?[^ ]*)? HTTP/1\.[01]\r?\n")
+PEEK_S = 0.01  # how long a refused connection may take to show its request line
 
 
 class SidecarServer(ThreadingHTTPServer):
@@ -106,14 +111,32 @@ class SidecarServer(ThreadingHTTPServer):
             self.connections -= 1
 
     def _refuse(self, request: socket.socket, client_address: Any) -> None:
+        """Answer beyond the cap from the accept thread: 503, except a liveness probe.
+
+        A liveness probe still gets 200, so that a flood of idle sockets makes the pod unready
+        (/readyz gets the 503) without the kubelet restarting it. The accept thread waits at most
+        PEEK_S for a request line and reads only what already came.
+        """
         request_id = uuid.uuid4().hex
+        answer, alive = TOO_MANY_CONNECTIONS, False
         try:
+            request.settimeout(PEEK_S)
+            try:
+                head = request.recv(65536)  # also drains: a close with unread data would reset the answer
+            except TimeoutError:
+                head = b""
+            alive = LIVENESS.match(head) is not None
+            answer = ALIVE if alive else TOO_MANY_CONNECTIONS
             request.setblocking(False)
-            request.send(TOO_MANY_CONNECTIONS % request_id.encode())
-            request.recv(65536)  # what already came: a close with unread data would reset the answer
+            request.send(answer % request_id.encode())
         except OSError:
             pass
         self.shutdown_request(request)
+        if alive:
+            logs.debug("request", request_id=request_id, remote=client_address[0], method="GET", path="/healthz",
+                       status=200, reason="max_connections")
+            metrics.REQUESTS.labels("/healthz", "200").inc()
+            return
         logs.warning("connection.refused", request_id=request_id, remote=client_address[0], status=503,
                      reason="max_connections", limit=self.config.max_connections)
 
@@ -189,6 +212,7 @@ class Handler(BaseHTTPRequestHandler):
         self.started = time.monotonic()
         self.fields: dict[str, Any] = {}
         self.body_read = False
+        self.expects_continue = False
         self.raw_requestline = b""
         super().handle_one_request()
         if self.expired:
@@ -348,6 +372,10 @@ class Handler(BaseHTTPRequestHandler):
         return length
 
     def _read_body(self, length: int) -> bytes:
+        if self.expects_continue and length:
+            # Only now, with path, method, length and state checked: a 404, 411, 413 or 503
+            # goes out instead, and the client never sends a body it would be refused for.
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             body = self.rfile.read(length) if length else b""
         except TimeoutError:  # the socket timeout fired before the reaper did
@@ -420,7 +448,13 @@ class Handler(BaseHTTPRequestHandler):
                 if not HEADER_LINE.fullmatch(line):
                     self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line")
                     return None
-            lines.append(line)
+            # A field value has no trailing whitespace (RFC 9110 5.5): "push " is the event "push".
+            lines.append(line.rstrip(b"\r\n").rstrip(b" \t") + b"\r\n")
+
+    def handle_expect_100(self) -> bool:
+        """The stdlib answers 100 Continue while parsing headers; _read_body does it when it reads."""
+        self.expects_continue = True
+        return True
 
     def _incomplete(self) -> None:
         if self.expired:

@@ -291,6 +291,37 @@ def test_bare_cr_cannot_smuggle_a_header(hostile: Hostile) -> None:
     assert line["event"] == "push"
 
 
+def test_expect_100_continue_only_when_the_body_is_wanted(hostile: Hostile) -> None:
+    """A client that waits for 100 Continue is told 413/404/411 instead, and sends no body for them."""
+    port = hostile.sidecar.port
+    for head, status in ((b"POST /webhook HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 10000000", 413),
+                         (b"POST /nowhere HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2", 404),
+                         (b"POST /webhook HTTP/1.1\r\nExpect: 100-continue", 411)):
+        raw, took = exchange(port, head + b"\r\n\r\n", half_close=False)
+        assert raw.startswith(b"HTTP/1.1 %d " % status), raw[:200]
+        assert b" 100 Continue" not in raw and took < DEADLINE_S
+    # A wanted body: headers, then 100 Continue, then the body, then 200.
+    whole = signed(BODY, b"Expect: 100-continue", delivery=b"expect-1")
+    head, body = whole[:len(whole) - len(BODY)], whole[len(whole) - len(BODY):]
+    with socket.create_connection(("127.0.0.1", port), timeout=4) as sock:
+        sock.sendall(head)
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        final = b""
+        while b"accepted" not in final:
+            final += sock.recv(65536)
+    assert final.startswith(b"HTTP/1.1 200 ")
+
+
+def test_trailing_whitespace_in_a_header_value_is_not_part_of_it(hostile: Hostile) -> None:
+    answer = parse_answer(exchange(hostile.sidecar.port, signed(BODY, event=b"push \t", delivery=b"ows-1 "))[0])
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"status": "accepted", "delivery": "ows-1", "routes": ["pushed", "every"]}
+
+
 # --- event names, delivery ids and what hooks see ---------------------------------------
 def hook_record(out: Path, delivery: str, route: str) -> tuple[list[str], dict[str, str], bytes]:
     body = out / f"{delivery}.{route}.body"
@@ -507,8 +538,8 @@ endpoints:
     idle = [socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) for _ in range(limit)]
     try:
         # Accepts are handled in order, so by the time the next one is, all `limit` hold a thread.
-        for _ in range(2):
-            raw, took = exchange(sidecar.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+        for path in (b"/readyz", b"/webhook"):
+            raw, took = exchange(sidecar.port, b"GET %s HTTP/1.1\r\n\r\n" % path)
             answer = parse_answer(raw)
             assert answer.status == 503 and took < 0.5
             assert answer.headers["retry-after"].isdigit() and answer.headers["connection"] == "close"
@@ -516,6 +547,14 @@ endpoints:
             assert answer.headers["x-request-id"]
         refused = sidecar.wait_log(lambda e: e.get("msg") == "connection.refused")
         assert refused["status"] == 503 and refused["limit"] == limit
+        wait_for(lambda: len(sidecar.find_logs("connection.refused")) == 2, timeout=5)
+        # Liveness still holds (a full pod is unready, not dead), without taking a slot.
+        for _ in range(3):
+            raw, took = exchange(sidecar.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", half_close=False)
+            answer = parse_answer(raw)
+            assert answer.status == 200 and json.loads(answer.body) == {"status": "ok"} and took < 0.5
+            assert answer.headers["connection"] == "close"
+        assert len(sidecar.find_logs("connection.refused")) == 2
         for sock in idle[:3]:
             sock.close()
         # The closed ones free their slots as soon as their threads see EOF.

@@ -316,6 +316,24 @@ def test_expect_100_continue_only_when_the_body_is_wanted(hostile: Hostile) -> N
     assert final.startswith(b"HTTP/1.1 200 ")
 
 
+def test_header_names_any_case_first_field_wins_and_connection_rules(hostile: Hostile) -> None:
+    port = hostile.sidecar.port
+    # Lower-case names; of two event fields the first counts, as in http.client.
+    data = request(b"POST /webhook HTTP/1.1", b"host: x", b"x-github-event: push", b"X-GITHUB-EVENT: release",
+                   b"x-github-delivery: case-1", b"x-hub-signature-256: " + github_signature(BODY).encode(),
+                   b"content-length: %d" % len(BODY), body=BODY)
+    answer = parse_answer(exchange(port, data)[0])
+    assert answer.status == 200 and json.loads(answer.body)["routes"] == ["pushed", "every"]
+    # HTTP/1.0 closes unless it asks for keep-alive; HTTP/1.1 keeps unless it asks to close.
+    for head, extra, closes in ((b"GET /healthz HTTP/1.0", (), True),
+                                (b"GET /healthz HTTP/1.0", (b"Connection: Keep-Alive",), False),
+                                (b"GET /healthz HTTP/1.1", (), False),
+                                (b"GET /healthz HTTP/1.1", (b"Connection: close",), True)):
+        answer = parse_answer(exchange(port, request(head, *extra))[0])
+        assert answer.status == 200
+        assert (answer.headers.get("connection") == "close") is closes, (head, extra)
+
+
 def test_trailing_whitespace_in_a_header_value_is_not_part_of_it(hostile: Hostile) -> None:
     answer = parse_answer(exchange(hostile.sidecar.port, signed(BODY, event=b"push \t", delivery=b"ows-1 "))[0])
     assert answer.status == 200

@@ -59,26 +59,35 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
     Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
     """
     start = time.monotonic()
+    # Our own pipes, given to Popen as plain fds: Popen's PIPE would wrap each end in a
+    # buffered file object we never use (about a fifth of the parent's cost of a spawn).
+    child_in, in_fd = os.pipe2(os.O_CLOEXEC)
+    out_fd, child_out = os.pipe2(os.O_CLOEXEC)
     try:
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            list(argv), stdin=child_in, stdout=child_out, stderr=child_out,
             env=dict(env), cwd=cwd, start_new_session=True, close_fds=True,
         )
     except OSError as e:
+        for fd in (in_fd, out_fd):
+            os.close(fd)
         return Result(None, False, time.monotonic() - start, "", error=f"cannot start: {e.strerror}")
-    assert proc.stdin is not None and proc.stdout is not None
+    finally:
+        os.close(child_in)
+        os.close(child_out)
     tail = bytearray()
     timed_out = cancelled = False
     sel = selectors.DefaultSelector()
-    out_fd, in_fd = proc.stdout.fileno(), proc.stdin.fileno()
     os.set_blocking(out_fd, False)
     os.set_blocking(in_fd, False)
     sel.register(out_fd, selectors.EVENT_READ, "out")
     view, sent = memoryview(stdin), 0
+    in_open = True
     if stdin:
         sel.register(in_fd, selectors.EVENT_WRITE, "in")
     else:
-        proc.stdin.close()
+        os.close(in_fd)
+        in_open = False
     pidfd = _pidfd(proc.pid)
     if pidfd is not None:
         sel.register(pidfd, selectors.EVENT_READ, "exit")
@@ -129,16 +138,17 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
                         sent = len(view)  # the script closed stdin early: its choice
                     if sent >= len(view):
                         sel.unregister(in_fd)
-                        proc.stdin.close()
+                        os.close(in_fd)
+                        in_open = False
                 else:
                     sel.unregister(pidfd)  # the script exited: proc.poll() sees it next turn
     finally:
         sel.close()
         if pidfd is not None:
             os.close(pidfd)
-        if not proc.stdin.closed:
-            proc.stdin.close()
-        proc.stdout.close()
+        if in_open:
+            os.close(in_fd)
+        os.close(out_fd)
         if timed_out or cancelled or proc.poll() is None:
             # After a timeout nothing of the group may survive, even children
             # that ignored SIGTERM after their shell died.

@@ -284,6 +284,13 @@ class Spool:
             (job_id,)).fetchone()
         return _job_row(row) if row else None
 
+    def job_to_run(self, job_id: int) -> tuple[JobRow, bytes] | None:
+        """The job and its delivery's body in one read (a worker's every start)."""
+        row = self.reader.execute(
+            f"SELECT {JOB_COLUMNS}, d.body FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
+            (job_id,)).fetchone()
+        return (_job_row(row), bytes(row[-1])) if row else None
+
     def jobs(self, states: Sequence[str] = ("pending", "done", "failed"), limit: int = 1000) -> list[JobRow]:
         marks = ",".join("?" * len(states))
         rows = self.reader.execute(

@@ -205,13 +205,14 @@ class Workers:
     def _run(self, job_id: int, cancel: threading.Event) -> tuple[float | None, bool, Future[Any] | None]:
         """Run one attempt: (retry time or None, whether the job stays pending without a retry,
         the pending commit of a final result)."""
-        row = self.spool.job(job_id)
-        if row is None or row.state != "pending":
+        found = self.spool.job_to_run(job_id)
+        if found is None or found[0].state != "pending":
             return None, False, None  # purged or finished elsewhere (spool CLI)
+        row, body = found
         attempt = row.attempts + 1
         job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
                   route=row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt)
-        result = runner.run(row.route.argv, self.spool.body(job_id), job.env(), row.route.timeout_s, cwd=row.cwd,
+        result = runner.run(row.route.argv, body, job.env(), row.route.timeout_s, cwd=row.cwd,
                             cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
         fields = dict(job=job_id, delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
                       event=job.event, route=job.route.name, attempt=attempt, exit_code=result.exit_code,

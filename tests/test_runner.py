@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -100,6 +101,26 @@ def test_hook_gets_exactly_the_documented_environment(basic: tuple[Sidecar, Path
         "WEBHOOK_REQUEST_ID": "req-1",
     }
     assert "It's a Secret" not in env_file.read_text()
+
+
+def test_hooks_get_no_file_descriptor_but_stdin_stdout_and_stderr(tmp_path: Path, sidecars) -> None:
+    """Not the spool's files, the listening socket, a watcher's inotify fd, nor what the sidecar inherited."""
+    config = write_config(tmp_path, f"""
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_env: WEBHOOK_SECRET
+            routes:
+              - event: "*"
+                run: [{sys.executable}, {{scripts}}/fds.py]
+                env: {{{{OUT: {{out}}}}}}
+    """)
+    sidecar = sidecars(config)
+    for i in range(3):  # several, so pipes of runs at the same time would show too
+        assert sidecar.deliver(b"{}", delivery=f"fds-{i}").status == 200
+    wait_for(lambda: len(sidecar.find_logs("hook.finished")) == 3, timeout=10)
+    assert all(e["outcome"] == "ok" for e in sidecar.find_logs("hook.finished"))
+    assert (tmp_path / "out" / "fds").read_text() == ""
 
 
 def test_server_times_out_a_stubborn_hook_and_logs_it(tmp_path: Path, sidecars) -> None:

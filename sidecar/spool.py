@@ -298,12 +298,26 @@ class Spool:
             f" WHERE j.state IN ({marks}) ORDER BY j.id LIMIT ?", (*states, limit)).fetchall()
         return [_job_row(r) for r in rows]
 
-    def pending(self, changed_since: float = 0.0) -> list[tuple[int, float, str, str, int | None]]:
-        """(id, next_at, endpoint, route, concurrency) of pending jobs updated since `changed_since`."""
-        rows = self.reader.execute(
-            "SELECT j.id, j.next_at, d.endpoint, j.route, j.spec FROM jobs j JOIN deliveries d"
-            " ON d.id = j.delivery_id WHERE j.state = 'pending' AND j.updated_at >= ?", (changed_since,)).fetchall()
+    def pending(self, changed_since: float = 0.0,
+                only: Sequence[int] | None = None) -> list[tuple[int, float, str, str, int | None]]:
+        """(id, next_at, endpoint, route, concurrency) of pending jobs updated since `changed_since`,
+        or of those among the ids `only`."""
+        query = ("SELECT j.id, j.next_at, d.endpoint, j.route, j.spec FROM jobs j JOIN deliveries d"
+                 " ON d.id = j.delivery_id WHERE j.state = 'pending' AND ")
+        if only is None:
+            rows = self.reader.execute(query + "j.updated_at >= ?", (changed_since,)).fetchall()
+        else:
+            rows = []
+            for at in range(0, len(only), 500):
+                chunk = only[at:at + 500]
+                rows += self.reader.execute(query + f"j.id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         return [(r[0], r[1], r[2], r[3], json.loads(r[4])["concurrency"]) for r in rows]
+
+    def pending_ids(self, changed_since: float) -> list[int]:
+        """Ids of pending jobs updated since `changed_since`: from the index alone, cheap to poll."""
+        rows = self.reader.execute("SELECT id FROM jobs WHERE state = 'pending' AND updated_at >= ?",
+                                   (changed_since,)).fetchall()
+        return [r[0] for r in rows]
 
     # --- writes -----------------------------------------------------------------------
     def accept(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:

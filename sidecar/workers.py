@@ -103,6 +103,8 @@ class Workers:
 
     def _add(self, job_id: int, next_at: float, key: tuple[str, str], concurrency: int | None) -> bool:
         """Queue a job (lock held); False when it went straight to its route's parking (no wake-up needed)."""
+        if job_id in self._meta:
+            return False  # the spool sync saw it committed before its submit() queued it: queued once
         self._meta[job_id] = (key, concurrency)
         if next_at <= time.time() and concurrency is not None and self._running_keys[key] >= concurrency:
             heapq.heappush(self._parked.setdefault(key, []), (next_at, job_id))
@@ -262,7 +264,12 @@ class Workers:
                 # Only what changed lately: `spool retry` stamps updated_at (clocks are
                 # the same machine's; the margin covers a commit in flight).
                 since, last_sync = last_sync - 5.0, time.time()
-                pending = self.spool.pending(changed_since=since)
+                # Ids first (from the index): under load that is every job of the last seconds,
+                # and only the few this process does not know need a full read.
+                ids = self.spool.pending_ids(since)
+                with self._cond:
+                    unknown = [i for i in ids if i not in self._meta]
+                pending = self.spool.pending(only=unknown) if unknown else []
                 with self._cond:
                     fresh = [p for p in pending if p[0] not in self._meta]
                     for job_id, next_at, endpoint, route, concurrency in fresh:

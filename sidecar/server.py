@@ -85,9 +85,6 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         return [(name, value) for name, values in self._fields.items() for value in values]
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._fields
-
 
 class SidecarServer(ThreadingHTTPServer):
     """ThreadingHTTPServer holding the live routing table and the worker pool."""
@@ -464,12 +461,12 @@ class Handler(BaseHTTPRequestHandler):
             self.path = "/" + self.path.lstrip("/")  # as the stdlib does (gh-87389)
         self.headers = headers  # type: ignore[assignment]
         self.close_connection = self.request_version != "HTTP/1.1"
-        connection = str(headers.get("Connection", "")).lower()
+        connection = headers.get("Connection", "").lower()
         if connection == "close":
             self.close_connection = True
         elif connection == "keep-alive":
             self.close_connection = False
-        if self.request_version == "HTTP/1.1" and str(headers.get("Expect", "")).lower() == "100-continue":
+        if self.request_version == "HTTP/1.1" and headers.get("Expect", "").lower() == "100-continue":
             return self.handle_expect_100()
         return True
 

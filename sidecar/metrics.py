@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 PREFIX = "webhook_sidecar"
+# process_* (memory, CPU, open fds; read from /proc/self, which stays readable to the process itself when it
+# is non-dumpable and unprivileged) and python_info, as the default registry would have them.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 
 REQUESTS = Counter(f"{PREFIX}_requests_total", "HTTP requests answered, by endpoint and status code.",
                    ["endpoint", "status"], registry=REGISTRY)
@@ -30,14 +34,25 @@ LAST_RELOAD = Gauge(f"{PREFIX}_config_last_reload_success_timestamp_seconds",
 QUEUE_DEPTH = Gauge(f"{PREFIX}_queue_depth", "Pending jobs: queued, waiting for a retry, or running.",
                     registry=REGISTRY)
 HOOKS_RUNNING = Gauge(f"{PREFIX}_hooks_running", "Hooks running now.", registry=REGISTRY)
+QUEUE_MAX = Gauge(f"{PREFIX}_queue_max", "max_queue: pending jobs beyond which new deliveries get 503.",
+                  registry=REGISTRY)
+READY = Gauge(f"{PREFIX}_ready", "1 when /readyz answers 200 (table loaded, spool writable, not draining), else 0.",
+              registry=REGISTRY)
 DEAD_LETTERS = Counter(f"{PREFIX}_dead_letters_total", "Jobs that failed for good, by endpoint and route.",
                        ["endpoint", "route"], registry=REGISTRY)
 
 
-def track_queue(depth: Callable[[], int], running: Callable[[], int]) -> None:
-    """Read queue depth and running hooks at scrape time."""
+def track_queue(depth: Callable[[], int], running: Callable[[], int], limit: int | None = None) -> None:
+    """Read queue depth and running hooks at scrape time; `limit` is max_queue (fixed until a restart)."""
     QUEUE_DEPTH.set_function(depth)
     HOOKS_RUNNING.set_function(running)
+    if limit is not None:
+        QUEUE_MAX.set(limit)
+
+
+def track_ready(ready: Callable[[], bool]) -> None:
+    """Read readiness (what /readyz answers) at scrape time."""
+    READY.set_function(lambda: 1.0 if ready() else 0.0)
 
 
 def exposition() -> tuple[bytes, str]:

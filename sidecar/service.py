@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from . import config as config_mod
-from . import logs
+from . import logs, metrics
 from .reload import Reloader, warn_unverified
 from .server import SidecarServer
 from .spool import Spool
@@ -34,6 +34,7 @@ class Service:
         self.spool = Spool(cfg.spool_dir)
         self.workers = Workers(self.spool, cfg.max_workers, cfg.max_queue, lambda: self.server.config)
         self.server = SidecarServer(parse_listen(listen or cfg.listen), cfg, self.workers)
+        metrics.track_ready(lambda: self.server.is_ready[0])
         self.reloader = Reloader(cfg, env_file, self.server.swap, mode=watch)
         self._stopping = threading.Event()
         self._drained = False

@@ -69,9 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     signing_flags(send)
     send.add_argument("--content-type", default="application/json")
     send.add_argument("-H", "--header", action="append", default=[], help="extra 'Name: value' header")
+    def spool_flags(sp: argparse.ArgumentParser, after: bool = False) -> None:
+        # Accepted before and after the action (`spool --config c.yaml list` and `spool list --config c.yaml`).
+        # After it, SUPPRESS: an absent flag must not overwrite the value given before the action.
+        defaults = dict.fromkeys(("CONFIG", "ENV_FILE", "SPOOL_DIR"), argparse.SUPPRESS) if after else {
+            "CONFIG": _env("CONFIG", "config.yaml"), "ENV_FILE": _env("ENV_FILE"), "SPOOL_DIR": None}
+        sp.add_argument("--config", default=defaults["CONFIG"], help="config whose spool_dir to use")
+        sp.add_argument("--env-file", default=defaults["ENV_FILE"],
+                        help="dotenv file with secrets (SIDECAR_ENV_FILE, default ./.env when present)")
+        sp.add_argument("--spool-dir", default=defaults["SPOOL_DIR"],
+                        help="the spool directory, instead of the config's spool_dir")
+
     spool = sub.add_parser("spool", help="inspect and re-run spooled jobs (works while the server runs)")
-    spool.add_argument("--config", default=_env("CONFIG", "config.yaml"), help="config whose spool_dir to use")
-    spool.add_argument("--spool-dir", help="the spool directory, instead of the config's spool_dir")
+    spool_flags(spool)
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
     listing = spool_sub.add_parser("list", help="jobs, newest last")
     listing.add_argument("--failed", action="store_true", help="only dead letters")
@@ -87,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     purge = spool_sub.add_parser("purge", help="delete finished jobs older than a duration")
     purge.add_argument("--older-than", required=True, type=_duration, help="e.g. 90s, 30m, 12h, 7d")
     purge.add_argument("--failed-too", action="store_true", help="also delete dead letters (default: done only)")
+    for action in (listing, show, retry, purge):
+        spool_flags(action, after=True)
     return p
 
 

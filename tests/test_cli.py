@@ -140,3 +140,31 @@ def test_payload_and_signature_never_logged(basic: tuple[Sidecar, Path]) -> None
     sidecar.deliver(body, delivery="no-leak")
     sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("delivery") == "no-leak")
     assert not any("PAYLOAD-MARKER" in line or sig in line for line in sidecar.raw)
+
+
+def test_spool_flags_before_or_after_the_action(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, """
+        spool_dir: from_config
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_env: WEBHOOK_SECRET
+            routes: [{{event: push, run: {scripts}/record.sh, env: {{OUT: {out}}}}}]
+    """)
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b'{"ref": "x"}', delivery="cli-order").status == 200
+    sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")
+    sidecar.stop()
+    before = cli("spool", "--config", str(config), "list", "--json")
+    after = cli("spool", "list", "--json", "--config", str(config), "--env-file", str(tmp_path / "none.env"))
+    assert before.returncode == 0 and after.returncode == 0, (before.stderr, after.stderr)
+    assert b"cli-order" in after.stdout and after.stdout == before.stdout
+    # A flag after the action wins; one given only before it is not reset by the action's default.
+    other = tmp_path / "other" / "config.yaml"
+    other.parent.mkdir()
+    other.write_text("spool_dir: elsewhere\n")
+    assert cli("spool", "--config", str(other), "list", "--config", str(config)).stdout == \
+        cli("spool", "list", "--config", str(config)).stdout
+    missing = cli("spool", "--config", str(other), "list", "--failed")
+    assert missing.returncode == 1 and f"no spool at {other.parent / 'elsewhere'}" in missing.stderr.decode()
+    assert cli("spool", "--spool-dir", str(tmp_path / "from_config"), "list").returncode == 0

@@ -8,9 +8,14 @@
 # The routing table is expected at /etc/webhook-sidecar/config.yaml (a ConfigMap mount in Kubernetes, see
 # helm/webhook-sidecar); its spool_dir should be /var/lib/webhook-sidecar, the only place the app writes.
 # To add tools your hooks need (git, curl, jq, kubectl), build FROM this image: see docs/kubernetes.md.
+#
+# BASE_IMAGE: both stages start from it. Any Debian-based image with python3 (3.11+), its venv module and pip
+# works; where no registry can be reached, tools/build-base-image.sh makes one from Debian's packages:
+#   podman build --build-arg BASE_IMAGE=localhost/webhook-sidecar-base:bookworm -t webhook-sidecar .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: turn the source into wheels (the package and its dependencies); tests never enter the image
-FROM python:3.11-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -25,14 +30,19 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
         /wheels/webhook_sidecar-*.whl \
  && /opt/webhook-sidecar/bin/webhook-sidecar --version
 
-# ---- runtime: the slim Python base, tini, the virtual environment from the build stage, nothing else
-FROM python:3.11-slim-bookworm
+# ---- runtime: the same base, tini, the virtual environment from the build stage, nothing else
+# (the venv's python is a symlink to the base's interpreter, so the runtime base must be the build's)
+FROM ${BASE_IMAGE}
 
 # tini is PID 1: it forwards SIGTERM to the sidecar and reaps the orphaned children of hook scripts
 # (a hook's background `git` or `curl` whose shell already exited), which the kernel hands to PID 1.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
- && rm -rf /var/lib/apt/lists/*
+# A base that ships it (tools/build-base-image.sh does) needs no package index, so no network here.
+RUN if [ ! -x /usr/bin/tini ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && /usr/bin/tini --version
 
 # A fixed numeric user, so Kubernetes can check runAsNonRoot without reading /etc/passwd. Its home is /tmp,
 # the one writable scratch place beside the spool when the root filesystem is read-only.

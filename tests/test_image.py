@@ -1,0 +1,259 @@
+"""The image, built and run for real with podman (`make image-test` runs only this file).
+
+podman builds the Dockerfile (on a Debian base made by tools/build-base-image.sh where nothing can be pulled)
+and runs it as the chart's pod runs it: read-only root filesystem, user 10001, every capability dropped, the
+chart's default config.yaml and hooks in a directory laid out as the kubelet lays out a ConfigMap volume
+(mounted read-only), the spool and /tmp writable, the webhook secret passed as the chart passes it. A signed
+delivery goes to the published port; `podman logs` must show both default hooks finishing with exit code 0,
+and `podman stop` (SIGTERM) a drain and exit code 0.
+
+Skips with the reason where podman is missing, the user is not root, or podman cannot start a container here;
+REQUIRE_IMAGE_TEST=1 (set by `make image-test`) turns those skips into failures. tools/image.py's variables
+(PODMAN, CONTAINER_RUNTIME, CONTAINER_ULIMITS, BUILD_CA_BUNDLE, BASE_IMAGE, IMAGE) adapt it to a machine.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+import yaml
+
+from .conftest import ROOT, SECRET, github_signature, wait_for
+
+CHART = ROOT / "helm" / "webhook-sidecar"
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
+UID = 10001
+PUSH_TO_MAIN = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/web"}}).encode()
+
+
+def _tools_image() -> Any:
+    spec = importlib.util.spec_from_file_location("tools_image", ROOT / "tools" / "image.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+image_tools = _tools_image()
+
+
+def _cannot(reason: str) -> NoReturn:
+    """Skip with `reason`, or fail with it when the run asked for the image test (REQUIRE_IMAGE_TEST=1)."""
+    if os.environ.get("REQUIRE_IMAGE_TEST") == "1":
+        pytest.fail(f"REQUIRE_IMAGE_TEST=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class Built:
+    engine: Any
+    base_seconds: float | None
+    build_seconds: float
+
+
+@pytest.fixture(scope="module")
+def built() -> Built:
+    """The image, built from the working tree; skips where no container can be built and run here."""
+    engine = image_tools.Engine.from_env()
+    if not shutil.which(engine.podman[0]):
+        _cannot(f"{engine.podman[0]} is not installed (apt-get install podman runc mmdebstrap; .ci/run does)")
+    if os.geteuid() != 0:
+        _cannot(f"podman runs containers here as root only (rootless needs subuid ranges); euid is {os.geteuid()}")
+    if (engine.base_is_local() and not shutil.which("mmdebstrap")
+            and not engine.exists(engine.base_image)):
+        _cannot(f"the base image {engine.base_image} is missing and mmdebstrap, which builds it, is not installed")
+    try:
+        base_seconds = engine.ensure_base()
+    except image_tools.EngineError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if engine.base_image:
+        # The base and the run options alone: an engine that cannot start a container here is a skip, not a
+        # failure of the image. The reason is podman's own last line (e.g. crun's cgroup or setrlimit error).
+        probe = engine.run("run", "--rm", "--read-only", "--user", str(UID), *engine.limit_flags(),
+                           "--publish", "127.0.0.1::8080", engine.base_image, "true", check=False)
+        if probe.returncode != 0:
+            last = (probe.stderr.strip() or probe.stdout.strip() or "no output").splitlines()[-1]
+            _cannot(f"podman cannot run a container here ({shlex.join(engine.command('run'))} ...): {last}")
+    try:
+        build_seconds = engine.build()
+    except image_tools.EngineError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return Built(engine, base_seconds, build_seconds)
+
+
+def kubelet_volume(directory: Path, files: dict[str, str]) -> None:
+    """`files` laid out as the kubelet writes a ConfigMap volume with defaultMode 0755: a ..<timestamp>
+    directory, the ..data symlink to it, and one symlink per key through ..data."""
+    directory.mkdir(mode=0o755)
+    stamp = directory / "..2024_01_01_00_00_00.000000001"
+    stamp.mkdir(mode=0o755)
+    for name, text in files.items():
+        (stamp / name).write_text(text)
+        (stamp / name).chmod(0o755)
+    (directory / "..data").symlink_to(stamp.name)
+    for name in files:
+        (directory / name).symlink_to(f"..data/{name}")
+    directory.chmod(0o755)  # the mount point's own mode is what user 10001 sees
+
+
+def _names(value: Any) -> list[str]:
+    return [] if not value else [value] if isinstance(value, str) else list(value)
+
+
+@dataclass
+class Container:
+    engine: Any
+    name: str
+    port: int = 0
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = self.engine.run("logs", self.name)
+        lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+        return [json.loads(line) if line.startswith("{") else {"msg": "(not json)", "line": line} for line in lines]
+
+    def find(self, msg: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.logs() if entry.get("msg") == msg]
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.engine.run("inspect", "--format", "{{json .State}}", self.name).stdout)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def deliver(self, body: bytes, delivery: str, secret: str = SECRET) -> tuple[int, bytes]:
+        """POST a GitHub push signed as GitHub signs it (conftest's own HMAC, not the sidecar's)."""
+        return self.request("POST", "/webhook", body, {
+            "Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": github_signature(body, secret)})
+
+
+@pytest.fixture
+def container(built: Built, tmp_path: Path) -> Iterator[Container]:
+    """The image started as the chart's Deployment starts it, with the chart's default values."""
+    engine = built.engine
+    config = yaml.safe_load(VALUES["config"])
+    kubelet_volume(tmp_path / "config", {"config.yaml": VALUES["config"], **VALUES["hooks"]})
+    spool = tmp_path / "spool"  # the emptyDir; fsGroup 10001 makes it the group's
+    spool.mkdir(mode=0o770)
+    os.chown(spool, UID, UID)
+
+    env = {"SIDECAR_GRACE": str(VALUES["drain"]["graceSeconds"]), "SIDECAR_LOG_LEVEL": VALUES["logLevel"]}
+    # Secrets as the chart passes them: the variables config.yaml names with secret_env (envFrom the Secret;
+    # `--env NAME` takes the value from podman's environment, not its argv), and the files it names with
+    # secret_file (a Secret volume, mounted read-only).
+    secret_env = set(VALUES.get("secrets", {}).get("values") or {})
+    mounts = ["--volume", f"{tmp_path / 'config'}:{CONFIG_DIR}:ro", "--volume", f"{spool}:{SPOOL_DIR}"]
+    secret_files = tmp_path / "secrets"
+    for endpoint in config["endpoints"]:
+        secret_env.update(_names(endpoint.get("secret_env")))
+        for n, path in enumerate(_names(endpoint.get("secret_file"))):
+            host = secret_files / f"{len(mounts)}-{n}"
+            host.parent.mkdir(exist_ok=True)
+            host.write_text(SECRET + "\n")
+            host.chmod(0o444)
+            mounts += ["--volume", f"{host}:{path}:ro"]
+    assert secret_env or secret_files.exists(), "the chart's default config names no secret"
+
+    name = f"webhook-sidecar-test-{os.getpid()}-{time.monotonic_ns()}"
+    run_env = {**os.environ, **dict.fromkeys(secret_env, SECRET)}
+    cmd = engine.command(
+        "run", "--detach", "--name", name, *engine.limit_flags(),
+        # securityContext of values.yaml: read-only root, 10001:10001, no capabilities, no privilege gain.
+        "--read-only", "--user", f"{UID}:{UID}", "--cap-drop", "all", "--security-opt", "no-new-privileges",
+        "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        *mounts, *[f for k, v in env.items() for f in ("--env", f"{k}={v}")],
+        *[f for k in sorted(secret_env) for f in ("--env", k)],
+        "--publish", "127.0.0.1::8080", engine.image)
+    started = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode == 0, f"{shlex.join(cmd)}:\n{started.stderr}"
+    box = Container(engine, name)
+    try:
+        def listening() -> bool:
+            state = box.state()
+            assert state["Status"] != "exited", f"the container exited {state['ExitCode']}: {box.logs()}"
+            return bool(box.find("server.listening"))
+
+        wait_for(listening, 30, 0.2)
+        address = engine.run("port", name, "8080/tcp").stdout.strip().splitlines()[0]
+        box.port = int(address.rsplit(":", 1)[1])
+        yield box
+    finally:
+        engine.run("rm", "--force", "--volumes", "--time", "0", name, check=False)
+
+
+def hooks_finished(box: Container, delivery: str, routes: int = 2) -> dict[str, dict[str, Any]]:
+    """hook.finished lines of `delivery` by route, once `routes` of them are in `podman logs`."""
+    def finished() -> dict[str, dict[str, Any]] | None:
+        runs = {e["route"]: e for e in box.find("hook.finished") if e.get("delivery") == delivery}
+        return runs if len(runs) >= routes else None
+
+    return wait_for(finished, 20, 0.2)
+
+
+def test_the_image_is_the_dockerfile_s_non_root_sidecar(built: Built) -> None:
+    engine = built.engine
+    config = json.loads(engine.run("image", "inspect", "--format", "{{json .Config}}", engine.image).stdout)
+    assert config["User"] == f"{UID}:{UID}"
+    assert config["Entrypoint"] == ["/usr/bin/tini", "--", "webhook-sidecar"]
+    assert "8080/tcp" in config["ExposedPorts"] and config["StopSignal"] == "SIGTERM"
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    out = engine.run("run", "--rm", "--read-only", *engine.limit_flags(), engine.image, "--version")
+    assert version in out.stdout + out.stderr, out
+
+
+def test_a_signed_delivery_runs_both_default_hooks_in_the_read_only_container(container: Container) -> None:
+    status, body = container.request("GET", "/readyz")
+    assert status == 200, body
+    uid = container.engine.run("exec", container.name, "id", "-u").stdout.strip()
+    assert uid == str(UID)
+
+    status, body = container.deliver(PUSH_TO_MAIN, "img-1", secret="not the secret")
+    assert status == 401, body
+    status, body = container.deliver(PUSH_TO_MAIN, "img-1")
+    assert status == 200, body
+    assert json.loads(body)["status"] == "accepted"
+
+    runs = hooks_finished(container, "img-1")
+    assert {route: run["exit_code"] for route, run in runs.items()} == {"on_push": 0, "log_event": 0}, runs
+    assert "deploying web: push delivery img-1" in runs["on_push"]["output_tail"]
+    # The read-only root filesystem held: the hooks and the sidecar wrote only to the spool and /tmp.
+    assert container.engine.run("exec", container.name, "touch", "/etc/webhook-sidecar/x",
+                                check=False).returncode != 0
+
+
+def test_podman_stop_drains_and_exits_0(container: Container) -> None:
+    assert container.deliver(PUSH_TO_MAIN, "img-stop")[0] == 200
+    hooks_finished(container, "img-stop")
+    grace = VALUES["drain"]["graceSeconds"] + VALUES["drain"]["marginSeconds"]
+    started = time.monotonic()
+    container.engine.run("stop", "--time", str(grace), container.name, timeout=grace + 30)
+    took = time.monotonic() - started
+    state = container.state()
+    assert state["ExitCode"] == 0, (state, container.logs())
+    assert took < grace, f"podman stop took {took:.1f} s: SIGKILL after the grace, not a drain"
+    draining, stopped = container.find("server.draining"), container.find("server.stopped")
+    assert draining and draining[0]["reason"] == "SIGTERM", container.logs()
+    assert stopped and stopped[0]["drained"] is True and stopped[0]["pending"] == 0, container.logs()

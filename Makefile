@@ -1,11 +1,12 @@
 # make run  - serve the example config.yaml on 127.0.0.1:8080 (creates .venv and .env when missing)
 # make test - lint and run the whole test suite
+# make image / make image-test - build the container image with podman / build it, run it and test it
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench clean packaging
+.PHONY: run test lint check bench clean packaging image image-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,15 @@ packaging: $(STAMP)
 
 test: lint packaging
 	$(BIN)/python -m pytest -q
+
+# The image with podman, on a Debian base built by mmdebstrap when missing (tools/image.py: its variables).
+image:
+	$(PYTHON) tools/image.py build
+
+# tests/test_image.py alone: build, run read-only as user 10001 with the chart's defaults, deliver, stop.
+# REQUIRE_IMAGE_TEST=1: where podman cannot run the image, fail instead of skipping.
+image-test: $(STAMP)
+	REQUIRE_IMAGE_TEST=1 $(BIN)/python -m pytest -v tests/test_image.py
 
 # Figures against their ceilings (README "Measuring"); installs wrk when missing, stops within 5 minutes.
 bench: $(STAMP)

@@ -16,7 +16,7 @@ from dotenv import dotenv_values
 from . import __version__, logs
 from . import config as config_mod
 from .errors import ConfigError
-from .providers import PROVIDERS
+from .providers import PROVIDERS, Signed
 from .reload import WATCH_MODES
 from .service import DEFAULT_GRACE_S, Service
 from .spool import DB_NAME, JobRow, Spool
@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--delivery", default="", help="delivery id (default: a new UUID)")
         sp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="endpoint option of the provider, as in config.yaml (e.g. header=X-Signature)")
+        sp.add_argument("--content-type", default="application/json",
+                        help="body type (twilio and mailgun sign forms and JSON differently)")
+        sp.add_argument("--private-key-env", default=_env("PRIVATE_KEY_ENV"),
+                        help="discord: variable holding the Ed25519 private key (64 hex digits) to sign with"
+                             " (SIDECAR_PRIVATE_KEY_ENV, default DISCORD_PRIVATE_KEY)")
 
     sign = sub.add_parser("sign", help="print the headers a sender would add to the body on stdin")
     signing_flags(sign)
@@ -67,7 +72,6 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("url")
     send.add_argument("payload", help="file with the body to send ('-' for stdin)")
     signing_flags(send)
-    send.add_argument("--content-type", default="application/json")
     send.add_argument("-H", "--header", action="append", default=[], help="extra 'Name: value' header")
     def spool_flags(sp: argparse.ArgumentParser, after: bool = False) -> None:
         # Accepted before and after the action (`spool --config c.yaml list` and `spool list --config c.yaml`).
@@ -120,13 +124,15 @@ def _env_file(value: str | None) -> Path:
 
 
 def _secret(args: argparse.Namespace) -> bytes:
-    if not PROVIDERS[args.provider].needs_secret:
+    cls = PROVIDERS[args.provider]
+    if not cls.needs_secret:
         return b""
+    # A provider whose endpoint holds a public key signs with a private key from its own variable.
+    name = (args.private_key_env or cls.signing_key_env) if cls.signing_key_env else args.secret_env
     env_file = _env_file(args.env_file)
-    value = os.environ.get(args.secret_env) or (
-        dotenv_values(env_file).get(args.secret_env) if env_file.is_file() else None)
+    value = os.environ.get(name) or (dotenv_values(env_file).get(name) if env_file.is_file() else None)
     if not value:
-        raise SystemExit(f"webhook-sidecar: secret {args.secret_env} is not set in the environment or the env file")
+        raise SystemExit(f"webhook-sidecar: secret {name} is not set in the environment or the env file")
     return value.encode()
 
 
@@ -144,12 +150,17 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def _headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
+def _signed(args: argparse.Namespace, body: bytes, target: str = "/") -> Signed:
+    """The request the provider's sender would make: target, headers and (for mailgun, linear) body."""
     try:
         provider = PROVIDERS[args.provider](**_provider_options(args))
-        return provider.sign(body, _secret(args), time.time(), event=args.event, delivery=args.delivery)
+        signed = provider.request(body, _secret(args), time.time(), event=args.event, delivery=args.delivery,
+                                  target=target, content_type=args.content_type)
     except ValueError as e:
         raise SystemExit(f"webhook-sidecar: {e}") from e
+    for note in signed.notes:
+        print(f"webhook-sidecar: {note}", file=sys.stderr)
+    return signed
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -181,22 +192,30 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    for name, value in _headers(args, sys.stdin.buffer.read()).items():
+    body = sys.stdin.buffer.read()
+    signed = _signed(args, body)
+    for name, value in signed.headers.items():
         print(f"{name}: {value}")
+    if signed.body != body:  # the signature lives in the body: print it after a blank line, as HTTP does
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(signed.body)
     return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     body = sys.stdin.buffer.read() if args.payload == "-" else Path(args.payload).read_bytes()
-    headers = {"Content-Type": args.content_type, **_headers(args, body)}
+    url = urlsplit(args.url)
+    signed = _signed(args, body, (url.path or "/") + (f"?{url.query}" if url.query else ""))
+    body = signed.body
+    headers = {"Content-Type": args.content_type, **signed.headers}
     for extra in args.header:
         name, _, value = extra.partition(":")
         headers[name.strip()] = value.strip()
-    url = urlsplit(args.url)
     conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(url.hostname or "127.0.0.1", url.port, timeout=30)
     try:
-        conn.request("POST", (url.path or "/") + (f"?{url.query}" if url.query else ""), body=body, headers=headers)
+        conn.request("POST", signed.target, body=body, headers=headers)
         resp = conn.getresponse()
         text = resp.read().decode("utf-8", "replace")
     except OSError as e:

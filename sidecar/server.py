@@ -360,7 +360,7 @@ class Handler(BaseHTTPRequestHandler):
         self.fields["bytes"] = len(body)
 
         # Signature first, on the raw bytes; nothing is parsed before it holds.
-        provider.verify(self.headers, body, endpoint.secrets, time.time())
+        provider.verify(self.headers, body, endpoint.secrets, time.time(), target=self.path)
         payload = provider.parse(self.headers, body)
         event = provider.event(self.headers, payload)
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in event):

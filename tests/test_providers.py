@@ -711,7 +711,8 @@ def test_none_verifies_nothing_and_reads_optional_headers() -> None:
 # --- registry and config ------------------------------------------------------------------
 def test_every_provider_is_registered() -> None:
     assert set(PROVIDERS) == {"github", "gitlab", "gitea", "bitbucket", "stripe", "slack", "standard", "shopify",
-                              "hmac-sha256", "none"}
+                              "hmac-sha256", "none", "twilio", "discord", "linear", "paddle", "mailgun", "zoom",
+                              "pagerduty", "twitch", "sentry", "basic", "bearer"}
     for name, cls in PROVIDERS.items():
         assert cls.name == name and cls.__doc__
         for option in cls.options.values():

@@ -1,0 +1,432 @@
+"""Sender schemes: one small class per provider behind one interface.
+
+A provider verifies the signature on the raw body bytes (before anything is
+parsed), parses the payload, and names the event type and delivery id. Adding a
+sender means one new module here and one line in PROVIDERS at the bottom.
+
+This module holds the interface (Provider, Reply, Option, Signed, HeaderMap), the
+helpers every scheme shares (constant-time comparison over a rotation list, the
+timestamp window, header and JSON parsing) and the registry.
+
+Rules every provider keeps:
+- MACs are compared with hmac.compare_digest, against every secret of the
+  rotation list, as strings in the exact form the sender emits (hex is
+  lowercase; base64 is standard with padding): an uppercase or re-encoded
+  signature is a mismatch, never "close enough".
+- Anything wrong with the signature (missing, empty, non-ASCII, malformed,
+  stale, from the future, not matching) is a SignatureError (401) whose reason
+  is one of missing|malformed|mismatch|stale|future and whose message names the
+  header or field and the problem, never a signature value.
+- Timestamped schemes sign the timestamp exactly as received and reject it when
+  it is more than `tolerance_s` away from now, in either direction.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+from urllib.parse import parse_qs, parse_qsl
+
+from ..errors import BadRequest, SignatureError
+
+MAX_JSON_DEPTH = 64
+DEFAULT_TOLERANCE_S = 300.0
+# A signature header listing more candidates than this is refused, so a sender
+# cannot make one request cost thousands of comparisons.
+MAX_SIGNATURES = 32
+# Unix seconds as ASCII digits; 12 digits reach the year 33658. int() alone would
+# also take " 12", "1_2" and non-ASCII digits.
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class HeaderMap(Protocol):
+    """Case-insensitive header lookup, as http.client.HTTPMessage provides."""
+
+    def get(self, name: str, default: Any = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer the provider gives itself (e.g. a ping); no hook runs."""
+
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Option:
+    """An endpoint setting a provider accepts in config.yaml."""
+
+    type: type
+    default: Any
+
+
+@dataclass
+class Signed:
+    """A request as the sender would make it (for `webhook-sidecar sign|send`)."""
+
+    target: str  # path and query to POST to
+    headers: dict[str, str]
+    body: bytes
+    notes: list[str] = field(default_factory=list)  # what the user must know to send it
+
+
+class Provider:
+    """Base class: the interface every sender implements."""
+
+    name: ClassVar[str] = ""
+    needs_secret: ClassVar[bool] = True
+    options: ClassVar[dict[str, Option]] = {}
+    # The variable `sign`/`send` read the signing key from when it is not the endpoint's
+    # secret (discord: the endpoint knows the public key, a sender signs with the private one).
+    signing_key_env: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.opts = {k: options.get(k, o.default) for k, o in self.options.items()}
+
+    @classmethod
+    def secret_problem(cls, secret: bytes) -> str | None:
+        """Why `secret` can never verify anything for this provider, or None when it can."""
+        return None
+
+    def verify(self, headers: HeaderMap, body: bytes, secrets: Sequence[bytes], now: float,
+               target: str = "") -> None:
+        """Raise SignatureError unless one of `secrets` signed the delivery.
+
+        `target` is the request-target as received (path and query), for schemes
+        that sign the URL.
+        """
+        raise NotImplementedError
+
+    def parse(self, headers: HeaderMap, body: bytes) -> Any:
+        """The payload as JSON values; BadRequest if it is not valid JSON."""
+        return parse_json(body)
+
+    def event(self, headers: HeaderMap, payload: Any) -> str:
+        """The event type, or "" when the delivery carries none."""
+        return ""
+
+    def delivery(self, headers: HeaderMap, payload: Any) -> str | None:
+        """The sender's delivery id, when it sends one."""
+        return None
+
+    def reply(self, event: str, payload: Any) -> Reply | None:
+        """An immediate answer for protocol events that run no hook."""
+        return None
+
+    def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
+        """The headers a sender would add to `body` (for `webhook-sidecar sign|send`)."""
+        raise NotImplementedError
+
+    def request(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "",
+                target: str = "/", content_type: str = "application/json") -> Signed:
+        """The whole request a sender would make; schemes that sign the URL or the body override it."""
+        return Signed(target, self.sign(body, secret, now, event=event, delivery=delivery), body)
+
+
+# --- headers ----------------------------------------------------------------------
+def header(headers: HeaderMap, name: str) -> str:
+    """A header's value, or SignatureError naming it when it is missing or empty."""
+    value = headers.get(name)
+    if not value:
+        raise SignatureError(f"missing {name} header", reason="missing")
+    return str(value)
+
+
+def signed_header(headers: HeaderMap, *names: str) -> str:
+    """The first non-empty of `names` (aliases of one header), as printable ASCII.
+
+    Only the first one present is used: a wrong value is never rescued by an alias.
+    """
+    for name in names:
+        value = headers.get(name)
+        if value:
+            value = str(value)
+            if not (value.isascii() and value.isprintable()):
+                raise SignatureError(f"{name} header is not printable ASCII", reason="malformed")
+            return value
+    raise SignatureError(f"missing {names[0]} header", reason="missing")
+
+
+def header_text(headers: HeaderMap, *names: str) -> str:
+    """The first non-empty of `names` (an event type or delivery id), or ""."""
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return str(value)
+    return ""
+
+
+def strip_prefix(value: str, prefix: str, name: str) -> str:
+    if not value.startswith(prefix):
+        raise SignatureError(f"{name} must start with {prefix!r}", reason="malformed")
+    return value[len(prefix):]
+
+
+def key_values(value: str, name: str, sep: str = ",") -> list[tuple[str, str]]:
+    """A "k=v<sep>k=v" signature header as pairs; malformed when an item is not k=v."""
+    items = value.split(sep)
+    if len(items) > MAX_SIGNATURES:
+        raise SignatureError(f"{name} lists too many items", reason="malformed")
+    pairs = [item.partition("=") for item in items]
+    if any(not key or not eq or not val for key, eq, val in pairs):
+        raise SignatureError(f"{name} must be a list of key=value", reason="malformed")
+    return [(key, val) for key, _, val in pairs]
+
+
+# --- MACs -------------------------------------------------------------------------
+def hmac_hex(secret: bytes, msg: bytes, digest: str = "sha256") -> str:
+    return hmac.new(secret, msg, digest).hexdigest()
+
+
+def hmac_b64(secret: bytes, msg: bytes, digest: str = "sha256") -> str:
+    return base64.b64encode(hmac.new(secret, msg, digest).digest()).decode("ascii")
+
+
+def any_equal(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
+    """compare_digest of every expected value against every given one.
+
+    All pairs are compared, so timing does not reveal which secret matched.
+    """
+    ok = False
+    for g in given:
+        for e in expected:
+            ok |= hmac.compare_digest(e, g)
+    return ok
+
+
+_any_equal = any_equal  # the name earlier versions used
+
+
+def matching(expected: Sequence[str], given: str | Sequence[str]) -> int:
+    """Index of the first expected value any given one equals (-1: none); every pair is compared."""
+    givens = [given] if isinstance(given, str) else list(given)
+    encoded = [g.encode("ascii") for g in givens if g.isascii()]
+    found = -1
+    for i, e in enumerate(expected):
+        hit = any_equal([e.encode("ascii")], encoded)
+        if hit and found < 0:
+            found = i
+    return found
+
+
+def matches_any(expected: Sequence[str], given: str | Sequence[str]) -> bool:
+    """Constant-time comparison of the given signature(s) with every expected one (rotation)."""
+    givens = [given] if isinstance(given, str) else list(given)
+    encoded = [g.encode("ascii") for g in givens if g.isascii()]
+    return any_equal([e.encode("ascii") for e in expected], encoded)
+
+
+def require_match(expected: Sequence[str], given: str | Sequence[str]) -> None:
+    if not matches_any(expected, given):
+        raise SignatureError("signature does not match", reason="mismatch")
+
+
+def timestamp(value: str, name: str) -> int:
+    """A Unix-seconds header value, or SignatureError when it is not one."""
+    if not TIMESTAMP.fullmatch(value):
+        raise SignatureError(f"{name} is not a Unix time in seconds", reason="malformed")
+    return int(value)
+
+
+def check_age(ts: float, now: float, tolerance: float) -> None:
+    """Reject a signed timestamp outside [now - tolerance, now + tolerance]."""
+    if ts < now - tolerance:
+        raise SignatureError(f"timestamp is more than {tolerance:g} s old", reason="stale")
+    if ts > now + tolerance:
+        raise SignatureError(f"timestamp is more than {tolerance:g} s in the future", reason="future")
+
+
+# --- payloads ---------------------------------------------------------------------
+def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def parse_json(body: bytes | str) -> Any:
+    """Decode a JSON payload; BadRequest for invalid or absurdly nested documents."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadRequest("body is not valid JSON", reason="invalid_json") from e
+    # Fewer brackets than the limit cannot nest deeper than it: skip the walk.
+    raw = body.encode() if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(payload):
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH}", reason="too_deep")
+    return payload
+
+
+def is_form(headers: HeaderMap) -> bool:
+    return is_form_type(str(headers.get("Content-Type") or ""))
+
+
+def is_form_type(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
+
+
+def form_field(body: bytes, field: str) -> str:
+    """One field of a form-encoded body; BadRequest when it is absent."""
+    try:
+        values = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False).get(field)
+    except UnicodeDecodeError as e:
+        raise BadRequest("form body is not UTF-8", reason="invalid_form") from e
+    if not values:
+        raise BadRequest(f"form body has no {field!r} field", reason="invalid_form")
+    return values[0]
+
+
+def form_pairs(body: bytes, max_fields: int = 1000) -> list[tuple[str, str]]:
+    """A form-encoded body as (name, value) pairs; ValueError when it is not one."""
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=max_fields)
+    except UnicodeDecodeError as e:
+        raise ValueError("form body is not UTF-8") from e
+
+
+def form_fields(body: bytes, max_fields: int = 1000) -> dict[str, str]:
+    """A form-encoded body as {name: first value}; BadRequest when it is not one."""
+    try:
+        pairs = form_pairs(body, max_fields)
+    except ValueError as e:
+        raise BadRequest("form body is not valid", reason="invalid_form") from e
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def text(value: Any) -> str:
+    """An event type from a payload field: strings only, anything else is ""."""
+    return value if isinstance(value, str) else ""
+
+
+def dig(payload: Any, dotted: str) -> Any:
+    """The value at a dotted path of JSON objects ("event.type"), or None."""
+    for part in dotted.split("."):
+        if not isinstance(payload, dict):
+            return None
+        payload = payload.get(part)
+    return payload
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- families every module builds on ----------------------------------------------
+class Timestamped(Provider):
+    """A scheme that signs a timestamp: `tolerance_s` bounds its age both ways."""
+
+    default_tolerance: ClassVar[float] = DEFAULT_TOLERANCE_S
+    options = {"tolerance_s": Option(float, DEFAULT_TOLERANCE_S)}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Each sender's own SDK default; the option table follows the class attribute.
+        if "default_tolerance" in cls.__dict__:
+            cls.options = {**cls.options, "tolerance_s": Option(float, cls.default_tolerance)}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        tolerance = self.opts["tolerance_s"]
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance <= 86400:
+            raise ValueError(f"tolerance_s: must be more than 0 and at most 86400 seconds, got {tolerance!r}")
+        self.tolerance = float(tolerance)
+
+    def type_field(self, payload: Any) -> str:
+        return text(payload.get("type")) if isinstance(payload, dict) else ""
+
+
+class HeaderSigned(Provider):
+    """One header holds `prefix` + the hex (or base64) HMAC-SHA256 of the body.
+
+    Subclasses only name their headers; the event type and delivery id come
+    from headers too. The first signature header present is the one checked.
+    """
+
+    signature_headers: tuple[str, ...] = ()
+    prefix: str = ""
+    encoding: str = "hex"
+    event_headers: tuple[str, ...] = ()
+    delivery_headers: tuple[str, ...] = ()
+    sample_event: str = ""  # what `sign` puts in the event header when given none
+
+    def signed_bytes(self, headers: HeaderMap, body: bytes) -> bytes:
+        """What the MAC covers: the raw body, unless the scheme says otherwise."""
+        return body
+
+    def mac(self, secret: bytes, msg: bytes) -> str:
+        return hmac_b64(secret, msg) if self.encoding == "base64" else hmac_hex(secret, msg)
+
+    def verify(self, headers: HeaderMap, body: bytes, secrets: Sequence[bytes], now: float,
+               target: str = "") -> None:
+        name = self.signature_headers[0]
+        given = strip_prefix(signed_header(headers, *self.signature_headers), self.prefix, name)
+        msg = self.signed_bytes(headers, body)
+        require_match([self.mac(s, msg) for s in secrets], given)
+
+    def event(self, headers: HeaderMap, payload: Any) -> str:
+        return header_text(headers, *self.event_headers)
+
+    def delivery(self, headers: HeaderMap, payload: Any) -> str | None:
+        return header_text(headers, *self.delivery_headers) or None
+
+    def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
+        out = {self.signature_headers[0]: self.prefix + self.mac(secret, body)}
+        if self.event_headers and (event or self.sample_event):
+            out[self.event_headers[0]] = event or self.sample_event
+        if self.delivery_headers:
+            out[self.delivery_headers[0]] = delivery or new_id()
+        return out
+
+
+# --- the registry (imported last: the modules build on the names above) -------------
+from .credentials import Basic, Bearer  # noqa: E402
+from .discord import Discord  # noqa: E402
+from .forges import Bitbucket, Gitea, GitHub  # noqa: E402
+from .generic import GenericHmac, Unverified  # noqa: E402
+from .gitlab import GitLab  # noqa: E402
+from .linear import Linear  # noqa: E402
+from .mailgun import Mailgun  # noqa: E402
+from .paddle import Paddle  # noqa: E402
+from .pagerduty import PagerDuty  # noqa: E402
+from .sentry import Sentry  # noqa: E402
+from .shopify import Shopify  # noqa: E402
+from .slack import Slack  # noqa: E402
+from .standard import StandardWebhooks  # noqa: E402
+from .stripe import Stripe  # noqa: E402
+from .twilio import Twilio  # noqa: E402
+from .twitch import Twitch  # noqa: E402
+from .zoom import Zoom  # noqa: E402
+
+PROVIDERS: dict[str, type[Provider]] = {
+    p.name: p
+    for p in (GitHub, GitLab, Gitea, Bitbucket, Stripe, Slack, StandardWebhooks, Shopify, GenericHmac, Unverified,
+              Twilio, Discord, Linear, Paddle, Mailgun, Zoom, PagerDuty, Twitch, Sentry, Basic, Bearer)
+}
+
+__all__ = [
+    "PROVIDERS", "Basic", "Bearer", "Bitbucket", "Discord", "GenericHmac", "GitHub", "GitLab", "Gitea", "HeaderMap",
+    "HeaderSigned", "Linear", "Mailgun", "Option", "Paddle", "PagerDuty", "Provider", "Reply", "Sentry", "Shopify",
+    "Signed", "Slack", "StandardWebhooks", "Stripe", "Timestamped", "Twilio", "Twitch", "Unverified", "Zoom",
+]

@@ -19,7 +19,10 @@ from .errors import ConfigError
 from .providers import PROVIDERS, Signed
 from .reload import WATCH_MODES
 from .service import DEFAULT_GRACE_S, Service
-from .spool import DB_NAME, JobRow, Spool
+from .spool import JobRow, SpoolDamaged
+from .spool.sqlite import DB_NAME, Spool, integrity
+
+EXIT_SPOOL_DAMAGED = 3
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -98,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     retry = spool_sub.add_parser("retry", help="put dead letters back in the queue")
     retry.add_argument("ids", type=int, nargs="*")
     retry.add_argument("--all-failed", action="store_true")
+    spool_sub.add_parser("check", help="sqlite's integrity check of the spool file (exit 1 when damaged)")
     purge = spool_sub.add_parser("purge", help="delete finished jobs older than a duration")
     purge.add_argument("--older-than", required=True, type=_duration, help="e.g. 90s, 30m, 12h, 7d")
     purge.add_argument("--failed-too", action="store_true", help="also delete dead letters (default: done only)")
@@ -172,6 +176,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             logs.error("config.invalid", detail=line)
         print(f"webhook-sidecar: {args.config} is invalid:\n  " + "\n  ".join(e.errors), file=sys.stderr)
         return 1
+    except SpoolDamaged as e:
+        logs.error("spool.damaged", spool=str(e.path), kept_as=str(e.aside), problems=e.problems[:5],
+                   detail="the damaged file was set aside, not discarded; the next start creates an empty spool."
+                          " Inspect it with `webhook-sidecar spool check` or sqlite3's .recover")
+        print(f"webhook-sidecar: {e}", file=sys.stderr)
+        return EXIT_SPOOL_DAMAGED
     except (OSError, ValueError) as e:
         logs.error("server.failed", error=str(e))
         print(f"webhook-sidecar: cannot listen: {e}", file=sys.stderr)
@@ -250,7 +260,13 @@ def cmd_spool(args: argparse.Namespace) -> int:
     if not (directory / DB_NAME).is_file():
         print(f"webhook-sidecar: no spool at {directory / DB_NAME}", file=sys.stderr)
         return 1
-    spool = Spool(directory)
+    if args.spool_command == "check":
+        problems = integrity(directory / DB_NAME)
+        for problem in problems:
+            print(f"{directory / DB_NAME}: {problem}")
+        print(f"{directory / DB_NAME}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        return 1 if problems else 0
+    spool = Spool(directory, serving=False)
     try:
         return _spool_action(args, spool)
     finally:

@@ -31,10 +31,10 @@ ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TOP_KEYS = {
     "listen", "max_body_bytes", "spool_dir", "endpoints", "max_workers", "max_queue",
     "request_timeout_s", "retry_backoff_s", "retry_backoff_max_s", "retention_hours",
-    "max_connections",
+    "max_connections", "spool_max_bytes", "spool_url_env", "lease_s",
 }
-ENDPOINT_KEYS = {"path", "provider", "secret_env", "routes"}
-ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env"}
+ENDPOINT_KEYS = {"path", "provider", "secret_env", "secret_file", "routes"}
+ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
 
 Path_ = tuple[str | int, ...]
 
@@ -51,6 +51,11 @@ class Route:
     concurrency: int | None = None
     retries: int = DEFAULT_RETRIES
     env: tuple[tuple[str, str], ...] = ()
+    # Landlock for this route's hooks (sandbox.py): off, or the default plus these paths.
+    sandbox: bool = True
+    sandbox_read: tuple[str, ...] = ()
+    sandbox_write: tuple[str, ...] = ()
+    broadcast: bool = False  # with a shared spool: once on every live replica
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Endpoint:
     routes: tuple[Route, ...]
     # Never printed: repr=False keeps secrets out of tracebacks and debug output.
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    secret_files: tuple[str, ...] = ()  # absolute paths, re-read on reload
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ class Config:
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
     retention_hours: float = 168.0
+    spool_max_bytes: int = 512 * 1024 * 1024
+    # The shared (PostgreSQL) spool: the variable's name, and its value (a libpq URL, never logged).
+    spool_url_env: str | None = None
+    spool_url: str | None = field(default=None, repr=False)
+    lease_s: float = 30.0
     endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
     digest: str = ""
 
@@ -86,6 +97,10 @@ class Config:
     @property
     def route_count(self) -> int:
         return sum(len(e.routes) for e in self.endpoints.values())
+
+    @property
+    def secret_files(self) -> tuple[str, ...]:
+        return tuple(f for e in self.endpoints.values() for f in e.secret_files)
 
 
 def _key_path(path: Path_) -> str:
@@ -226,6 +241,20 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     backoff = doc.get(top, (), "retry_backoff_s", float, Config.retry_backoff_s, minimum=0)
     backoff_max = doc.get(top, (), "retry_backoff_max_s", float, Config.retry_backoff_max_s, minimum=0)
     retention = doc.get(top, (), "retention_hours", float, Config.retention_hours, minimum=0.0001)
+    spool_max_bytes = doc.get(top, (), "spool_max_bytes", int, Config.spool_max_bytes, minimum=0)
+    lease_s = doc.get(top, (), "lease_s", float, Config.lease_s, minimum=1)
+    spool_url_env = doc.get(top, (), "spool_url_env", str, None)
+    spool_url = None
+    if spool_url_env is not None:
+        if "spool_dir" in top:
+            doc.error(("spool_url_env",), "spool_dir and spool_url_env exclude each other: the spool is either"
+                      " the embedded file or a shared PostgreSQL database")
+        if not ENV_NAME.match(spool_url_env):
+            doc.error(("spool_url_env",), f"not a valid environment variable name: {spool_url_env!r}")
+        else:
+            spool_url = environ.get(spool_url_env) or dotenv.get(spool_url_env)
+            if not spool_url:
+                doc.error(("spool_url_env",), f"{spool_url_env} is not set in the environment or the env file")
     raw_endpoints = doc.get(top, (), "endpoints", list, [], required=True)
     if "endpoints" in top and isinstance(top["endpoints"], list) and not top["endpoints"]:
         doc.error(("endpoints",), "needs at least one endpoint")
@@ -251,6 +280,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
         max_workers=max_workers, max_queue=max_queue, request_timeout_s=request_timeout,
         max_connections=max_connections,
         retry_backoff_s=backoff, retry_backoff_max_s=backoff_max, retention_hours=retention,
+        spool_max_bytes=spool_max_bytes, spool_url_env=spool_url_env, spool_url=spool_url, lease_s=lease_s,
         endpoints=endpoints, digest=digest[:16],
     )
 
@@ -277,6 +307,7 @@ def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str
         options[key] = doc.get(raw, path, key, opt.type, opt.default)
 
     secret_env, secrets = _secrets(doc, path, raw, cls, environ, dotenv)
+    secret_files, file_secrets = _secret_files(doc, path, raw, cls, base)
     raw_routes = doc.get(raw, path, "routes", list, [], required=True)
     routes: list[Route] = []
     names: set[str] = set()
@@ -297,14 +328,15 @@ def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str
     except ValueError as e:  # a provider's own cross-option checks
         doc.error(path, str(e))
         return None
-    return Endpoint(path=ep_path, provider=provider, secret_env=secret_env, routes=tuple(routes), secrets=secrets)
+    return Endpoint(path=ep_path, provider=provider, secret_env=secret_env, routes=tuple(routes),
+                    secrets=secrets + file_secrets, secret_files=secret_files)
 
 
 def _secrets(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | None,
              environ: Mapping[str, str], dotenv: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
     value = raw.get("secret_env")
     if value is None:
-        if cls is not None and cls.needs_secret:
+        if cls is not None and cls.needs_secret and "secret_file" not in raw:
             doc.error(path, f"missing required key 'secret_env' (provider {cls.name!r} verifies signatures)")
         return (), ()
     names = [value] if isinstance(value, str) else value
@@ -330,6 +362,60 @@ def _secrets(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | 
     return tuple(names), tuple(secrets)
 
 
+def _secret_files(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | None,
+                  base: Path) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+    """secret_file: one path or a list; each secret is the file's content without its trailing newline."""
+    value = raw.get("secret_file")
+    if value is None:
+        return (), ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        doc.error(path + ("secret_file",), "must be a file path or a non-empty list of them")
+        return (), ()
+    files, secrets = [], []
+    for k, name in enumerate(names):
+        where = path + ("secret_file",) + ((k,) if isinstance(value, list) else ())
+        # abspath, not resolve(): a Secret volume's file is a symlink through ..data, which moves.
+        file = os.path.abspath(base / name)
+        try:
+            secret_b = Path(file).read_bytes()
+        except OSError as e:
+            doc.error(where, f"cannot read secret file {file}: {e.strerror}")
+            continue
+        secret_b = secret_b[:-2] if secret_b.endswith(b"\r\n") else secret_b.removesuffix(b"\n")
+        problem = "is empty" if not secret_b else (cls.secret_problem(secret_b) if cls is not None else None)
+        if problem:
+            doc.error(where, f"secret file {file} {problem}")
+            continue
+        files.append(file)
+        secrets.append(secret_b)
+    return tuple(files), tuple(secrets)
+
+
+def _sandbox(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """sandbox: false (no Landlock for this route), or {read: [paths], write: [paths]} added to the default."""
+    value = doc.get(raw, path, "sandbox", (bool, dict), True)
+    if isinstance(value, bool):
+        return value, (), ()
+    doc.unknown_keys(value, path + ("sandbox",), {"read", "write"})
+    grants: list[tuple[str, ...]] = []
+    for kind in ("read", "write"):
+        items = doc.get(value, path + ("sandbox",), kind, list, [])
+        paths = []
+        for k, item in enumerate(items):
+            where = path + ("sandbox", kind, k)
+            if not isinstance(item, str) or not item:
+                doc.error(where, f"must be a path, got {_describe(item)}")
+                continue
+            full = os.path.abspath(base / item)
+            if not os.path.exists(full):
+                doc.error(where, f"no such file or directory: {full}")
+                continue
+            paths.append(full)
+        grants.append(tuple(paths))
+    return True, grants[0], grants[1]
+
+
 def _route(doc: _Doc, path: Path_, raw: Any, base: Path, index: int) -> Route | None:
     if not isinstance(raw, dict):
         doc.error(path, f"a route must be a mapping, got {_describe(raw)}")
@@ -344,6 +430,8 @@ def _route(doc: _Doc, path: Path_, raw: Any, base: Path, index: int) -> Route | 
     timeout_s = doc.get(raw, path, "timeout_s", float, DEFAULT_TIMEOUT_S, minimum=0.001)
     concurrency = doc.get(raw, path, "concurrency", int, None, minimum=1)
     retries = doc.get(raw, path, "retries", int, DEFAULT_RETRIES, minimum=0)
+    sandboxed, sandbox_read, sandbox_write = _sandbox(doc, path, raw, base)
+    broadcast = doc.get(raw, path, "broadcast", bool, False)
     env = _route_env(doc, path, raw)
     default_name = Path(argv[0]).stem if argv else f"route{index}"
     name = doc.get(raw, path, "name", str, default_name)
@@ -352,7 +440,8 @@ def _route(doc: _Doc, path: Path_, raw: Any, base: Path, index: int) -> Route | 
     if not argv:
         return None
     return Route(name=name, event=event, when=tuple(when.items()), argv=argv, timeout_s=timeout_s,
-                 concurrency=concurrency, retries=retries, env=env)
+                 concurrency=concurrency, retries=retries, env=env, sandbox=sandboxed,
+                 sandbox_read=sandbox_read, sandbox_write=sandbox_write, broadcast=broadcast)
 
 
 def _argv(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[str, ...]:

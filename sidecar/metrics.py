@@ -50,6 +50,18 @@ def track_queue(depth: Callable[[], int], running: Callable[[], int], limit: int
         QUEUE_MAX.set(limit)
 
 
+SPOOL_BYTES = Gauge(f"{PREFIX}_spool_bytes", "Bytes the spool's live records use (sqlite: pages in use).",
+                    registry=REGISTRY)
+SPOOL_MAX_BYTES = Gauge(f"{PREFIX}_spool_max_bytes", "spool_max_bytes: beyond it new deliveries get 503 (0 = none).",
+                        registry=REGISTRY)
+
+
+def track_spool(used: Callable[[], int], limit: int) -> None:
+    """Read the spool's size at scrape time; `limit` is spool_max_bytes (fixed until a restart)."""
+    SPOOL_BYTES.set_function(used)
+    SPOOL_MAX_BYTES.set(limit)
+
+
 def track_ready(ready: Callable[[], bool]) -> None:
     """Read readiness (what /readyz answers) at scrape time."""
     READY.set_function(lambda: 1.0 if ready() else 0.0)

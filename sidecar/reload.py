@@ -42,7 +42,8 @@ POLL_INTERVAL_S = 0.5
 RESYNC_INTERVAL_S = 30.0
 # What can only change with a restart: the listening socket and what was built
 # from these at start.
-RESTART_KEYS = ("listen", "spool_dir", "max_workers", "max_queue")
+RESTART_KEYS = ("listen", "spool_dir", "spool_url_env", "spool_url", "spool_max_bytes", "lease_s", "max_workers",
+                "max_queue")
 
 # Only events that end a change. Our own reads raise opened/closed-no-write events,
 # and "modified" fires on every write() to any file in the directory (a log file

@@ -5,13 +5,17 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from . import attempts, logs, metrics
 from . import config as config_mod
-from . import logs, metrics
 from .reload import Reloader, warn_unverified
 from .server import SidecarServer
-from .spool import Spool
+from .spool.sqlite import Spool
 from .workers import Workers
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DEFAULT_GRACE_S = 25.0
 
@@ -24,6 +28,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config],
+                 known: attempts.KnownRoutes) -> Workers:
+    """The spool backend the config names, with its workers: the embedded file, or shared PostgreSQL."""
+    spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
+    return Workers(spool, cfg.max_workers, cfg.max_queue, config, known)
+
+
 class Service:
     """One running sidecar: server thread plus workers, stopped by stop()."""
 
@@ -31,13 +42,20 @@ class Service:
                  grace_s: float = DEFAULT_GRACE_S, watch: str = "native") -> None:
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
-        self.spool = Spool(cfg.spool_dir)
-        self.workers = Workers(self.spool, cfg.max_workers, cfg.max_queue, lambda: self.server.config)
+        # Every table this process loads: the only routes a spooled job may run as stored.
+        self.known = attempts.routes_of([cfg])
+        self.current = cfg  # the table in use; workers may read it before the server exists
+        self.workers = open_workers(cfg, lambda: self.current, self.known)
         self.server = SidecarServer(parse_listen(listen or cfg.listen), cfg, self.workers)
         metrics.track_ready(lambda: self.server.is_ready[0])
-        self.reloader = Reloader(cfg, env_file, self.server.swap, mode=watch)
+        self.reloader = Reloader(cfg, env_file, self._swap, mode=watch)
         self._stopping = threading.Event()
         self._drained = False
+
+    def _swap(self, cfg: config_mod.Config) -> None:
+        self.known.add(cfg)
+        self.current = cfg
+        self.server.swap(cfg)
 
     @property
     def port(self) -> int:
@@ -52,11 +70,11 @@ class Service:
         host, port = self.server.server_address[:2]
         logs.info("server.listening", address=f"{host}:{port}", port=port, config=str(cfg.file),
                   config_hash=cfg.digest, endpoints=len(cfg.endpoints), routes=cfg.route_count,
-                  watch=self.reloader.mode, spool=str(self.spool.path), pending=self.workers.depth)
+                  watch=self.reloader.mode, spool=self.workers.spool.location, pending=self.workers.depth)
         self.server.serve_forever(poll_interval=0.2)
         self.reloader.stop()
         self.server.server_close()
-        self.spool.close()
+        self.workers.close()
         logs.info("server.stopped", drained=self._drained, pending=self.workers.depth)
         return 0
 

@@ -1,82 +1,54 @@
-"""Workers: run spooled jobs with bounded concurrency, retries with backoff, dead letters.
+"""Workers for the embedded spool: run spooled jobs with bounded concurrency, retries, dead letters.
 
 The queue policy: a delivery's jobs are committed all together or not at all
 (QueueFull -> 503 above `max_queue` pending jobs, nothing half accepted). Jobs
 start in order of their due time; a route with `concurrency: N` never has more
-than N runs at once (1 = serialized). Exit 0 is done; exit 75 (EX_TEMPFAIL) or a
-timeout is retried with exponential backoff and jitter up to the route's
-`retries`; anything else fails at once. Failed jobs stay in the spool as dead
-letters for `webhook-sidecar spool retry`.
+than N runs at once (1 = serialized). What an attempt runs and what its result
+means is attempts.py's, shared with the other backend.
+
+A job stays on this process's books until its outcome is committed: a record
+that fails to commit (disk full, the file locked by another process) is retried,
+never dropped, so the job is neither forgotten nor found "pending" and run again.
 """
 
 from __future__ import annotations
 
 import heapq
-import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
-from . import logs, metrics, runner
+from . import attempts, logs, metrics
+from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
 from .errors import QueueFull
-from .spool import Accepted, Delivery, Spool
+from .spool import Accepted, Delivery
+from .spool.sqlite import Spool
 
-EX_TEMPFAIL = 75
 SYNC_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 600.0
-STOP_KILL_GRACE_S = 3.0
-
-
-@dataclass(frozen=True)
-class Job:
-    """One route's run for one delivery."""
-
-    delivery: str
-    endpoint: str
-    provider: str
-    event: str
-    route: Route
-    request_id: str
-    cwd: str
-    attempt: int = 1
-
-    def env(self) -> dict[str, str]:
-        """The hook's whole environment: route env, then the WEBHOOK_* facts (no secrets)."""
-        return runner.hook_env({
-            **dict(self.route.env),
-            "WEBHOOK_EVENT": self.event,
-            "WEBHOOK_DELIVERY": self.delivery,
-            "WEBHOOK_PROVIDER": self.provider,
-            "WEBHOOK_ENDPOINT": self.endpoint,
-            "WEBHOOK_ROUTE": self.route.name,
-            "WEBHOOK_ATTEMPT": str(self.attempt),
-            "WEBHOOK_REQUEST_ID": self.request_id,
-        })
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
-    """Delay before attempt `attempt + 1`: base * 2^(attempt-1), capped, with 50-100% jitter."""
-    return min(max_s, base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+CRASH_RETRY_S = 30.0
 
 
 class Workers:
     """`max_workers` threads running spooled jobs; at most `max_queue` pending at once."""
 
-    def __init__(self, spool: Spool, max_workers: int, max_queue: int, config: Callable[[], Config]) -> None:
+    def __init__(self, spool: Spool, max_workers: int, max_queue: int, config: Callable[[], Config],
+                 known: KnownRoutes | None = None) -> None:
         self.spool = spool
         self.max_queue = max_queue
         self.config = config
+        self.known = known or attempts.routes_of([config()])
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int]] = []
         self._meta: dict[int, tuple[tuple[str, str], int | None]] = {}  # id -> (route key, concurrency)
         self._running_keys: Counter[tuple[str, str]] = Counter()
         self._parked: dict[tuple[str, str], list[tuple[float, int]]] = {}
         self._cancels: dict[int, threading.Event] = {}
+        self._unrecorded: dict[int, Attempt] = {}  # outcomes whose record did not commit yet
         self._reserved = 0  # queue slots held by deliveries being committed
         self._stopping = False
         self._stopped = threading.Event()
@@ -85,7 +57,7 @@ class Workers:
             self._add(job_id, next_at, (endpoint, route), concurrency)
         if recovered:
             logs.info("spool.recovered", jobs=len(recovered), detail="pending jobs from before the restart")
-        metrics.track_queue(lambda: self.depth, lambda: self.running, max_queue)
+        metrics.track_queue(lambda: self.depth, lambda: self.running)
         self._threads = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                          for i in range(max_workers)]
         for t in self._threads:
@@ -100,6 +72,10 @@ class Workers:
     @property
     def running(self) -> int:
         return len(self._cancels)
+
+    def health(self) -> str | None:
+        """Why the spool cannot take deliveries now, or None when it can."""
+        return self.spool.health()
 
     def _add(self, job_id: int, next_at: float, key: tuple[str, str], concurrency: int | None) -> bool:
         """Queue a job (lock held); False when it went straight to its route's parking (no wake-up needed)."""
@@ -118,9 +94,15 @@ class Workers:
         # Reserve the slots before the commit, so concurrent deliveries cannot
         # together pass the bound that each of them checked alone.
         with self._cond:
-            if len(self._meta) + self._reserved + len(routes) > self.max_queue:
-                raise QueueFull()
-            self._reserved += len(routes)
+            full = len(self._meta) + self._reserved + len(routes) > self.max_queue
+            if not full:
+                self._reserved += len(routes)
+        if full:
+            # A redelivery of a delivery that is still queued adds nothing: it is a
+            # duplicate whether or not the queue has room.
+            if self.spool.is_duplicate(delivery):
+                return Accepted("duplicate", (), ())
+            raise QueueFull()
         try:
             accepted = self.spool.accept(delivery, routes)
         except BaseException:
@@ -153,7 +135,7 @@ class Workers:
                 now = time.time()
                 while self._heap and self._heap[0][0] <= now:
                     item = heapq.heappop(self._heap)
-                    if item[1] not in self._meta or item[1] in self._cancels:
+                    if item[1] not in self._meta or item[1] in self._cancels or item[1] in self._unrecorded:
                         continue  # a stale duplicate entry
                     key, concurrency = self._meta[item[1]]
                     if concurrency is not None and self._running_keys[key] >= concurrency:
@@ -178,89 +160,71 @@ class Workers:
     def _work(self) -> None:
         while (taken := self._take()) is not None:
             job_id, cancel = taken
-            retry_at: float | None = None
-            keep = False
-            recorded: Future[Any] | None = None
+            attempt: Attempt | None = None
+            gone = False
             try:
-                retry_at, keep, recorded = self._run(job_id, cancel)
+                found = self.spool.job_to_run(job_id)
+                if found is None or found[0].state != "pending":
+                    gone = True  # purged or finished elsewhere (spool CLI)
+                else:
+                    row, body = found
+                    attempt = attempts.run(job_id, row, body, self.config(), self.known, cancel)
             except Exception:
-                logs.error("hook.crashed", exc_info=True, job=job_id)
-            finally:
-                with self._cond:
-                    self._release(job_id)
-                    del self._cancels[job_id]
-                    if retry_at is not None:
-                        heapq.heappush(self._heap, (retry_at, job_id))
-                    elif not keep and recorded is None:
-                        del self._meta[job_id]
-                    self._cond.notify_all()
-            if recorded is not None:
-                # The worker goes on at once; the job leaves the books when its result
-                # is committed, so the spool sync cannot mistake it for a pending one.
-                recorded.add_done_callback(lambda _f, job_id=job_id: self._forget(job_id))
+                logs.error("hook.crashed", exc_info=True, job=job_id, retry_in_s=CRASH_RETRY_S)
+            with self._cond:
+                self._release(job_id)
+                del self._cancels[job_id]
+                if gone:
+                    del self._meta[job_id]
+                elif attempt is None:  # our bug, not the hook's: try again later, never forget it
+                    heapq.heappush(self._heap, (time.time() + CRASH_RETRY_S, job_id))
+                elif attempt.state == "interrupted":
+                    pass  # a shutdown: stays pending on disk and on the books
+                else:
+                    # Not runnable until its record is in: a retry must read this attempt's count,
+                    # and the sync must not mistake a finished job for a pending one.
+                    self._unrecorded[job_id] = attempt
+                self._cond.notify_all()
+            if attempt is not None and attempt.state == "interrupted":
+                attempts.interrupted(attempt, "stopped at shutdown; runs again at the next start")
+            elif attempt is not None:
+                self._record(attempt)
 
-    def _forget(self, job_id: int) -> None:
+    def _record(self, a: Attempt) -> None:
+        result = a.result
+        future = self.spool.finish(a.job_id, a.state, a.job.attempt, a.next_at,
+                                   result.exit_code if result else None, a.outcome,
+                                   result.output_tail if result else "")
+        future.add_done_callback(lambda f, a=a: self._recorded(a, f))
+
+    def _recorded(self, a: Attempt, future: Future[Any]) -> None:
+        """The outcome's record committed (logged from here on), or failed (kept and retried)."""
+        error = future.exception()
+        if error is not None:
+            if not a.warned:
+                a.warned = True
+                logs.warning("job.record_failed", job=a.job_id, route=a.job.route.name, state=a.state,
+                             error=str(error), detail="outcome kept in memory and retried; the hook is not run again")
+            return
+        attempts.report(a)
         with self._cond:
-            self._meta.pop(job_id, None)
+            self._unrecorded.pop(a.job_id, None)
+            if a.state == "pending":
+                heapq.heappush(self._heap, (a.next_at, a.job_id))
+            else:
+                self._meta.pop(a.job_id, None)
             self._cond.notify_all()
-
-    def _run(self, job_id: int, cancel: threading.Event) -> tuple[float | None, bool, Future[Any] | None]:
-        """Run one attempt: (retry time or None, whether the job stays pending without a retry,
-        the pending commit of a final result)."""
-        found = self.spool.job_to_run(job_id)
-        if found is None or found[0].state != "pending":
-            return None, False, None  # purged or finished elsewhere (spool CLI)
-        row, body = found
-        attempt = row.attempts + 1
-        job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
-                  route=row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt)
-        result = runner.run(row.route.argv, body, job.env(), row.route.timeout_s, cwd=row.cwd,
-                            cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
-        fields = dict(job=job_id, delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
-                      event=job.event, route=job.route.name, attempt=attempt, exit_code=result.exit_code,
-                      duration_ms=round(result.duration_s * 1000, 1), request_id=job.request_id,
-                      output_tail=result.output_tail or None, error=result.error or None)
-        if result.cancelled:
-            # Stopped by a shutdown: not an attempt; it stays pending for the next start.
-            logs.warning("hook.interrupted", **fields, detail="stopped at shutdown; runs again at the next start")
-            return None, True, None
-        outcome = "ok" if result.ok else ("timeout" if result.timed_out else ("error" if result.error else "failed"))
-        retryable = result.timed_out or result.exit_code == EX_TEMPFAIL
-        cfg = self.config()
-        if result.ok:
-            state, next_at = "done", 0.0
-        elif retryable and attempt <= row.route.retries:
-            state = "pending"
-            next_at = time.time() + backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
-        else:
-            state, next_at = "failed", 0.0
-        recorded = self.spool.finish(job_id, state, attempt, next_at, result.exit_code, outcome, result.output_tail)
-        if state == "pending":
-            recorded.result()  # the next attempt must read this attempt's count
-        metrics.HOOK_RUNS.labels(job.endpoint, job.route.name, outcome).inc()
-        metrics.HOOK_DURATION.labels(job.endpoint, job.route.name).observe(result.duration_s)
-        if state == "failed":
-            metrics.DEAD_LETTERS.labels(job.endpoint, job.route.name).inc()
-        emit = logs.info if result.ok else (logs.warning if state == "pending" else logs.error)
-
-        def log(_recorded: Future[Any] | None = None) -> None:
-            emit("hook.finished", **fields, outcome=outcome, state=state,
-                 retry_in_s=round(next_at - time.time(), 2) if state == "pending" else None,
-                 dead_letter=True if state == "failed" else None)
-
-        if state == "pending":
-            log()
-            return next_at, False, None
-        # Logged once recorded, so `spool list` agrees with the log from that line on.
-        recorded.add_done_callback(log)
-        return None, False, recorded
 
     # --- housekeeping -------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        """Pick up jobs requeued by `webhook-sidecar spool retry`; prune old finished jobs."""
+        """Retry unrecorded outcomes; pick up jobs requeued by `spool retry`; prune old finished jobs."""
         last_prune, last_sync = 0.0, time.time()
         while not self._stopped.wait(SYNC_INTERVAL_S):
             try:
+                with self._cond:
+                    unrecorded = list(self._unrecorded.values())
+                for a in unrecorded:
+                    self._record(a)
                 # Only what changed lately: `spool retry` stamps updated_at (clocks are
                 # the same machine's; the margin covers a commit in flight).
                 since, last_sync = last_sync - 5.0, time.time()
@@ -282,8 +246,12 @@ class Workers:
                     pruned = self.spool.purge(retention_s)
                     if pruned:
                         logs.info("spool.pruned", jobs=pruned)
-            except Exception:
-                logs.error("spool.sync_failed", exc_info=True)
+            except Exception as e:
+                logs.error("spool.sync_failed", error=str(e))
+
+    def close(self) -> None:
+        """After stop(): close the spool (its writer commits what is queued first)."""
+        self.spool.close()
 
     def stop(self, grace_s: float) -> bool:
         """Start no more jobs; give running ones `grace_s`, then interrupt them (they stay pending).
@@ -301,5 +269,11 @@ class Workers:
                 cancel.set()
         self._stopped.set()
         for t in self._threads:
-            t.join(STOP_KILL_GRACE_S + 5)
+            t.join(attempts.STOP_KILL_GRACE_S + 5)
+        # Outcomes still unrecorded get one last try; a job whose record is lost runs
+        # again at the next start (at least once), never silently dropped.
+        with self._cond:
+            unrecorded = list(self._unrecorded.values())
+        for a in unrecorded:
+            self._record(a)
         return finished

@@ -1,0 +1,179 @@
+"""One attempt of one job, the same for every spool backend: which route runs, the hook
+run itself, and what its result means (done, retry at a time, dead letter).
+
+The schedulers (workers.py for the embedded spool, the shared-queue workers for
+PostgreSQL) decide *when* a job runs; this module decides *what* runs and what the
+outcome is, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import logs, metrics, runner
+from .config import Config, Route
+from .spool import JobRow, route_spec
+
+EX_TEMPFAIL = 75
+STOP_KILL_GRACE_S = 3.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One route's run for one delivery."""
+
+    delivery: str
+    endpoint: str
+    provider: str
+    event: str
+    route: Route
+    request_id: str
+    cwd: str
+    attempt: int = 1
+    replica: str = ""
+
+    def env(self) -> dict[str, str]:
+        """The hook's whole environment: route env, then the WEBHOOK_* facts (no secrets)."""
+        facts = {
+            "WEBHOOK_EVENT": self.event,
+            "WEBHOOK_DELIVERY": self.delivery,
+            "WEBHOOK_PROVIDER": self.provider,
+            "WEBHOOK_ENDPOINT": self.endpoint,
+            "WEBHOOK_ROUTE": self.route.name,
+            "WEBHOOK_ATTEMPT": str(self.attempt),
+            "WEBHOOK_REQUEST_ID": self.request_id,
+        }
+        if self.replica:
+            facts["WEBHOOK_REPLICA"] = self.replica
+        return runner.hook_env({**dict(self.route.env), **facts})
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """Delay before attempt `attempt + 1`: base * 2^(attempt-1), capped, with 50-100% jitter."""
+    return min(max_s, base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+class KnownRoutes:
+    """Every route spec of every table this process loaded: the only argv a job may run.
+
+    The spool stores the route a job was accepted for, so a reload does not change a
+    queued job. A spool row is data, though, and data can be written by someone else
+    (an unsandboxed hook with the sidecar's uid): a stored route that no loaded table
+    ever had is never run as it stands.
+    """
+
+    def __init__(self) -> None:
+        self._specs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, cfg: Config) -> None:
+        specs = {route_spec(r) for ep in cfg.endpoints.values() for r in ep.routes}
+        with self._lock:
+            self._specs |= specs
+
+    def __contains__(self, spec: object) -> bool:
+        return spec in self._specs
+
+
+def resolve(row: JobRow, cfg: Config, known: KnownRoutes) -> tuple[Route | None, str]:
+    """The route to run for a stored job, and why it differs from the stored one ("" if not).
+
+    A stored route from a loaded table runs as stored. One that no loaded table had
+    (edited in the spool, or from a table of an earlier process that has changed since)
+    runs as the current table defines that route name; with no such route it runs not at all.
+    """
+    if route_spec(row.route) in known:
+        return row.route, ""
+    endpoint = cfg.endpoints.get(row.endpoint)
+    current = next((r for r in endpoint.routes if r.name == row.route.name), None) if endpoint else None
+    return current, "route_changed" if current else "route_unknown"
+
+
+@dataclass
+class Attempt:
+    """What one attempt did and what it means for the job."""
+
+    job_id: int
+    job: Job
+    result: runner.Result | None
+    state: str  # done | failed | pending (a retry at next_at) | interrupted (not an attempt)
+    next_at: float
+    outcome: str  # ok | failed | timeout | error | signal | route_unknown | interrupted
+    fields: dict[str, Any] = field(default_factory=dict)
+    warned: bool = False  # a failed record was logged once
+
+
+def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, cancel: threading.Event,
+        replica: str = "", attempts_used: int | None = None) -> Attempt:
+    """Run one attempt of a stored job with `body` on stdin; decide its outcome (nothing recorded here)."""
+    attempt = (row.attempts if attempts_used is None else attempts_used) + 1
+    route, why = resolve(row, cfg, known)
+    job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
+              route=route or row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt, replica=replica)
+    fields: dict[str, Any] = dict(job=job_id, delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
+                                  event=job.event, route=job.route.name, attempt=attempt, request_id=job.request_id,
+                                  replica=replica or None)
+    if why:
+        log = logs.error if route is None else logs.warning
+        log(f"job.{why}", **fields,
+            detail="the stored route is in no loaded table; " + (
+                "running the route of that name as the table defines it" if route else
+                "no route of that name: not run, kept as a dead letter"))
+    if route is None:
+        return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
+    result = runner.run(route.argv, body, job.env(), route.timeout_s, cwd=row.cwd,
+                        cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
+    signum = getattr(result, "signal", None)
+    fields.update(exit_code=result.exit_code, signal=signum, duration_ms=round(result.duration_s * 1000, 1),
+                  output_tail=result.output_tail or None, error=result.error or None)
+    if result.cancelled:
+        return Attempt(job_id, job, result, "interrupted", 0.0, "interrupted", fields)
+    transient = bool(getattr(result, "transient", False))
+    if result.ok:
+        outcome = "ok"
+    elif result.timed_out:
+        outcome = "timeout"
+    elif result.error:
+        outcome = "error"
+    elif signum:
+        outcome = "signal"
+    else:
+        outcome = "failed"
+    retryable = result.timed_out or result.exit_code == EX_TEMPFAIL or transient
+    if result.ok:
+        state, next_at = "done", 0.0
+    elif retryable and attempt <= route.retries:
+        state = "pending"
+        next_at = time.time() + backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
+    else:
+        state, next_at = "failed", 0.0
+    return Attempt(job_id, job, result, state, next_at, outcome, fields)
+
+
+def report(a: Attempt) -> None:
+    """Metrics and the hook.finished line: call once the attempt's record is committed."""
+    if a.result is not None:
+        metrics.HOOK_RUNS.labels(a.job.endpoint, a.job.route.name, a.outcome).inc()
+        metrics.HOOK_DURATION.labels(a.job.endpoint, a.job.route.name).observe(a.result.duration_s)
+    if a.state == "failed":
+        metrics.DEAD_LETTERS.labels(a.job.endpoint, a.job.route.name).inc()
+    emit = logs.info if a.state == "done" else (logs.warning if a.state == "pending" else logs.error)
+    emit("hook.finished", **a.fields, outcome=a.outcome, state=a.state,
+         retry_in_s=round(max(0.0, a.next_at - time.time()), 2) if a.state == "pending" else None,
+         dead_letter=True if a.state == "failed" else None)
+
+
+def interrupted(a: Attempt, detail: str) -> None:
+    logs.warning("hook.interrupted", **a.fields, detail=detail)
+
+
+def routes_of(cfgs: Iterable[Config]) -> KnownRoutes:
+    known = KnownRoutes()
+    for cfg in cfgs:
+        known.add(cfg)
+    return known

@@ -1,0 +1,84 @@
+"""The durable queue of accepted deliveries: one interface, one module per backend.
+
+Policy, the same for every backend:
+- A delivery is acknowledged (200) only after its body and one job per matched route
+  are committed; a commit that fails or whose outcome is unknown answers 503.
+- Dedupe on (endpoint, delivery id): a redelivery whose jobs all succeeded or are still
+  queued is a duplicate; one with failed jobs puts those back in the queue.
+- Job states: pending (queued, waiting for a retry, or interrupted), done, failed
+  (a dead letter). A job's outcome is logged only once it is committed.
+- Finished deliveries drop their body (the id stays for dedupe); dead letters keep it.
+
+Backends: `sqlite` (the embedded file spool, one process) and `postgres` (shared by
+several replicas). `Spool` below is what the server, the workers and the CLI use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Route
+
+
+class SpoolDamaged(Exception):
+    """The spool file failed its integrity check at start; it was set aside, never discarded."""
+
+    def __init__(self, path: Path, aside: Path, problems: list[str]) -> None:
+        super().__init__(f"{path}: damaged ({'; '.join(problems[:3])}); kept as {aside}")
+        self.path, self.aside, self.problems = path, aside, problems
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a verified request leaves for its jobs: enough to run them after a restart."""
+
+    endpoint: str
+    delivery: str
+    provider: str
+    event: str
+    request_id: str
+    cwd: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Accepted:
+    status: str  # "accepted" or "duplicate"
+    job_ids: tuple[int, ...]
+    routes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as stored, with its delivery; `route` is the route as it was when accepted."""
+
+    id: int
+    state: str
+    attempts: int
+    next_at: float
+    updated_at: float
+    route: Route
+    endpoint: str
+    delivery: str
+    provider: str
+    event: str
+    request_id: str
+    cwd: str
+    received_at: float
+    exit_code: int | None
+    outcome: str | None
+    output_tail: str | None
+
+
+def route_spec(route: Route) -> str:
+    return json.dumps({"name": route.name, "event": route.event, "argv": list(route.argv),
+                       "timeout_s": route.timeout_s, "concurrency": route.concurrency,
+                       "retries": route.retries, "env": dict(route.env)})
+
+
+def route_from_spec(spec: str) -> Route:
+    d = json.loads(spec)
+    return Route(name=d["name"], event=d["event"], when=(), argv=tuple(d["argv"]), timeout_s=d["timeout_s"],
+                 concurrency=d["concurrency"], retries=d["retries"], env=tuple(d["env"].items()))

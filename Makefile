@@ -45,8 +45,9 @@ image-test: $(STAMP)
 	REQUIRE_IMAGE_TEST=1 $(BIN)/python -m pytest -v tests/test_image.py
 
 # Figures against their ceilings (README "Measuring"); installs wrk when missing, stops within 5 minutes.
+# make bench ARGS="--cpus 1 --baseline 652c911 --stages": issue 14's one-core figures, A/B
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-helm .pytest_cache .ruff_cache .spool

@@ -87,13 +87,16 @@ def wrk_version(wrk: str) -> str:
 
 
 # --- closed loop ------------------------------------------------------------------
-def closed(port: int, seconds: int, connections: int, valid: bool, tool: str, event: str = workload.EVENT) -> dict:
-    """Throughput for `seconds`: requests/s, HTTP errors and latency percentiles."""
+def closed(port: int, seconds: int, connections: int, valid: bool, tool: str, event: str = workload.EVENT,
+           cpus: str | None = None) -> dict:
+    """Throughput for `seconds`: requests/s, HTTP errors and latency percentiles (the load tool
+    pinned to `cpus` with taskset when given)."""
     tag = uuid.uuid4().hex[:12]
+    pin = ["taskset", "-c", cpus] if cpus is not None else []
     if tool != "python":
-        return _closed_wrk(tool, port, seconds, connections, valid, tag, event)
+        return _closed_wrk(tool, port, seconds, connections, valid, tag, event, pin)
     out = subprocess.run(
-        [sys.executable, __file__, "closed", "--port", str(port), "--seconds", str(seconds),
+        [*pin, sys.executable, __file__, "closed", "--port", str(port), "--seconds", str(seconds),
          "--connections", str(connections), "--tool", "python", "--event", event, "--tag", tag]
         + ([] if valid else ["--invalid"]),
         capture_output=True, text=True, timeout=seconds + 60)
@@ -102,13 +105,14 @@ def closed(port: int, seconds: int, connections: int, valid: bool, tool: str, ev
     return json.loads(out.stdout)
 
 
-def _closed_wrk(wrk: str, port: int, seconds: int, connections: int, valid: bool, tag: str, event: str) -> dict:
+def _closed_wrk(wrk: str, port: int, seconds: int, connections: int, valid: bool, tag: str, event: str,
+                pin: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script, head, body = Path(tmp, "req.lua"), Path(tmp, "head"), Path(tmp, "body")
         script.write_text(WRK_SCRIPT)
         head.write_bytes(workload.request_head(port, valid, event))
         body.write_bytes(workload.BODY)
-        cmd = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
+        cmd = [*pin, wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
                f"http://127.0.0.1:{port}{workload.PATH}", "--", str(head), str(body), tag]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():

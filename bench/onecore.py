@@ -1,0 +1,383 @@
+"""`python bench/run.py --cpus 1 [--baseline REF]`: issue 14's one-core figures, optionally A/B.
+
+The sidecar and every hook it starts pinned to core 0 (taskset -c 0; children inherit the
+affinity), the load generator and this script on core 1. wrk, 16 keep-alive connections, 2 KB
+signed GitHub push deliveries each with its own X-GitHub-Delivery; the hook is
+`cat >/dev/null; echo x >> COUNT` (COUNT outside the config directory, which the sidecar watches).
+The durable spool is on (spool_dir set: sqlite WAL, synchronous=FULL for the accept commit).
+
+Per variant and round, a fresh sidecar: idle RSS after 1 s, a warm-up, then
+ - bad-signature answers/s (closed loop, wrong secret) and its CPU per 401;
+ - acknowledged deliveries/s (2xx only) of valid deliveries over --seconds, and wrk's p99 of them;
+ - hooks executed/s counted from COUNT over the same window, and end to end: from the start of the
+   load until COUNT holds every accepted delivery (the queue drained); the drain rate separately;
+ - CPU per delivery from /proc/PID/stat over that whole span: the sidecar's own, and its reaped
+   children's (the hooks), and per kind of thread (/proc/PID/task);
+and once per round the bare stdlib handler (bench/ceiling.py) on core 0 under the same
+bad-signature load. With --baseline REF the same is measured for a `git worktree` of REF
+(PYTHONPATH pointing at it, the same venv), rounds interleaved A B / B A so machine noise hits both;
+medians and ratios are reported. --stages adds one more run per variant under bench/stages.py:
+CPU per delivery split by stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import load
+import report
+import workload
+from report import fmt, median, ratio
+from servers import HERE, ROOT, Budget, CeilingServer, LogTail, Sidecar, cpu_of, threads_cpu
+
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+CONNECTIONS = 16
+DRAIN_WAIT_S = 60.0
+HOOK_SCRIPT = "cat >/dev/null; echo x >> {count}"
+GOALS = {  # issue 14, against the baseline (and the bare handler for bad signatures)
+    "hooks_per_s": ("≥ 1.5x baseline", lambda r: r >= 1.5),
+    "acknowledged_per_s": ("≥ 1.15x baseline", lambda r: r >= 1.15),
+    "p99_ms": ("≤ 100 ms", None),
+    "rejected_per_s": ("≥ 0.9x bare handler", None),
+    "idle_rss_mib": ("not above baseline (±1 %)", lambda r: r <= 1.01),
+}
+OPTIONAL_WRAPS = {"sidecar.spool.Spool.claim", "sidecar.logs._write", "os.posix_spawnp"}
+STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn", "watch", "result record", "log",
+               "spool sync", "spool other"]
+
+
+@dataclass
+class Variant:
+    name: str
+    root: Path
+    commit: str
+
+
+def git(*a: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def add_worktree(ref: str) -> Variant:
+    path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    path.rmdir()
+    out = subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode:
+        raise SystemExit(f"cannot check out {ref}: {out.stderr.strip()}")
+    return Variant("baseline", path, git("rev-parse", "--short", "HEAD", cwd=path))
+
+
+def remove_worktree(v: Variant) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(v.root)], cwd=ROOT, capture_output=True, timeout=60)
+    shutil.rmtree(v.root, ignore_errors=True)
+
+
+def count_of(path: Path) -> int:
+    try:
+        return path.stat().st_size // 2  # "x\n" per hook run
+    except FileNotFoundError:
+        return 0
+
+
+def start(budget: Budget, v: Variant, args: argparse.Namespace, launcher: list[str] | None = None
+          ) -> tuple[Sidecar, Path]:
+    count_dir = Path(tempfile.mkdtemp(prefix="bench-count-"))
+    count = count_dir / "count"
+    hook = ["/bin/sh", "-c", HOOK_SCRIPT.format(count=count)]
+    sc = Sidecar(budget, args.workers, args.log_level, root=v.root, cpus=SERVER_CPU, hook=hook, launcher=launcher)
+    sc.start()
+    sc.wait_port()
+    sc.wait_ready()
+    return sc, count
+
+
+def stop(sc: Sidecar, count: Path) -> None:
+    sc.cleanup()
+    shutil.rmtree(count.parent, ignore_errors=True)
+
+
+def valid_load(sc: Sidecar, count: Path, args: argparse.Namespace, tool: str, on_start: Any = None) -> dict:
+    """Valid deliveries for --seconds, then wait until every accepted one's hook ran."""
+    assert sc.proc is not None
+    pid = sc.proc.pid
+    log = LogTail(sc.log_path)
+    log.read()
+    acc0, n0 = log.counts["delivery.accepted"], count_of(count)
+    threads0 = threads_cpu(pid)
+    cpu0, kids0 = cpu_of(pid)
+    if on_start:
+        on_start()
+    t0 = time.monotonic()
+    r = load.closed(sc.port, args.seconds, CONNECTIONS, True, tool, cpus=LOAD_CPU)
+    t1 = time.monotonic()
+    n1 = count_of(count) - n0
+    time.sleep(0.05)  # the last responses' log lines
+    wait_until = t1 + DRAIN_WAIT_S
+    accepted = log.read().counts["delivery.accepted"] - acc0
+    while (n := count_of(count) - n0) < accepted and time.monotonic() < wait_until:
+        time.sleep(0.01)
+        accepted = log.read().counts["delivery.accepted"] - acc0
+    t2 = time.monotonic()
+    cpu1, kids1 = cpu_of(pid)
+    threads1 = threads_cpu(pid)
+    window = t1 - t0
+    return {
+        "load": r, "acknowledged_per_s": r["ok"] / r["duration_s"], "non_2xx": r["errors"]["status"],
+        "p99_ms": r["latency_ms"]["p99"], "p50_ms": r["latency_ms"]["p50"],
+        "accepted": accepted, "hooks": n, "drained": n >= accepted,
+        "hooks_per_s": n1 / window,  # over the load's window
+        "hooks_end_to_end_per_s": n / (t2 - t0),
+        "drain_per_s": (n - n1) / (t2 - t1) if n > n1 and t2 > t1 else None,
+        "seconds_to_drain": round(t2 - t1, 3),
+        "sidecar_cpu_ms_per_delivery": 1000 * (cpu1 - cpu0) / accepted if accepted else None,
+        "hook_cpu_ms_per_delivery": 1000 * (kids1 - kids0) / n if n else None,
+        "total_cpu_ms_per_delivery": 1000 * (cpu1 - cpu0 + kids1 - kids0) / accepted if accepted else None,
+        "threads_cpu_ms_per_delivery": {k: round(1000 * (threads1.get(k, 0) - threads0.get(k, 0)) / accepted, 3)
+                                        for k in threads1 if accepted},
+        "cpu_s": cpu1 - cpu0, "kids_cpu_s": kids1 - kids0, "span_s": t2 - t0,
+    }
+
+
+def rejected_load(port: int, pid: int, args: argparse.Namespace, tool: str) -> dict:
+    c0 = cpu_of(pid)[0]
+    r = load.closed(port, args.seconds, CONNECTIONS, False, tool, cpus=LOAD_CPU)
+    c1 = cpu_of(pid)[0]
+    return {"per_s": r["rate"], "cpu_ms_per_request": 1000 * (c1 - c0) / r["requests"] if r["requests"] else None,
+            "statuses_non_2xx": r["errors"]["status"]}
+
+
+def variant_round(budget: Budget, v: Variant, args: argparse.Namespace, tool: str) -> dict:
+    sc, count = start(budget, v, args)
+    try:
+        assert sc.proc is not None
+        time.sleep(1.0)
+        idle = sc.status()
+        load.closed(sc.port, 1, CONNECTIONS, False, tool, cpus=LOAD_CPU)  # warm-up: connections, caches
+        rejected = rejected_load(sc.port, sc.proc.pid, args, tool)
+        valid = valid_load(sc, count, args, tool)
+        peak = sc.status()
+    finally:
+        stop(sc, count)
+    return {"idle_rss_mib": idle["VmRSS"] / 1024, "peak_rss_mib": peak["VmHWM"] / 1024,
+            "rejected_per_s": rejected["per_s"], "rejected_cpu_ms": rejected["cpu_ms_per_request"], **valid}
+
+
+def stage_run(budget: Budget, v: Variant, args: argparse.Namespace, tool: str) -> dict:
+    """One valid load under bench/stages.py: CPU per delivery by stage (snapshots before and after)."""
+    out = Path(tempfile.mkdtemp(prefix="bench-stages-")) / "stages.json"
+    sc, count = start(budget, v, args, launcher=[str(HERE / "stages.py"), str(out)])
+    try:
+        assert sc.proc is not None
+        pid = sc.proc.pid
+        load.closed(sc.port, 1, CONNECTIONS, True, tool, cpus=LOAD_CPU)  # warm-up, hooks included
+        deadline = time.monotonic() + DRAIN_WAIT_S
+        log = LogTail(sc.log_path)
+        while count_of(count) < log.read().counts["delivery.accepted"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def snap(n: int) -> dict:
+            os.kill(pid, signal.SIGUSR2)
+            path = Path(f"{out}.{n}")
+            until = time.monotonic() + 10
+            while not path.exists() and time.monotonic() < until:
+                time.sleep(0.01)
+            return json.loads(path.read_text())
+
+        before = snap(0)
+        valid = valid_load(sc, count, args, tool)
+        after = snap(1)
+    finally:
+        stop(sc, count)
+        shutil.rmtree(out.parent, ignore_errors=True)
+    n = valid["accepted"] or 1
+    stages = {k: (after["stages_ns"].get(k, 0) - before["stages_ns"].get(k, 0)) / 1e6 / n
+              for k in after["stages_ns"]}
+    calls = {k: (after["calls"].get(k, 0) - before["calls"].get(k, 0)) / n for k in after["calls"]}
+    return {"ms_per_delivery": stages, "calls_per_delivery": calls, "valid": valid,
+            "wrapped": after["wrapped"], "missing": after["missing"]}
+
+
+def fold_stages(stages: dict[str, float], sidecar_ms: float | None) -> list[tuple[str, float]]:
+    """Stage rows in a fixed order; a thread's own loop folded into its stage; the rest 'other'."""
+    out: dict[str, float] = {}
+    for key, ms in stages.items():
+        name = key.removeprefix("(base) ")
+        if name == "writer queue":
+            name = "hand-off"
+        if name == "spool batch":
+            name = "spool other"
+        if name.startswith("(outside"):
+            name = "other (main thread, reload watcher, unwrapped)"
+        out[name] = out.get(name, 0.0) + ms
+    rows = [(k, out.pop(k)) for k in STAGE_ORDER if k in out]
+    rows += sorted(out.items())
+    if sidecar_ms is not None:
+        rows.append(("not in any thread's clock (exited threads, GC at exit…)", sidecar_ms - sum(v for _, v in rows)))
+    return rows
+
+
+def summarize(rounds: list[dict], key: str) -> float | None:
+    return median([r[key] for r in rounds if r.get(key) is not None])
+
+
+FIGURES = [  # key, label, format
+    ("acknowledged_per_s", "acknowledged deliveries/s (2xx only)", ".0f"),
+    ("hooks_per_s", "hooks executed/s (over the load's window)", ".0f"),
+    ("hooks_end_to_end_per_s", "hooks executed/s end to end (load start → queue drained)", ".0f"),
+    ("drain_per_s", "hooks/s once the load stopped (drain)", ".0f"),
+    ("p99_ms", "p99 latency of valid deliveries (ms, wrk)", ".1f"),
+    ("rejected_per_s", "bad-signature answers/s", ".0f"),
+    ("idle_rss_mib", "idle RSS (MiB)", ".1f"),
+    ("sidecar_cpu_ms_per_delivery", "sidecar CPU per delivery with its hook run (ms)", ".3f"),
+    ("hook_cpu_ms_per_delivery", "the hook's processes, CPU per run (ms)", ".3f"),
+    ("total_cpu_ms_per_delivery", "core 0 CPU per delivery, all (ms)", ".3f"),
+    ("rejected_cpu_ms", "sidecar CPU per 401 (ms)", ".3f"),
+]
+LOWER_IS_BETTER = {"p99_ms", "idle_rss_mib", "sidecar_cpu_ms_per_delivery", "hook_cpu_ms_per_delivery",
+                   "total_cpu_ms_per_delivery", "rejected_cpu_ms"}
+
+
+def table(res: dict) -> str:
+    names = list(res["variants"])
+    meds = {n: res["variants"][n]["median"] for n in names}
+    bare = res["bare"]["median_per_s"]
+    head = ["figure", *[f"{n} ({res['variants'][n]['commit']})" for n in names]]
+    ab = "working" in names and "baseline" in names
+    if ab:
+        head.append("ratio working/baseline")
+    head.append("goal (issue 14)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label, spec in FIGURES:
+        row = [label, *[fmt(meds[n].get(key), spec) for n in names]]
+        if ab:
+            row.append(fmt(ratio(meds["working"].get(key), meds["baseline"].get(key)), ".2f", "x"))
+        goal = GOALS.get(key, ("", None))[0]
+        if key == "p99_ms":
+            goal += ": " + ", ".join(f"{n} {'pass' if (meds[n].get(key) or 1e9) <= 100 else 'MISS'}" for n in names)
+        elif key == "rejected_per_s":
+            row[0] += f" (bare stdlib handler: {fmt(bare)}/s)"
+            goal += ": " + ", ".join(f"{n} {fmt(ratio(meds[n].get(key), bare), '.2f')}x" for n in names)
+        elif ab and key in GOALS and GOALS[key][1] is not None:
+            r = ratio(meds["working"].get(key), meds["baseline"].get(key))
+            goal += f": {'n/a' if r is None else 'pass' if GOALS[key][1](r) else 'MISS'}"
+        row.append(goal)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def stage_table(res: dict) -> str:
+    names = [n for n in res["variants"] if res["variants"][n].get("stages")]
+    if not names:
+        return ""
+    per = {n: dict(fold_stages(res["variants"][n]["stages"]["ms_per_delivery"],
+                               res["variants"][n]["stages"]["valid"]["sidecar_cpu_ms_per_delivery"])) for n in names}
+    keys = list(dict.fromkeys(k for n in names for k in per[n]))
+    lines = ["| stage (sidecar CPU per delivery, ms) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(fmt(per[n].get(k), ".3f") for n in names) + " |")
+    for label, key in (("sidecar total (under the wrappers)", "sidecar_cpu_ms_per_delivery"),
+                       ("the hook's processes (sh + cat, reaped children)", "hook_cpu_ms_per_delivery")):
+        lines.append(f"| {label} | " + " | ".join(
+            fmt(res["variants"][n]["stages"]["valid"][key], ".3f") for n in names) + " |")
+    return "\n".join(lines)
+
+
+def run_onecore(args: argparse.Namespace) -> int:
+    t_begin = time.monotonic()
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("--cpus 1 needs two cores: the sidecar on core 0, the load on core 1")
+    os.sched_setaffinity(0, {int(LOAD_CPU)})  # this script beside the load generator, off core 0
+    budget = Budget(args.budget)
+    started = dt.datetime.now(dt.UTC)
+    tool = load.ensure_wrk() if args.tool in ("auto", "wrk") else None
+    if not tool:
+        raise SystemExit("--cpus 1 needs wrk (apt-get install wrk)")
+    tree = (args.tree or ROOT).resolve()
+    variants = [Variant("working", tree, git("rev-parse", "--short", "HEAD", cwd=tree) + ("+dirty" if git(
+        "status", "--porcelain", "--", "sidecar", cwd=tree) else ""))]
+    if args.baseline:
+        variants.append(add_worktree(args.baseline))
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    print(f"bench --cpus 1: sidecar and hooks on core {SERVER_CPU}, {load.wrk_version(tool)} on core {LOAD_CPU}, "
+          f"{CONNECTIONS} connections, {args.rounds} x {args.seconds} s rounds, variants "
+          f"{', '.join(f'{v.name} {v.commit}' for v in variants)}; load average {load_start}", flush=True)
+    bare = CeilingServer(budget, cpus=SERVER_CPU)
+    rounds: dict[str, list[dict]] = {v.name: [] for v in variants}
+    bare_rounds: list[dict] = []
+    stages: dict[str, dict] = {}
+    loads: list[list[float]] = [load_start]
+    try:
+        load.closed(bare.port, 1, CONNECTIONS, False, tool, cpus=LOAD_CPU)
+        for i in range(args.rounds):
+            if not budget.allows(f"round {i + 1}", len(variants) * (2 * args.seconds + 20) + args.seconds + 5):
+                break
+            order = variants if i % 2 == 0 else variants[::-1]
+            bare_rounds.append(rejected_load(bare.port, bare.proc.pid, args, tool))
+            for v in order:
+                r = variant_round(budget, v, args, tool)
+                rounds[v.name].append(r)
+                print(f"  round {i + 1} {v.name}: acknowledged {r['acknowledged_per_s']:.0f}/s, hooks "
+                      f"{r['hooks_per_s']:.0f}/s ({r['hooks_end_to_end_per_s']:.0f}/s to drained, drain "
+                      f"{fmt(r['drain_per_s'])}/s), p99 {r['p99_ms']:.1f} ms, 401 {r['rejected_per_s']:.0f}/s "
+                      f"(bare {bare_rounds[-1]['per_s']:.0f}/s), idle {r['idle_rss_mib']:.1f} MiB, CPU/delivery "
+                      f"{fmt(r['sidecar_cpu_ms_per_delivery'], '.3f')} + hook "
+                      f"{fmt(r['hook_cpu_ms_per_delivery'], '.3f')} ms", flush=True)
+            loads.append([round(x, 2) for x in os.getloadavg()])
+        if args.stages:
+            for v in variants:
+                if budget.allows(f"stages {v.name}", 2 * args.seconds + 30):
+                    print(f"  stages: {v.name} under bench/stages.py ...", flush=True)
+                    stages[v.name] = stage_run(budget, v, args, tool)
+    finally:
+        bare.stop()
+        for v in variants[1:]:
+            remove_worktree(v)
+    res: dict[str, Any] = {
+        "mode": "one core",
+        "date": started.isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg": loads},
+        "settings": {"tool": load.wrk_version(tool), "connections": CONNECTIONS, "seconds": args.seconds,
+                     "rounds": args.rounds, "workers": args.workers, "log_level": args.log_level,
+                     "hook": ["/bin/sh", "-c", HOOK_SCRIPT.format(count="COUNT")], "server_cpu": SERVER_CPU,
+                     "load_cpu": LOAD_CPU, "body_bytes": len(workload.BODY), "baseline": args.baseline},
+        "bare": {"median_per_s": median([b["per_s"] for b in bare_rounds]), "rounds": bare_rounds},
+        "variants": {v.name: {"commit": v.commit, "rounds": rounds[v.name],
+                              "median": {k: summarize(rounds[v.name], k) for k, _, _ in FIGURES},
+                              "stages": stages.get(v.name)} for v in variants},
+        "skipped": budget.skipped,
+    }
+    print()
+    print(f"one core: {res['machine']['cores']} cores, Python {res['machine']['python']}, load average "
+          f"{loads[0]} at the start, {loads[-1]} at the end; median of {len(bare_rounds)} interleaved rounds")
+    print()
+    print(table(res))
+    st = stage_table(res)
+    if st:
+        print()
+        print("CPU per delivery by stage (bench/stages.py: each thread's CPU clock, exclusive time):")
+        print(st)
+        for v in variants:
+            missing = [m for m in (stages.get(v.name) or {}).get("missing", []) if m not in OPTIONAL_WRAPS]
+            if missing:
+                print(f"  ({v.name}: not wrapped, absent in that tree: {', '.join(missing)})")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    if not args.no_save:
+        name = report.save(res, started, prefix="onecore-")
+        print(f"\nwrote bench/results/onecore-latest.json and bench/results/{name}")
+    print(f"bench took {time.monotonic() - t_begin:.0f} s")
+    return 0

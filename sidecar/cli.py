@@ -6,6 +6,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                             " (SIDECAR_WATCH, default native)")
     serve.add_argument("--grace", type=float, default=float(_env("GRACE", str(DEFAULT_GRACE_S)) or DEFAULT_GRACE_S),
                        help="seconds running hooks may finish after SIGTERM (SIDECAR_GRACE, default 25)")
+    serve.add_argument("--replica", default=_env("REPLICA") or socket.gethostname(),
+                       help="this replica's name in a shared spool, given to hooks as WEBHOOK_REPLICA"
+                            " (SIDECAR_REPLICA, default the hostname: the pod name)")
 
     check = sub.add_parser("check", help="validate the config and print every error")
     config_flags(check)
@@ -170,7 +174,8 @@ def _signed(args: argparse.Namespace, body: bytes, target: str = "/") -> Signed:
 def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     try:
-        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch)
+        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch,
+                          replica=args.replica)
     except ConfigError as e:
         for line in e.errors:
             logs.error("config.invalid", detail=line)

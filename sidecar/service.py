@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,23 +30,24 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config],
-                 known: attempts.KnownRoutes) -> Workers:
+                 known: attempts.KnownRoutes, replica: str) -> Workers:
     """The spool backend the config names, with its workers: the embedded file, or shared PostgreSQL."""
     spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
-    return Workers(spool, cfg.max_workers, cfg.max_queue, config, known)
+    return Workers(spool, cfg.max_workers, cfg.max_queue, config, known, replica)
 
 
 class Service:
     """One running sidecar: server thread plus workers, stopped by stop()."""
 
     def __init__(self, config_path: Path, env_file: Path | None, listen: str | None = None,
-                 grace_s: float = DEFAULT_GRACE_S, watch: str = "native") -> None:
+                 grace_s: float = DEFAULT_GRACE_S, watch: str = "native", replica: str = "") -> None:
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
         # Every table this process loads: the only routes a spooled job may run as stored.
         self.known = attempts.routes_of([cfg])
         self.current = cfg  # the table in use; workers may read it before the server exists
-        self.workers = open_workers(cfg, lambda: self.current, self.known)
+        self.replica = replica or socket.gethostname()
+        self.workers = open_workers(cfg, lambda: self.current, self.known, self.replica)
         self.server = SidecarServer(parse_listen(listen or cfg.listen), cfg, self.workers)
         metrics.track_ready(lambda: self.server.is_ready[0])
         self.reloader = Reloader(cfg, env_file, self._swap, mode=watch)

@@ -37,11 +37,12 @@ class Workers:
     """`max_workers` threads running spooled jobs; at most `max_queue` pending at once."""
 
     def __init__(self, spool: Spool, max_workers: int, max_queue: int, config: Callable[[], Config],
-                 known: KnownRoutes | None = None) -> None:
+                 known: KnownRoutes | None = None, replica: str = "") -> None:
         self.spool = spool
         self.max_queue = max_queue
         self.config = config
         self.known = known or attempts.routes_of([config()])
+        self.replica = replica
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int]] = []
         self._meta: dict[int, tuple[tuple[str, str], int | None]] = {}  # id -> (route key, concurrency)
@@ -168,7 +169,7 @@ class Workers:
                     gone = True  # purged or finished elsewhere (spool CLI)
                 else:
                     row, body = found
-                    attempt = attempts.run(job_id, row, body, self.config(), self.known, cancel)
+                    attempt = attempts.run(job_id, row, body, self.config(), self.known, cancel, self.replica)
             except Exception:
                 logs.error("hook.crashed", exc_info=True, job=job_id, retry_in_s=CRASH_RETRY_S)
             with self._cond:

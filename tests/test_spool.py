@@ -340,4 +340,8 @@ def test_unwritable_spool_makes_readyz_503(tmp_path: Path, sidecars) -> None:
     assert sidecar.request("GET", "/readyz").status == 200
     shutil.rmtree(tmp_path / "spool")
     ready = sidecar.request("GET", "/readyz")
-    assert ready.status == 503 and ready.json() == {"error": "not ready: spool not writable"}
+    assert ready.status == 503 and ready.json() == {"error": "not ready: spool file removed or replaced"}
+    # The probe puts the open database back at its path: ready again without a restart.
+    sidecar.wait_log(lambda e: e.get("msg") == "spool.restored")
+    wait_for(lambda: sidecar.request("GET", "/readyz").status == 200)
+    assert (tmp_path / "spool" / "spool.db").is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
 import sys
@@ -182,9 +183,9 @@ class SidecarServer(ThreadingHTTPServer):
     def is_ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
-        problem = self.workers.health()
-        if problem:
-            return False, problem
+        spool = self.workers.spool
+        if not spool.writable or not os.access(spool.path.parent, os.W_OK):
+            return False, "spool not writable"
         return True, "ok"
 
     # Whole-request deadlines. A socket timeout only bounds one recv, so a client

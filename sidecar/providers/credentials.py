@@ -80,9 +80,14 @@ class Basic(Credential):
 
     def credential(self, value: str) -> bytes:
         try:
-            return base64.b64decode(value, validate=True)
+            decoded = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as e:
             raise SignatureError("Authorization Basic credentials are not base64", reason="malformed") from e
+        # b64decode forgives surplus padding ("...=="+"="): only the one canonical spelling is accepted,
+        # so no other header value stands for the same credentials.
+        if base64.b64encode(decoded).decode("ascii") != value:
+            raise SignatureError("Authorization Basic credentials are not canonical base64", reason="malformed")
+        return decoded
 
     def authorization(self, secret: bytes) -> str:
         return "Basic " + base64.b64encode(secret).decode("ascii")

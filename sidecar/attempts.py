@@ -106,6 +106,7 @@ class Attempt:
     outcome: str  # ok | failed | timeout | error | signal | route_unknown | interrupted
     fields: dict[str, Any] = field(default_factory=dict)
     warned: bool = False  # a failed record was logged once
+    recording: bool = False  # a record of it is queued or committing: never two at once
 
 
 def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, cancel: threading.Event,

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import attempts, logs, metrics
+from . import attempts, isolation, logs, metrics
 from . import config as config_mod
 from .reload import Reloader, warn_unverified
 from .server import SidecarServer
@@ -32,7 +32,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config],
                  known: attempts.KnownRoutes, replica: str) -> Workers:
     """The spool backend the config names, with its workers: the embedded file, or shared PostgreSQL."""
-    spool = Spool(cfg.spool_dir, cfg.spool_max_bytes)
+    if cfg.spool_url:
+        # Imported here: sqlite users never load the database driver (idle memory).
+        from .shared_workers import SharedWorkers
+        from .spool.postgres import Store
+        store = Store(cfg.spool_url, cfg.spool_url_env or "", replica, cfg.lease_s, pool_size=cfg.max_workers + 8)
+        return SharedWorkers(store, cfg.max_workers, cfg.max_queue, config, known, replica)  # type: ignore[return-value]
+    spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536)
     return Workers(spool, cfg.max_workers, cfg.max_queue, config, known, replica)
 
 
@@ -43,6 +49,8 @@ class Service:
                  grace_s: float = DEFAULT_GRACE_S, watch: str = "native", replica: str = "") -> None:
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
+        # Before the workers exist: what a crashed sidecar's hooks left is ended before any job runs.
+        self.sandbox = isolation.start(cfg, env_file)
         # Every table this process loads: the only routes a spooled job may run as stored.
         self.known = attempts.routes_of([cfg])
         self.current = cfg  # the table in use; workers may read it before the server exists

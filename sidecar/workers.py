@@ -192,6 +192,10 @@ class Workers:
                 self._record(attempt)
 
     def _record(self, a: Attempt) -> None:
+        with self._cond:
+            if a.recording:
+                return  # the last try is still queued behind a stuck writer
+            a.recording = True
         result = a.result
         future = self.spool.finish(a.job_id, a.state, a.job.attempt, a.next_at,
                                    result.exit_code if result else None, a.outcome,
@@ -201,6 +205,8 @@ class Workers:
     def _recorded(self, a: Attempt, future: Future[Any]) -> None:
         """The outcome's record committed (logged from here on), or failed (kept and retried)."""
         error = future.exception()
+        with self._cond:
+            a.recording = False
         if error is not None:
             if not a.warned:
                 a.warned = True

@@ -160,14 +160,16 @@ def integrity(path: Path, quick: bool = False) -> list[str]:
 class Spool:
     """sqlite3 store with a single group-committing writer; readers use their own connections."""
 
-    def __init__(self, directory: Path, max_bytes: int = 0, *, serving: bool = True) -> None:
+    def __init__(self, directory: Path, max_bytes: int = 0, *, serving: bool = True, reserve_bytes: int = 0) -> None:
         """Open (or create) the spool in `directory`. serving=True (the server): a damaged file is
-        set aside and SpoolDamaged raised, and a probe keeps health() true; False (the CLI): neither."""
+        set aside and SpoolDamaged raised, and a probe keeps health() true; False (the CLI): neither.
+        `reserve_bytes`: free disk space below which the spool reports itself full (one delivery must fit)."""
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / DB_NAME
         self.location = str(self.path)
         self.max_bytes = max_bytes
         self._serving = serving
+        self.reserve_bytes = reserve_bytes
         if serving and self.path.exists():
             problems = integrity(self.path, quick=True)
             if problems:
@@ -218,7 +220,22 @@ class Spool:
                 continue
             except Exception:
                 pass  # an answer all the same (the writer responds); _commit recorded the problem
+            else:
+                self._check_disk()
             self._probe_ok_at = time.monotonic()
+
+    def _check_disk(self) -> None:
+        """A probe's write is small and may fit in the WAL's old space on a full disk; a delivery
+        may not. Free space below the reserve is "disk full", so readiness does not flap."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < self.reserve_bytes:
+            self._set_problem("spool disk full", f"{free} bytes free, below the reserve of {self.reserve_bytes}")
+        elif self._problem == "spool disk full":
+            self._set_problem(None)
 
     def _probe_op(self, db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
@@ -334,7 +351,8 @@ class Spool:
             # back, so nothing is lost; the senders are told 503 and their retries dedupe.
             self._file_lost(batch)
             return
-        self._set_problem(None)
+        if self._problem is not None and self._problem != "spool disk full":  # that one is the probe's to clear
+            self._set_problem(None)
         for request, (value, error) in zip(batch, outcomes, strict=True):
             if error is not None:
                 request.future.set_exception(error)
@@ -537,6 +555,7 @@ class Spool:
                 job = db.execute("INSERT INTO jobs (delivery_id, route, spec, updated_at) VALUES (?, ?, ?, ?)",
                                  (cur.lastrowid, route.name, route_spec(route), now))
                 ids.append(int(job.lastrowid or 0))
+            self.used_bytes += len(delivery.body) + 256 * (1 + len(routes))  # until the probe measures it
             return Accepted("accepted", tuple(ids), tuple(r.name for r in routes))
 
         return self.write(op)

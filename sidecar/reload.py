@@ -30,7 +30,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from . import config as config_mod
-from . import logs, metrics
+from . import isolation, logs, metrics
 from .config import Config
 from .errors import ConfigError
 
@@ -103,7 +103,8 @@ class Reloader:
         self.apply = apply
         self.mode = mode
         self.debounce_s = debounce_s
-        self.paths = [current.file] + ([env_file] if env_file else [])
+        self.paths = self._watched(current)
+        self._kicks: dict[str, _Kick] = {}  # watched directory -> its handler
         self.last_fingerprint = _fingerprint(self.paths)
         self.last_result = "loaded"
         metrics.LAST_RELOAD.set_to_current_time()  # the table loaded at start
@@ -118,18 +119,34 @@ class Reloader:
         """Start watching; in every mode, including off, trigger() (SIGHUP) reloads."""
         if self.mode == "native":
             observer = Observer()
-            dirs: dict[str, set[str]] = {}
-            for path in self.paths:
-                dirs.setdefault(os.path.abspath(path.parent), set()).add(path.name)
-            for directory, names in dirs.items():
-                observer.schedule(_Kick(names, self._kick), directory, recursive=False, event_filter=CHANGE_EVENTS)
+            self._observer = observer
+            self._watch_dirs()
             observer.daemon = True
             observer.start()
-            self._observer = observer
         self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
         self._thread.start()
         # The file may have changed between load and the watch being in place.
         self._kick.set()
+
+    def _watched(self, cfg: Config) -> list[Path]:
+        """config.yaml, the env file and the secret files: a change to any of them is a reload."""
+        return [cfg.file] + ([self.env_file] if self.env_file else []) + [Path(f) for f in cfg.secret_files]
+
+    def _watch_dirs(self) -> None:
+        """Watch the directory of every watched file (a secret file's may be new after a reload)."""
+        if self._observer is None:
+            return
+        for path in self.paths:
+            directory = os.path.abspath(path.parent)
+            if directory in self._kicks:
+                self._kicks[directory].names.add(path.name)
+                continue
+            self._kicks[directory] = _Kick({path.name}, self._kick)
+            try:
+                self._observer.schedule(self._kicks[directory], directory, recursive=False,
+                                        event_filter=CHANGE_EVENTS)
+            except OSError as e:  # the 30 s resync still sees it
+                logs.warning("config.watch_failed", directory=directory, error=str(e))
 
     def stop(self) -> None:
         self._stop.set()
@@ -186,6 +203,11 @@ class Reloader:
                 return "unchanged"
             old, self.current = self.current, new
             self.apply(new)
+            isolation.reload(new, self.env_file)
+            if (paths := self._watched(new)) != self.paths:  # secret files added or moved
+                self.paths = paths
+                self.last_fingerprint = _fingerprint(paths)
+                self._watch_dirs()
             metrics.CONFIG_RELOADS.labels("reloaded").inc()
             metrics.LAST_RELOAD.set_to_current_time()
             logs.info("config.reloaded", config=str(new.file), config_hash=new.digest,

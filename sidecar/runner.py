@@ -8,8 +8,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from . import procs
+from . import sandbox as _sandbox
 
 TAIL_BYTES = 4096
 KILL_GRACE_S = 5.0
@@ -27,6 +31,9 @@ class Result:
     output_tail: str
     error: str = ""  # the script could not be started
     cancelled: bool = False  # stopped by cancel (a shutdown), not by its own doing
+    signal: int | None = None  # the signal that ended the script (ours on a timeout, or anyone's)
+    transient: bool = False  # could not start for lack of processes, memory or fds: worth a retry
+    leftovers: int = 0  # processes of the run still alive after the script ended, killed then
 
     @property
     def ok(self) -> bool:
@@ -51,30 +58,74 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
-        cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S, cancel: threading.Event | None = None,
-        cancel_grace_s: float = KILL_GRACE_S) -> Result:
-    """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace.
+_INSTALLED: Any = object()  # "whatever the service installed at start" (procs.current, sandbox.current)
 
-    Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
-    """
-    start = time.monotonic()
+
+def _spawn(argv: tuple[str, ...] | list[str], env: Mapping[str, str], cwd: str | None,
+           tracker: procs.Tracker | None, box: _sandbox.Policy | None
+           ) -> tuple[subprocess.Popen[bytes], int, int, procs.Run | None]:
+    """Start the hook (sandboxed and tracked when given): (process, stdin fd, output fd, run)."""
     # Our own pipes, given to Popen as plain fds: Popen's PIPE would wrap each end in a
     # buffered file object we never use (about a fifth of the parent's cost of a spawn).
     child_in, in_fd = os.pipe2(os.O_CLOEXEC)
-    out_fd, child_out = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = subprocess.Popen(
-            list(argv), stdin=child_in, stdout=child_out, stderr=child_out,
-            env=dict(env), cwd=cwd, start_new_session=True, close_fds=True,
-        )
-    except OSError as e:
-        for fd in (in_fd, out_fd):
+        out_fd, child_out = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        os.close(child_in)
+        os.close(in_fd)
+        raise
+    try:
+        run_rec = tracker.begin(env) if tracker is not None else None
+    except OSError:
+        for fd in (child_in, in_fd, out_fd, child_out):
             os.close(fd)
-        return Result(None, False, time.monotonic() - start, "", error=f"cannot start: {e.strerror}")
+        raise
+    if run_rec is not None:
+        env = {**env, procs.MARKER_VAR: run_rec.marker}
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), stdin=child_in, stdout=child_out, stderr=child_out,
+                                env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
+
+    launch: Callable[[], subprocess.Popen[bytes]] = popen if box is None else lambda: box.spawn(popen)
+    try:
+        if tracker is None or run_rec is None:
+            proc = launch()
+        else:
+            with tracker.spawning(run_rec):
+                proc = launch()
+                tracker.spawned(run_rec, proc.pid)
+    except BaseException:
+        os.close(in_fd)
+        os.close(out_fd)
+        if tracker is not None and run_rec is not None:
+            tracker.end(run_rec)
+        raise
     finally:
         os.close(child_in)
         os.close(child_out)
+    return proc, in_fd, out_fd, run_rec
+
+
+def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
+        cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S, cancel: threading.Event | None = None,
+        cancel_grace_s: float = KILL_GRACE_S, *, tracker: procs.Tracker | None = _INSTALLED,
+        sandbox: _sandbox.Policy | None = _INSTALLED) -> Result:
+    """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace.
+
+    Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
+    Nothing the script started outlives the run: its group is killed when it ends, and with a
+    `tracker` (default: the service's) so are its children that left the group (setsid).
+    `sandbox` is the Landlock policy to start it under (default: the service's; None: none).
+    """
+    start = time.monotonic()
+    tracker = procs.current() if tracker is _INSTALLED else tracker
+    box = _sandbox.current() if sandbox is _INSTALLED else sandbox
+    try:
+        proc, in_fd, out_fd, run_rec = _spawn(argv, env, cwd, tracker, box)
+    except OSError as e:
+        return Result(None, False, time.monotonic() - start, "", error=f"cannot start: {e.strerror}",
+                      transient=procs.transient(e))
     tail = bytearray()
     timed_out = cancelled = False
     sel = selectors.DefaultSelector()
@@ -149,11 +200,11 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
         if in_open:
             os.close(in_fd)
         os.close(out_fd)
-        if timed_out or cancelled or proc.poll() is None:
-            # After a timeout nothing of the group may survive, even children
-            # that ignored SIGTERM after their shell died.
-            _signal_group(proc, signal.SIGKILL)
+        # Nothing of the group may survive the run: not children that ignored SIGTERM
+        # after their shell died, nor background ones a later attempt would overlap.
+        _signal_group(proc, signal.SIGKILL)
         proc.wait()
+        leftovers = tracker.end(run_rec) if tracker is not None and run_rec is not None else []
     code = proc.returncode
     return Result(
         exit_code=code if code >= 0 else None,
@@ -161,6 +212,8 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
         duration_s=time.monotonic() - start,
         output_tail=bytes(tail).decode("utf-8", "replace"),
         cancelled=cancelled,
+        signal=-code if code < 0 else None,
+        leftovers=len(leftovers),
     )
 
 

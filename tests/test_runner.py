@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -91,6 +92,8 @@ def test_hook_gets_exactly_the_documented_environment(basic: tuple[Sidecar, Path
     env.pop("PWD", None)  # the shell sets these itself
     env.pop("SHLVL", None)
     env.pop("_", None)
+    # The run's marker, by which the sidecar finds the run's processes (procs.py): unique per run.
+    assert re.fullmatch(r"[0-9a-f]{10}\.\d+-\d+\.\d+", env.pop("WEBHOOK_RUN_ID"))
     # PATH, HOME and LANG pass through as the sidecar has them (CI may not set them all).
     passed = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     passed.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")

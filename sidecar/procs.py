@@ -1,0 +1,327 @@
+"""Every process a hook run started ends with the run, and with a crashed sidecar's next start.
+
+A hook's children can leave its process group (`setsid`), so the group kill of a
+timeout does not reach them, and after a kill -9 of the sidecar nothing is left
+that knows them. Three things close that:
+
+- The sidecar is a child subreaper: an orphan of a hook (a `setsid` daemon whose
+  parent exited) is re-parented to the sidecar instead of PID 1, so it stays
+  findable under /proc/<sidecar>/task/*/children.
+- Every process of a run carries `WEBHOOK_RUN_ID` in its environment (inherited
+  by whatever it starts), so an orphan is attributed to its run even when several
+  runs are going at once, and even after the sidecar that started it is gone.
+- Each running hook has a small record file in `run_dir` (written before the
+  spawn, removed after the run's end): at the next start, records and markers
+  whose sidecar is dead are leftovers, killed before any job runs.
+
+Pids are never trusted alone: a pid is taken for the process it was only while
+/proc/<pid>/stat shows the same start time (pids are reused).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER_VAR = "WEBHOOK_RUN_ID"
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+END_WAIT_S = 3.0  # how long end() chases a run's processes that are still dying or re-parenting
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+def prctl(option: int, arg: int) -> None:
+    """prctl(option, arg) for the calling thread/process; OSError on failure."""
+    if _prctl(option, arg, 0, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def harden() -> None:
+    """Make /proc/<sidecar>/environ, mem and fd unreadable to same-uid processes (the hooks)."""
+    prctl(PR_SET_DUMPABLE, 0)
+
+
+def _stat(pid: int) -> tuple[str, int, int, int, int] | None:
+    """(state, ppid, pgid, sid, start time in ticks) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The name in parentheses may hold spaces and ')': split after its last ')'.
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19])
+
+
+def _start_time(pid: int) -> int | None:
+    st = _stat(pid)
+    return st[4] if st else None
+
+
+def _marker(pid: int) -> str | None:
+    """The run marker in a process's environment; None when absent or unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    key = MARKER_VAR.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key):].decode("ascii", "replace")
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of every thread of `pid` (orphans go to one thread, hooks to the spawning one)."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _subtree(roots: list[int]) -> list[int]:
+    seen: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.append(pid)
+        todo.extend(_children(pid))
+    return seen
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class Run:
+    """One hook run's identity: its marker and its record file."""
+
+    marker: str
+    record: Path
+    pid: int = 0
+
+
+class Tracker:
+    """Records running hooks in `run_dir` and ends everything each run started."""
+
+    def __init__(self, run_dir: Path, subreaper: bool = False) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Markers name their directory (two sidecars on one machine do not touch each
+        # other's hooks) and their sidecar (pid and start time: alive or a leftover).
+        self.prefix = hashlib.sha256(os.fsencode(os.path.realpath(run_dir))).hexdigest()[:10]
+        self.instance = f"{self.prefix}.{os.getpid()}-{_start_time(os.getpid())}"
+        self.subreaper = subreaper
+        if subreaper:
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        self._mains: dict[int, str] = {}  # pid of each running hook -> its marker
+
+    # --- one run ----------------------------------------------------------------------
+    def begin(self, env: Mapping[str, str]) -> Run:
+        """Write the run's record (before the spawn: a crash right after it must not lose the run)."""
+        marker = f"{self.instance}.{next(self._seq)}"
+        record = self.run_dir / marker
+        facts = {"route": env.get("WEBHOOK_ROUTE"), "delivery": env.get("WEBHOOK_DELIVERY")}
+        # No fsync: a record only matters while its processes live, and a power loss ends them too.
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(facts).encode() + b"\n")
+        finally:
+            os.close(fd)
+        return Run(marker, record)
+
+    @contextmanager
+    def spawning(self, run: Run) -> Iterator[None]:
+        """Hold around the spawn: end() must never reap a hook not yet registered as one."""
+        with self._lock:
+            yield
+
+    def spawned(self, run: Run, pid: int) -> None:
+        """Register the hook's pid (call inside spawning()) and add it, with its start time, to the record."""
+        run.pid = pid
+        self._mains[pid] = run.marker
+        try:
+            with open(run.record, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"pid": pid, "start": _start_time(pid)}) + "\n")
+        except OSError:
+            pass  # the marker still finds the run's processes
+
+    def end(self, run: Run, wait_s: float = END_WAIT_S) -> list[int]:
+        """After the hook's main process was waited for: kill whatever of the run is left; the pids killed.
+
+        Loops until nothing of the run is alive: killing a parent re-parents its
+        setsid'd children to the sidecar, where the next pass finds them.
+        """
+        killed: list[int] = []
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                with self._lock:
+                    self._mains.pop(run.pid, None)
+                    found = self._leftovers(run.marker)
+                for pid in found:
+                    _kill(pid)
+                killed.extend(p for p in found if p not in killed)
+                if not found or time.monotonic() > deadline:
+                    return killed
+                time.sleep(0.01)
+        finally:
+            try:
+                run.record.unlink()
+            except OSError:
+                pass
+
+    def _leftovers(self, marker: str) -> list[int]:
+        """Live processes of the run `marker` under the sidecar (lock held); reaps orphans that died."""
+        me = os.getpid()
+        others = set(self._mains.values())
+        found: list[int] = []
+        for pid in _children(me):
+            if pid in self._mains:
+                continue  # another run's hook: its own end() deals with it
+            st = _stat(pid)
+            if st is None:
+                continue
+            if st[0] in "ZX":
+                if self.subreaper:
+                    # An orphan re-parented to us that died: ours to reap. Hooks are
+                    # registered before this lock is released, so this is never one.
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+                continue
+            owner = _marker(pid)
+            # An orphan that dropped its marker is attributed to this run when no other run is going.
+            if owner == marker or (owner is None and not others):
+                found.extend(p for p in _subtree([pid]) if (_stat(p) or "Z")[0] not in "ZX")
+        return found
+
+    # --- after a crash ----------------------------------------------------------------
+    def reap_leftovers(self, wait_s: float = 5.0) -> list[dict[str, object]]:
+        """At start, before any job runs: kill every process of runs whose sidecar is gone.
+
+        Returns one entry per leftover run (its record's route and delivery, the pids killed).
+        """
+        runs: dict[str, dict[str, object]] = {}
+        for record in self.run_dir.iterdir():
+            owner = self._owner_alive(record.name)
+            if owner:
+                continue  # a live sidecar sharing this directory: its runs are its own
+            facts: dict[str, object] = {"marker": record.name, "pids": []}
+            main: tuple[int, int | None] | None = None
+            try:
+                for line in record.read_text(encoding="utf-8").splitlines():
+                    d = json.loads(line)
+                    facts.update({k: d[k] for k in ("route", "delivery") if k in d})
+                    if "pid" in d:
+                        main = (int(d["pid"]), d.get("start"))
+            except (OSError, ValueError):
+                pass
+            facts["_main"] = main
+            runs[record.name] = facts
+        deadline = time.monotonic() + wait_s
+        while True:
+            victims = self._scan(runs)
+            for pid, marker in victims.items():
+                _kill(pid)
+                pids = runs.setdefault(marker, {"marker": marker, "pids": []})["pids"]
+                if isinstance(pids, list) and pid not in pids:
+                    pids.append(pid)
+            if not victims or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        for name in runs:
+            try:
+                (self.run_dir / name).unlink()
+            except OSError:
+                pass
+        return [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs.values()]
+
+    def _owner_alive(self, marker: str) -> bool:
+        """Whether the sidecar that wrote `marker` (prefix.pid-start.seq) is still this same process."""
+        try:
+            prefix, owner, _seq = marker.split(".")
+            pid, start = owner.split("-")
+        except ValueError:
+            return False
+        if prefix != self.prefix:
+            return False
+        if owner == self.instance.split(".", 1)[1]:
+            return True
+        return str(_start_time(int(pid))) == start
+
+    def _scan(self, runs: dict[str, dict[str, object]]) -> dict[int, str]:
+        """Live processes (not zombies) that belong to a dead sidecar's run: pid -> marker."""
+        mains = {}
+        for marker, facts in runs.items():
+            main = facts.get("_main")
+            if isinstance(main, tuple) and main[1] is not None and _start_time(main[0]) == main[1]:
+                mains[main[0]] = marker  # still the same process: its group and session are the run's
+        victims: dict[int, str] = {}
+        me = os.getpid()
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            pid = int(name)
+            st = _stat(pid)
+            if st is None or st[0] in "ZX":
+                continue
+            marker = _marker(pid)
+            if marker and marker.startswith(self.prefix + ".") and not self._owner_alive(marker):
+                victims[pid] = ".".join(marker.split(".")[:3])
+            elif pid in mains or st[2] in mains or st[3] in mains:
+                victims[pid] = mains.get(pid) or mains.get(st[2]) or mains[st[3]]
+        return victims
+
+
+def transient(e: OSError) -> bool:
+    """A spawn failure that a later attempt may not hit: out of processes, memory, descriptors or disk."""
+    return e.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOSPC)
+
+
+_current: Tracker | None = None
+
+
+def install(tracker: Tracker | None) -> None:
+    """Make `tracker` the one runner.run uses by default (the service sets it at start)."""
+    global _current
+    _current = tracker
+
+
+def current() -> Tracker | None:
+    return _current

@@ -1,0 +1,334 @@
+"""Hook isolation as an operator sees it: nothing a run started outlives it (setsid included, kill -9
+of the sidecar included), the sidecar's /proc is closed to hooks, secret files rotate without a restart.
+
+Landlock itself is tested in test_sandbox.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from sidecar import runner
+from sidecar.config import load
+from sidecar.errors import ConfigError
+
+from .conftest import ROOT, SCRIPTS, SECRET, Sidecar, wait_for, write_config
+from .test_runner import alive
+
+
+def start_as(config: Path, prefix: list[str], env: dict[str, str] | None = None) -> Sidecar:
+    """start_sidecar with a command in front (setpriv), for what depends on the sidecar's privileges."""
+    full_env = {**os.environ, "WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [*prefix, sys.executable, "-m", "sidecar", "serve", "--config", str(config),
+           "--listen", "127.0.0.1:0", "--log-level", "debug"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT)
+    sidecar = Sidecar(proc)
+    threading.Thread(target=sidecar._read, daemon=True).start()
+
+    def listening() -> dict[str, object] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"sidecar exited {proc.returncode}:\n{''.join(sidecar.raw)}")
+        return next((e for e in list(sidecar.logs) if e.get("msg") == "server.listening"), None)
+
+    sidecar.port = wait_for(listening, 15)["port"]
+    return sidecar
+
+
+def read_pid(path: Path) -> int:
+    """A pid a hook wrote with `echo $$ > file` (created before it is written: wait for the digits)."""
+    return int(wait_for(lambda: path.exists() and path.read_text().strip(), timeout=10))
+
+
+def finished(sidecar: Sidecar, n: int = 1, timeout: float = 15) -> list[dict[str, object]]:
+    wait_for(lambda: len(sidecar.find_logs("hook.finished")) >= n, timeout=timeout)
+    return sidecar.find_logs("hook.finished")
+
+
+ESCAPE = """
+    endpoints:
+      - path: /webhook
+        provider: github
+        secret_env: WEBHOOK_SECRET
+        routes:
+          - event: "*"
+            run: {scripts}/escape.sh
+            timeout_s: {timeout}
+            retries: 0
+            concurrency: 1
+            env: {{OUT: {out}, SLEEP: "{sleep}"}}
+"""
+
+
+def test_a_setsid_child_that_outlives_the_timeout_is_gone_after_the_run(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, ESCAPE.replace("{timeout}", "0.5").replace("{sleep}", "300"))
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b"{}", delivery="escapee").status == 200
+    line = finished(sidecar)[0]
+    assert line["outcome"] == "timeout"
+    escaped = int((tmp_path / "out" / "escaped.pid").read_text())
+    hook = int((tmp_path / "out" / "hook.pid").read_text())
+    # Gone by the time the run is reported, not some time later.
+    assert not alive(escaped) and not alive(hook)
+
+
+def test_a_setsid_child_of_a_hook_that_succeeded_is_gone_too(tmp_path: Path, sidecars) -> None:
+    """A later attempt or run of a concurrency: 1 route must not overlap what this one left running."""
+    config = write_config(tmp_path, ESCAPE.replace("{timeout}", "30").replace("{sleep}", "0"))
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b"{}", delivery="daemonizer").status == 200
+    line = finished(sidecar)[0]
+    assert line["outcome"] == "ok", line
+    assert not alive(int((tmp_path / "out" / "escaped.pid").read_text()))
+
+
+def test_kill_9_of_the_sidecar_then_restart_kills_the_old_run_before_the_rerun(tmp_path: Path, sidecars) -> None:
+    """concurrency: 1 across a crash: the re-run never overlaps the old run or its setsid'd child."""
+    config = write_config(tmp_path, ESCAPE.replace("{timeout}", "60").replace("{sleep}", "3"))
+    out = tmp_path / "out"
+    first = sidecars(config)
+    assert first.deliver(b"{}", delivery="crash").status == 200
+    old_hook, old_escaped = read_pid(out / "hook.pid"), read_pid(out / "escaped.pid")
+    (out / "hook.pid").unlink()
+    first.proc.kill()
+    first.proc.wait(10)
+    assert alive(old_hook) and alive(old_escaped)  # what kill -9 of the sidecar alone leaves behind
+
+    second = sidecars(config)
+    killed = second.wait_log(lambda e: e.get("msg") == "hook.leftovers_killed")
+    assert {old_hook, old_escaped} <= set(killed["pids"]) and killed["delivery"] == "crash"
+    # Logged before listening, so before any worker could start the re-run.
+    order = [e.get("msg") for e in second.logs]
+    assert order.index("hook.leftovers_killed") < order.index("server.listening")
+    assert not alive(old_hook) and not alive(old_escaped)
+    line = finished(second)[0]
+    assert line["outcome"] == "ok" and line["delivery"] == "crash"
+    # The old run would have written its end 3 s after its start, inside the re-run: it never did.
+    marks = [(kind, float(t)) for kind, t in (m.split() for m in (out / "marks").read_text().splitlines())]
+    assert [k for k, _ in marks] == ["start", "start", "end"], marks
+    assert marks[1][1] < marks[2][1]
+
+
+def test_shutdown_ends_a_running_hook_and_its_setsid_child(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, ESCAPE.replace("{timeout}", "60").replace("{sleep}", "300"))
+    out = tmp_path / "out"
+    sidecar = sidecars(config, "--grace", "0.5")
+    assert sidecar.deliver(b"{}", delivery="stopped").status == 200
+    pids = [read_pid(out / name) for name in ("hook.pid", "escaped.pid")]
+    assert sidecar.stop() == 0
+    assert not any(alive(p) for p in pids)
+    assert not any((tmp_path / ".spool" / "runs").iterdir())  # no record left: nothing to recover
+
+
+def test_a_hook_killed_by_a_signal_reports_it() -> None:
+    result = runner.run(["/bin/sh", "-c", "kill -KILL $$"], b"", runner.hook_env({}), timeout_s=5)
+    assert (result.exit_code, result.signal, result.timed_out, result.transient) == (None, 9, False, False)
+    assert runner.run(["/bin/true"], b"", runner.hook_env({}), timeout_s=5).signal is None
+
+
+def test_a_fork_that_fails_for_lack_of_processes_is_transient(tmp_path: Path) -> None:
+    """RLIMIT_NPROC makes fork fail with EAGAIN; root ignores the limit, so drop to nobody first."""
+    code = ("import resource, sys\n"
+            "from sidecar import runner\n"
+            "resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))\n"
+            "r = runner.run(['/bin/true'], b'', runner.hook_env({}), timeout_s=5)\n"
+            "print(r.transient, r.error)\n")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv to drop root (root ignores RLIMIT_NPROC)")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True cannot start: Resource temporarily unavailable"), done.stdout
+
+
+def test_a_hook_cannot_read_the_sidecars_environment_through_proc(tmp_path: Path) -> None:
+    """The secret is in the sidecar's real environment, as with a Kubernetes Secret in `env:`.
+
+    The sidecar runs as a non-root user, as restricted pods do (root with CAP_SYS_PTRACE
+    reads any /proc). The sandbox is off here: this is PR_SET_DUMPABLE's doing alone.
+    """
+    prefix: list[str] = []
+    directory = tmp_path
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import sidecar"], cwd=ROOT, capture_output=True)
+        if not shutil.which("setpriv") or probe.returncode:
+            pytest.skip("needs setpriv, and the repository readable by nobody, to run the sidecar as non-root")
+        directory = Path(tempfile.mkdtemp(prefix="webhook-sidecar-peek-", dir="/tmp"))
+        os.chown(directory, 65534, 65534)
+    try:
+        config = write_config(directory, """
+            endpoints:
+              - path: /webhook
+                provider: github
+                secret_env: WEBHOOK_SECRET
+                routes:
+                  - event: "*"
+                    run: {scripts}/peek.sh
+                    env: {{OUT: {out}}}
+        """)
+        if prefix:
+            os.chown(directory / "out", 65534, 65534)
+        sidecar = start_as(config, prefix, env={"SIDECAR_SANDBOX": "off"})
+        try:
+            assert sidecar.deliver(b"{}").status == 200
+            line = finished(sidecar)[0]
+        finally:
+            sidecar.stop(signal.SIGKILL)
+            if sidecar.proc.stdout:
+                sidecar.proc.stdout.close()
+        assert line["output_tail"].endswith("Permission denied\ndenied\n"), line
+        peeked = directory / "out" / "peek.env"
+        assert not peeked.exists() or SECRET not in peeked.read_text()
+    finally:
+        if directory != tmp_path:
+            shutil.rmtree(directory)
+
+
+# --- secret_file -------------------------------------------------------------------------
+
+SECRET_FILE_TABLE = """
+    endpoints:
+      - path: /webhook
+        provider: github
+        secret_file: {secret}
+        routes:
+          - event: "*"
+            run: [/bin/true]
+"""
+
+
+class SecretVolume:
+    """A Kubernetes Secret volume: key -> ..data/key, ..data -> ..<timestamp>, swapped by rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self.n = 0
+
+    def publish(self, value: str) -> None:
+        self.n += 1
+        new = self.root / f"..2026_12_02_{self.n}"
+        new.mkdir()
+        (new / "token").write_text(value + "\n")
+        old = os.readlink(self.root / "..data") if (self.root / "..data").is_symlink() else None
+        os.symlink(new.name, self.root / "..data_tmp")
+        os.rename(self.root / "..data_tmp", self.root / "..data")
+        if not (self.root / "token").is_symlink():
+            os.symlink("..data/token", self.root / "token")
+        if old:
+            shutil.rmtree(self.root / old)
+
+
+def test_secret_file_rotation_by_a_secret_volume_swap_needs_no_restart(tmp_path: Path, sidecars) -> None:
+    volume = SecretVolume(tmp_path / "secret")
+    volume.publish("old-secret")
+    sidecar = sidecars(write_config(tmp_path, SECRET_FILE_TABLE.replace("{secret}", str(volume.root / "token"))),
+                       env={"WEBHOOK_SECRET": ""})
+    assert sidecar.deliver(b"{}", secret="old-secret").status == 200
+    volume.publish("new-secret")
+    wait_for(lambda: sidecar.deliver(b"{}", secret="new-secret").status == 200, timeout=3)
+    assert sidecar.deliver(b"{}", secret="old-secret").status == 401
+    assert sidecar.find_logs("config.reloaded")
+
+
+def test_secret_file_rewritten_in_place_rotates_and_trailing_newline_is_not_part_of_it(tmp_path: Path,
+                                                                                      sidecars) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("first\n")
+    sidecar = sidecars(write_config(tmp_path, SECRET_FILE_TABLE.replace("{secret}", "token")),
+                       env={"WEBHOOK_SECRET": ""})
+    assert sidecar.deliver(b"{}", secret="first").status == 200
+    with open(secret, "w") as f:  # in place: same inode
+        f.write("second\n")
+    wait_for(lambda: sidecar.deliver(b"{}", secret="second").status == 200, timeout=3)
+    assert sidecar.deliver(b"{}", secret="first").status == 401
+
+
+def test_a_missing_or_empty_secret_file_is_a_config_error_with_line_and_key(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n")
+    path = write_config(tmp_path, """
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_file: [empty, missing]
+            routes:
+              - event: "*"
+                run: [/bin/true]
+    """)
+    with pytest.raises(ConfigError) as e:
+        load(path, environ={})
+    assert e.value.errors == [
+        f"{path}:5: endpoints[0].secret_file[0]: secret file {tmp_path / 'empty'} is empty",
+        f"{path}:5: endpoints[0].secret_file[1]: cannot read secret file {tmp_path / 'missing'}:"
+        " No such file or directory",
+    ]
+
+
+def test_secret_file_and_secret_env_together_accept_either(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-file")
+    path = write_config(tmp_path, """
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_env: WEBHOOK_SECRET
+            secret_file: token
+            routes:
+              - event: "*"
+                run: [/bin/true]
+    """)
+    ep = load(path, environ={"WEBHOOK_SECRET": "from-env"}).endpoints["/webhook"]
+    assert ep.secrets == (b"from-env", b"from-file")
+    assert ep.secret_files == (str(tmp_path / "token"),)
+
+
+def test_prometheus_process_metrics_still_work_when_not_dumpable() -> None:
+    """The process collector reads /proc/self, which PR_SET_DUMPABLE 0 makes root-owned: as non-root too."""
+    code = ("from sidecar import procs\n"
+            "from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest\n"
+            "procs.harden()\n"
+            "r = CollectorRegistry(); ProcessCollector(registry=r)\n"
+            "print(generate_latest(r).decode())\n")
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    if prefix and not shutil.which("setpriv"):
+        pytest.skip("needs setpriv to run as non-root")
+    done = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    samples = {line.split()[0]: float(line.split()[1]) for line in done.stdout.splitlines()
+               if line and not line.startswith("#")}
+    assert samples["process_open_fds"] > 2 and samples["process_resident_memory_bytes"] > 0
+    assert samples["process_max_fds"] > 0
+
+
+def test_leftovers_of_a_live_sidecar_sharing_the_directory_are_left_alone(tmp_path: Path) -> None:
+    """Records and markers name their sidecar: only a dead one's runs are leftovers."""
+    from sidecar import procs
+
+    tracker = procs.Tracker(tmp_path / "runs")
+    run = tracker.begin({"WEBHOOK_ROUTE": "r", "WEBHOOK_DELIVERY": "d"})
+    child = subprocess.Popen(["sleep", "30"], env={procs.MARKER_VAR: run.marker})
+    try:
+        with tracker.spawning(run):
+            tracker.spawned(run, child.pid)
+        assert procs.Tracker(tmp_path / "runs").reap_leftovers() == []  # this process is alive
+        assert child.poll() is None
+        record = json.loads(run.record.read_text().splitlines()[1])
+        assert record["pid"] == child.pid
+    finally:
+        child.kill()
+        child.wait()
+        tracker.end(run)
+    assert not run.record.exists()

@@ -22,7 +22,7 @@ from sidecar import runner
 from sidecar.config import load
 from sidecar.errors import ConfigError
 
-from .conftest import ROOT, SCRIPTS, SECRET, Sidecar, wait_for, write_config
+from .conftest import ROOT, SECRET, Sidecar, wait_for, write_config
 from .test_runner import alive
 
 

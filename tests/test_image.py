@@ -69,7 +69,21 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built() -> Built:
-    """The image, built from the working tree; skips where no container can be built and run here."""
+    """The image, built from the working tree once per run; skips where no container can run here."""
+    # pytest does not keep a module fixture's skip or failure: each test would build again. Keep it here.
+    if isinstance(_BUILT.get("outcome"), BaseException):
+        raise _BUILT["outcome"]
+    try:
+        return _BUILT.setdefault("outcome", _build())
+    except BaseException as exc:  # pytest's skip and fail outcomes are BaseExceptions
+        _BUILT["outcome"] = exc
+        raise
+
+
+_BUILT: dict[str, Any] = {}
+
+
+def _build() -> Built:
     engine = image_tools.Engine.from_env()
     if not shutil.which(engine.podman[0]):
         _cannot(f"{engine.podman[0]} is not installed (apt-get install podman runc mmdebstrap; .ci/run does)")
@@ -257,3 +271,27 @@ def test_podman_stop_drains_and_exits_0(container: Container) -> None:
     draining, stopped = container.find("server.draining"), container.find("server.stopped")
     assert draining and draining[0]["reason"] == "SIGTERM", container.logs()
     assert stopped and stopped[0]["drained"] is True and stopped[0]["pending"] == 0, container.logs()
+
+
+def test_the_chart_s_default_image_is_where_the_release_workflow_publishes_it() -> None:
+    """No container engine needed: the names in values.yaml, Chart.yaml, pyproject.toml and release.yml agree."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    assert workflow[True]["push"]["tags"] == ["v*"]  # YAML 1.1 reads the key `on` as True
+    steps = {step["uses"].split("@")[0]: step for job in workflow["jobs"].values() for step in job["steps"]
+             if "uses" in step}
+    assert steps["docker/metadata-action"]["with"]["images"] == "ghcr.io/${{ github.repository }}"
+    push = steps["docker/build-push-action"]["with"]
+    assert push["push"] is True and set(push["platforms"].split(",")) == {"linux/amd64", "linux/arm64"}
+    assert {"docker/setup-qemu-action", "docker/setup-buildx-action", "docker/login-action"} <= set(steps)
+
+    repository = VALUES["image"]["repository"]
+    owner, _, name = repository.removeprefix("ghcr.io/").partition("/")
+    assert repository.startswith("ghcr.io/") and owner and name == "webhook-sidecar", repository
+    chart_script = "\n".join(step.get("run", "") for step in workflow["jobs"]["chart"]["steps"])
+    # The chart job points the packaged chart at the image just pushed by replacing this exact line.
+    assert f"^  repository: {repository}$" in chart_script
+    assert 'helm push "dist/webhook-sidecar-$VERSION.tgz" "oci://ghcr.io/$owner/charts"' in chart_script
+    # An empty tag means the chart's appVersion: the tag the workflow pushes for this version.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert VALUES["image"]["tag"] == "" and chart["appVersion"] == chart["version"] == version, (chart, version)

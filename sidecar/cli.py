@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .providers import PROVIDERS, Signed
 from .reload import WATCH_MODES
 from .service import DEFAULT_GRACE_S, Service
-from .spool import JobRow, SpoolDamaged
+from .spool import JobRow, SpoolDamaged, SpoolUnreachable
 from .spool.sqlite import DB_NAME, Spool, integrity
 
 EXIT_SPOOL_DAMAGED = 3
@@ -187,6 +187,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           " Inspect it with `webhook-sidecar spool check` or sqlite3's .recover")
         print(f"webhook-sidecar: {e}", file=sys.stderr)
         return EXIT_SPOOL_DAMAGED
+    except SpoolUnreachable as e:
+        logs.error("spool.unreachable", detail=str(e))
+        print(f"webhook-sidecar: {e}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as e:
         logs.error("server.failed", error=str(e))
         print(f"webhook-sidecar: cannot listen: {e}", file=sys.stderr)
@@ -249,15 +253,49 @@ def _job_dict(job: JobRow) -> dict[str, object]:
             "received": _when(job.received_at), "updated": _when(job.updated_at),
             "next_attempt": _when(job.next_at) if job.state == "pending" and job.next_at else None,
             "outcome": job.outcome, "exit_code": job.exit_code, "request_id": job.request_id,
-            "run": list(job.route.argv)}
+            "run": list(job.route.argv), **({"replica": job.replica} if job.replica else {})}
 
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _spool_url(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(variable, URL) when the config names a shared spool (`spool_url_env`) and no --spool-dir is given."""
+    if args.spool_dir:
+        return None
+    name = config_mod.spool_url_env_of(args.config)
+    if name is None:
+        return None
+    env_file = _env_file(args.env_file)
+    url = os.environ.get(name) or (dotenv_values(env_file).get(name) if env_file.is_file() else None)
+    if not url:
+        raise ConfigError([f"{args.config}: spool_url_env: {name} is not set in the environment or the env file"])
+    return name, url
+
+
+def _shared_spool(args: argparse.Namespace, name: str, url: str) -> int:
+    from .spool.postgres import Store  # only for a shared spool: sqlite users never load the driver
+    if args.spool_command == "check":
+        print("webhook-sidecar: `spool check` checks an sqlite file; the shared spool is PostgreSQL's to keep",
+              file=sys.stderr)
+        return 2
+    try:
+        store = Store(url, name, "spool-cli", 30.0, pool_size=2, serving=False)
+    except SpoolUnreachable as e:
+        print(f"webhook-sidecar: {e}", file=sys.stderr)
+        return 1
+    try:
+        return _spool_action(args, store)  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
 def cmd_spool(args: argparse.Namespace) -> int:
     try:
+        shared = _spool_url(args)
+        if shared:
+            return _shared_spool(args, *shared)
         directory = Path(args.spool_dir) if args.spool_dir else config_mod.spool_dir_of(args.config)
     except ConfigError as e:
         print("\n".join(e.errors), file=sys.stderr)
@@ -286,10 +324,13 @@ def _spool_action(args: argparse.Namespace, spool: Spool) -> int:
             for job in jobs:
                 print(json.dumps(_job_dict(job)))
             return 0
-        print(f"{'ID':>6}  {'STATE':8} {'TRY':>3}  {'UPDATED':20} {'ENDPOINT':16} {'ROUTE':16} {'EVENT':16} DELIVERY")
+        shared = not isinstance(spool, Spool)  # the shared spool shows the replica holding or that ran each job
+        print(f"{'ID':>6}  {'STATE':8} {'TRY':>3}  {'UPDATED':20} {'ENDPOINT':16} {'ROUTE':16} {'EVENT':16} "
+              + (f"{'REPLICA':20} " if shared else "") + "DELIVERY")
         for j in jobs:
             print(f"{j.id:>6}  {j.state:8} {j.attempts:>3}  {_when(j.updated_at):20} {j.endpoint[:16]:16} "
-                  f"{j.route.name[:16]:16} {j.event[:16]:16} {j.delivery}")
+                  f"{j.route.name[:16]:16} {j.event[:16]:16} " + (f"{(j.replica or '-')[:20]:20} " if shared else "")
+                  + j.delivery)
         return 0
     if args.spool_command == "show":
         job = spool.job(args.id)

@@ -31,7 +31,7 @@ ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TOP_KEYS = {
     "listen", "max_body_bytes", "spool_dir", "endpoints", "max_workers", "max_queue",
     "request_timeout_s", "retry_backoff_s", "retry_backoff_max_s", "retention_hours",
-    "max_connections", "spool_max_bytes", "spool_url_env", "lease_s",
+    "max_connections", "max_connections_per_client", "spool_max_bytes", "spool_url_env", "lease_s",
 }
 ENDPOINT_KEYS = {"path", "provider", "secret_env", "secret_file", "routes"}
 ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
@@ -79,6 +79,9 @@ class Config:
     max_queue: int = 1000
     request_timeout_s: float = 10.0
     max_connections: int = 256
+    # Default: half of max_connections. Behind an Ingress every sender shares the controller's
+    # address, which then still has half the slots; a single direct address cannot take them all.
+    max_connections_per_client: int = 128
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
     retention_hours: float = 168.0
@@ -238,6 +241,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     max_queue = doc.get(top, (), "max_queue", int, Config.max_queue, minimum=1)
     request_timeout = doc.get(top, (), "request_timeout_s", float, Config.request_timeout_s, minimum=0.1)
     max_connections = doc.get(top, (), "max_connections", int, Config.max_connections, minimum=1)
+    per_client = doc.get(top, (), "max_connections_per_client", int, max(1, max_connections // 2), minimum=1)
     backoff = doc.get(top, (), "retry_backoff_s", float, Config.retry_backoff_s, minimum=0)
     backoff_max = doc.get(top, (), "retry_backoff_max_s", float, Config.retry_backoff_max_s, minimum=0)
     retention = doc.get(top, (), "retention_hours", float, Config.retention_hours, minimum=0.0001)
@@ -278,7 +282,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     return Config(
         file=file, listen=listen, max_body_bytes=max_body, spool_dir=file.parent / spool_dir,
         max_workers=max_workers, max_queue=max_queue, request_timeout_s=request_timeout,
-        max_connections=max_connections,
+        max_connections=max_connections, max_connections_per_client=per_client,
         retry_backoff_s=backoff, retry_backoff_max_s=backoff_max, retention_hours=retention,
         spool_max_bytes=spool_max_bytes, spool_url_env=spool_url_env, spool_url=spool_url, lease_s=lease_s,
         endpoints=endpoints, digest=digest[:16],
@@ -484,6 +488,16 @@ def _route_env(doc: _Doc, path: Path_, raw: dict[str, Any]) -> tuple[tuple[str, 
         else:
             out.append((key, str(value)))
     return tuple(out)
+
+
+def spool_url_env_of(path: str | os.PathLike[str]) -> str | None:
+    """The variable naming a shared spool's URL (`spool_url_env`), without validating the rest."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError([f"{path}:1: (file): cannot read: {e}"]) from e
+    value = data.get("spool_url_env") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def spool_dir_of(path: str | os.PathLike[str]) -> Path:

@@ -40,6 +40,23 @@ READY = Gauge(f"{PREFIX}_ready", "1 when /readyz answers 200 (table loaded, spoo
               registry=REGISTRY)
 DEAD_LETTERS = Counter(f"{PREFIX}_dead_letters_total", "Jobs that failed for good, by endpoint and route.",
                        ["endpoint", "route"], registry=REGISTRY)
+CONNECTIONS_EVICTED = Counter(f"{PREFIX}_connections_evicted_total",
+                              "Connections closed to make room for a new one, by kind (idle, slow) and the"
+                              " limit reached (max_connections, max_connections_per_client).",
+                              ["kind", "limit"], registry=REGISTRY)
+
+
+# The shared (PostgreSQL) spool; zero and absent with the embedded one.
+LIVE_REPLICAS = Gauge(f"{PREFIX}_replicas_live",
+                      "Replicas seen within lease_s by the shared spool (this one included).", registry=REGISTRY)
+TAKEOVERS = Counter(f"{PREFIX}_jobs_taken_over_total",
+                    "Jobs whose lease expired on another replica (it died) and that this replica took over.",
+                    registry=REGISTRY)
+BROADCAST_DROPPED = Counter(f"{PREFIX}_broadcast_jobs_dropped_total",
+                            "Pending broadcast jobs dropped because their replica was gone (10 x lease_s).",
+                            registry=REGISTRY)
+DATABASE_ERRORS = Counter(f"{PREFIX}_database_errors_total",
+                          "Failed shared-spool database operations, by operation.", ["operation"], registry=REGISTRY)
 
 
 def track_queue(depth: Callable[[], int], running: Callable[[], int], limit: int | None = None) -> None:

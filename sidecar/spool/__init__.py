@@ -30,6 +30,10 @@ class SpoolDamaged(Exception):
         self.path, self.aside, self.problems = path, aside, problems
 
 
+class SpoolUnreachable(Exception):
+    """The shared spool's database cannot be used at start (the message names the variable, never the URL)."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     """What a verified request leaves for its jobs: enough to run them after a restart."""
@@ -70,6 +74,7 @@ class JobRow:
     exit_code: int | None
     outcome: str | None
     output_tail: str | None
+    replica: str | None = None  # shared spool: the replica holding the job, or that ran it last
 
 
 def route_spec(route: Route) -> str:

@@ -1,0 +1,460 @@
+"""The shared spool: accepted deliveries and their jobs in PostgreSQL, for any number of replicas.
+
+Same policy as the embedded spool (see the package docstring), plus what sharing needs:
+- Dedupe holds across replicas: a unique (endpoint, delivery) and INSERT ... ON CONFLICT.
+- A job is claimed as a lease (owner, lease_until) with FOR UPDATE SKIP LOCKED; the owner
+  renews it while the hook runs. An expired lease may be taken over by another replica.
+- Time is the database's (`now()`): replicas' clocks may differ, the database has one.
+- A broadcast route becomes one job per live replica (`replica` set: only it may claim it).
+
+Only this module imports psycopg, and only the shared spool imports this module, so
+sqlite users never load the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from .. import metrics
+from ..config import Route
+from ..errors import QueueFull, Unavailable
+from . import Accepted, Delivery, JobRow, SpoolUnreachable, route_from_spec, route_spec
+
+SCHEMA_VERSION = 1
+MIGRATION_LOCK = 0x5EB400C  # pg_advisory_lock key: one replica migrates at a time
+NOW = "EXTRACT(EPOCH FROM now())::float8"
+NOTIFY_CHANNEL = "sidecar_jobs"
+GONE_LEASES = 10  # a replica not seen for this many lease_s is gone
+
+MIGRATIONS = {1: """
+CREATE TABLE sidecar_deliveries (
+    id          bigserial PRIMARY KEY,
+    endpoint    text NOT NULL,
+    delivery    text NOT NULL,
+    provider    text NOT NULL,
+    event       text NOT NULL,
+    request_id  text NOT NULL,
+    cwd         text NOT NULL,
+    body        bytea NOT NULL,
+    received_at float8 NOT NULL,
+    accepted_by text NOT NULL,
+    UNIQUE (endpoint, delivery)
+);
+CREATE TABLE sidecar_jobs (
+    id          bigserial PRIMARY KEY,
+    delivery_id bigint NOT NULL REFERENCES sidecar_deliveries(id) ON DELETE CASCADE,
+    route       text NOT NULL,
+    spec        text NOT NULL,
+    rkey        text NOT NULL,       -- what `concurrency` counts: endpoint, route (and replica when broadcast)
+    concurrency int,
+    replica     text,                -- broadcast: the only replica that may run it
+    state       text NOT NULL DEFAULT 'pending',
+    attempts    int NOT NULL DEFAULT 0,
+    next_at     float8 NOT NULL DEFAULT 0,
+    updated_at  float8 NOT NULL,
+    exit_code   int,
+    outcome     text,
+    output_tail text,
+    owner       text,                -- the replica holding the lease
+    lease_until float8,              -- NULL: not claimed
+    claim       int NOT NULL DEFAULT 0,  -- bumped by every claim: fences a stale owner's writes
+    ran_on      text                 -- the replica that ran the last recorded attempt
+);
+CREATE INDEX sidecar_jobs_due ON sidecar_jobs (next_at, id) WHERE state = 'pending';
+CREATE INDEX sidecar_jobs_leased ON sidecar_jobs (rkey) WHERE lease_until IS NOT NULL;
+CREATE INDEX sidecar_jobs_state ON sidecar_jobs (state, updated_at);
+CREATE INDEX sidecar_jobs_delivery ON sidecar_jobs (delivery_id);
+CREATE TABLE sidecar_replicas (
+    name       text PRIMARY KEY,
+    seen_at    float8 NOT NULL,
+    started_at float8 NOT NULL
+);
+"""}
+
+JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
+    d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail,
+    COALESCE(j.owner, j.ran_on, j.replica)"""
+DB_ERRORS = (psycopg.Error, TimeoutError)  # PoolTimeout is a psycopg.OperationalError
+
+
+def _job_row(r: Sequence[Any]) -> JobRow:
+    return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
+                  endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
+                  received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], replica=r[16])
+
+
+def redact(url: str) -> str:
+    """The URL for logs: user, host, port and database, never the password."""
+    try:
+        d = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://(unparsable URL)"
+    host = d.get("host") or d.get("hostaddr") or "(PGHOST)"
+    return f"postgresql://{d['user'] + '@' if d.get('user') else ''}{host}{':' + d['port'] if d.get('port') else ''}" \
+           f"/{d.get('dbname', '')}"
+
+
+def scrub(text: str, url: str) -> str:
+    """An error message with the URL and its password taken out (libpq may quote the conninfo)."""
+    secrets = [url]
+    m = re.search(r"://[^:/@]*:([^@/]*)@", url) or re.search(r"password\s*=\s*'?([^'\s]+)", url)
+    if m and m.group(1):
+        secrets.append(m.group(1))
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this replica holds a lease on, with what it needs to run it."""
+
+    row: JobRow
+    body: bytes
+    claim: int
+    taken_from: str | None  # the replica whose expired lease this claim replaced
+
+
+class Store:
+    """The PostgreSQL spool: every query the server, the scheduler and the CLI make."""
+
+    def __init__(self, url: str, variable: str, replica: str, lease_s: float, pool_size: int = 4,
+                 *, serving: bool = True) -> None:
+        """Connect, create or migrate the schema (under an advisory lock) and, when serving,
+        register this replica, so it is part of every broadcast from its first answer on.
+
+        SpoolUnreachable names `variable` (never the URL) when the database cannot be used."""
+        self.url, self.variable, self.replica, self.lease_s = url, variable, replica, lease_s
+        self.location = redact(url)
+        self._kwargs = {"connect_timeout": 5, "application_name": f"webhook-sidecar {replica}"[:63]}
+        try:
+            with psycopg.connect(url, autocommit=True, **self._kwargs) as conn:
+                self._migrate(conn)
+                self.reclaimed: list[tuple[int, str, str]] = []
+                if serving:
+                    conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
+                                 f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}", (replica,))
+                    # Leases under our own name are a previous life's (names are unique among live replicas):
+                    # take them over now rather than after lease_s. It counts an attempt, as any takeover.
+                    self.reclaimed = [tuple(r) for r in conn.execute(  # type: ignore[misc]
+                        "UPDATE sidecar_jobs j SET owner = NULL, lease_until = NULL, attempts = attempts + 1"
+                        " FROM sidecar_deliveries d WHERE d.id = j.delivery_id AND j.owner = %s"
+                        " AND j.state = 'pending' RETURNING j.id, j.route, d.delivery", (replica,))]
+        except psycopg.Error as e:
+            raise SpoolUnreachable(f"{variable}: cannot use the spool database {self.location}: "
+                                   f"{scrub(str(e).strip(), url)}") from None
+        # psycopg_pool logs each failed reconnect through `logging`; the spool logs its own events.
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs=self._kwargs, open=False, timeout=5,
+            reconnect_timeout=5, name="spool")
+        self.pool.open()
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS sidecar_schema_version (version int NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM sidecar_schema_version").fetchone()
+            current = row[0] if row and row[0] is not None else 0
+            if current > SCHEMA_VERSION:
+                raise SpoolUnreachable(
+                    f"{self.variable}: the spool database {self.location} has schema version {current}, newer than"
+                    f" this sidecar knows ({SCHEMA_VERSION}): a newer release migrated it; run that release")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                with conn.transaction():
+                    conn.execute(MIGRATIONS[version])
+                    conn.execute("INSERT INTO sidecar_schema_version (version) VALUES (%s)", (version,))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def connect_listener(self) -> psycopg.Connection[Any]:
+        """A connection of its own (autocommit) that LISTENs for new jobs."""
+        conn = psycopg.connect(self.url, autocommit=True, **self._kwargs)
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return conn
+
+    # --- accepting --------------------------------------------------------------------
+    def accept(self, delivery: Delivery, routes: Sequence[Route], max_queue: int) -> Accepted:
+        """Commit a delivery and its jobs (a broadcast route: one per live replica), or raise.
+
+        QueueFull above `max_queue` pending jobs in the whole spool (checked in the
+        transaction; concurrent accepts may pass it by the few jobs they add together).
+        Unavailable for any database failure; also when COMMIT's outcome is unknown,
+        and the sender's retry is then absorbed by the dedupe.
+        """
+        for attempt in (1, 2):
+            committing = False
+            try:
+                with self.pool.connection() as conn:
+                    accepted = self._accept(conn, delivery, routes, max_queue)
+                    committing = True
+                    conn.commit()
+                    return accepted
+            except QueueFull:
+                raise
+            except DB_ERRORS as e:
+                metrics.DATABASE_ERRORS.labels("accept").inc()
+                # A pooled connection the database dropped (a restart) fails its first statement,
+                # before anything was sent to commit: one more try on a fresh connection is safe.
+                if committing or attempt == 2 or not isinstance(e, psycopg.OperationalError):
+                    why = "commit outcome unknown" if committing else "database unavailable"
+                    raise Unavailable(f"spool {why}", retry_after=5) from e
+        raise AssertionError("unreachable")
+
+    def _accept(self, conn: psycopg.Connection[Any], delivery: Delivery, routes: Sequence[Route],
+                max_queue: int) -> Accepted:
+        row = conn.execute("SELECT id FROM sidecar_deliveries WHERE endpoint = %s AND delivery = %s",
+                           (delivery.endpoint, delivery.delivery)).fetchone()
+        if row is not None:
+            return self._redelivery(conn, row[0])
+        live = [self.replica]
+        if any(r.broadcast for r in routes):
+            live = [r[0] for r in conn.execute(
+                f"SELECT name FROM sidecar_replicas WHERE seen_at >= {NOW} - %s OR name = %s ORDER BY name",
+                (self.lease_s, self.replica))]
+        jobs = [(r, name if r.broadcast else None) for r in routes for name in (live if r.broadcast else [None])]
+        pending = conn.execute("SELECT count(*) FROM sidecar_jobs WHERE state = 'pending'").fetchone()
+        if pending and pending[0] + len(jobs) > max_queue:
+            raise QueueFull()
+        inserted = conn.execute(
+            "INSERT INTO sidecar_deliveries (endpoint, delivery, provider, event, request_id, cwd, body, received_at,"
+            f" accepted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, %s) ON CONFLICT (endpoint, delivery)"
+            " DO NOTHING RETURNING id",
+            (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
+             delivery.cwd, delivery.body, self.replica)).fetchone()
+        if inserted is None:  # accepted by another replica a moment ago, and still queued there
+            return Accepted("duplicate", (), ())
+        cur = conn.cursor()
+        cur.executemany(
+            "INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, {NOW}) RETURNING id",
+            [(inserted[0], r.name, route_spec(r), "\n".join((delivery.endpoint, r.name, replica or "")),
+              r.concurrency, replica) for r, replica in jobs], returning=True)
+        ids = []
+        while True:
+            ids.append(cur.fetchone()[0])  # type: ignore[index]
+            if not cur.nextset():
+                break
+        conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        return Accepted("accepted", tuple(ids), tuple(dict.fromkeys(r.name for r in routes)))
+
+    def _redelivery(self, conn: psycopg.Connection[Any], delivery_id: int) -> Accepted:
+        failed = conn.execute(
+            f"UPDATE sidecar_jobs SET state = 'pending', attempts = 0, next_at = 0, updated_at = {NOW}"
+            " WHERE delivery_id = %s AND state = 'failed' RETURNING id, route", (delivery_id,)).fetchall()
+        if not failed:
+            return Accepted("duplicate", (), ())
+        conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        return Accepted("accepted", tuple(j[0] for j in failed), tuple(dict.fromkeys(j[1] for j in failed)))
+
+    # --- claiming and leases ------------------------------------------------------------
+    def claim(self, limit: int) -> tuple[list[Claimed], float | None]:
+        """Lease up to `limit` due jobs this replica may run; and when the next one falls due.
+
+        `concurrency` is counted over unexpired leases of the route in the whole cluster
+        (per replica for broadcast routes), under a per-route advisory lock taken for the
+        transaction, so two replicas never both see a free slot. A route whose lock another
+        replica holds right now is skipped this round (no waiting, no deadlock).
+        """
+        with self.pool.connection() as conn:
+            now = conn.execute(f"SELECT {NOW}").fetchone()[0]  # type: ignore[index]
+            full = [k for k, n, c in conn.execute(
+                "SELECT rkey, count(*), min(concurrency) FROM sidecar_jobs WHERE lease_until >= %s"
+                " AND concurrency IS NOT NULL GROUP BY rkey", (now,)) if n >= c]
+            candidates = conn.execute(
+                "SELECT id, rkey, concurrency, owner, lease_until FROM sidecar_jobs WHERE state = 'pending'"
+                " AND next_at <= %s AND (lease_until IS NULL OR lease_until < %s)"
+                " AND (replica IS NULL OR replica = %s) AND rkey <> ALL(%s)"
+                " ORDER BY next_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (now, now, self.replica, full, limit * 4)).fetchall()
+            room: dict[str, int] = {}
+            chosen: dict[int, str | None] = {}
+            for job_id, rkey, concurrency, owner, lease_until in candidates:
+                if len(chosen) >= limit:
+                    break
+                if concurrency is not None:
+                    if rkey not in room:
+                        locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (rkey,)).fetchone()
+                        running = conn.execute(
+                            "SELECT count(*) FROM sidecar_jobs WHERE rkey = %s AND lease_until >= %s",
+                            (rkey, now)).fetchone()
+                        room[rkey] = concurrency - running[0] if locked and locked[0] and running else 0
+                    if room[rkey] <= 0:
+                        continue
+                    room[rkey] -= 1
+                chosen[job_id] = owner if lease_until is not None else None
+            claimed: list[Claimed] = []
+            if chosen:
+                ids = list(chosen)
+                conn.execute(
+                    "UPDATE sidecar_jobs SET owner = %s, lease_until = %s, claim = claim + 1,"
+                    " attempts = attempts + CASE WHEN lease_until IS NULL THEN 0 ELSE 1 END WHERE id = ANY(%s)",
+                    (self.replica, now + self.lease_s, ids))
+                rows = conn.execute(
+                    f"SELECT {JOB_COLUMNS}, j.claim, d.body FROM sidecar_jobs j JOIN sidecar_deliveries d"
+                    " ON d.id = j.delivery_id WHERE j.id = ANY(%s) ORDER BY j.next_at, j.id", (ids,)).fetchall()
+                claimed = [Claimed(_job_row(r), bytes(r[-1]), r[-2], chosen[r[0]]) for r in rows]
+            due = conn.execute(
+                "SELECT min(next_at) FROM sidecar_jobs WHERE state = 'pending' AND next_at > %s"
+                " AND (replica IS NULL OR replica = %s)", (now, self.replica)).fetchone()
+            conn.commit()
+        return claimed, (due[0] - now + time.time()) if due and due[0] is not None else None
+
+    def renew(self, held: dict[int, int]) -> set[int]:
+        """Extend the leases of the jobs this replica holds ({id: claim}); the ids still ours.
+
+        Also the heartbeat that keeps this replica live (and in every broadcast)."""
+        with self.pool.connection() as conn:
+            conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
+                         f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}", (self.replica,))
+            kept: set[int] = set()
+            if held:
+                kept = {r[0] for r in conn.execute(
+                    f"UPDATE sidecar_jobs SET lease_until = {NOW} + %s FROM unnest(%s::bigint[], %s::int[]) AS h(id, c)"
+                    " WHERE sidecar_jobs.id = h.id AND sidecar_jobs.claim = h.c AND owner = %s AND state = 'pending'"
+                    " RETURNING sidecar_jobs.id", (self.lease_s, list(held), list(held.values()), self.replica))}
+            conn.commit()
+        return kept
+
+    def release(self, job_id: int, claim: int, next_at: float | None = None) -> None:
+        """Hand a job back (shutdown, fencing, our own crash): not an attempt; runnable by anyone."""
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE sidecar_jobs SET owner = NULL, lease_until = NULL, next_at = COALESCE(%s, next_at)"
+                         " WHERE id = %s AND claim = %s AND state = 'pending'", (next_at, job_id, claim))
+            conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+            conn.commit()
+
+    def hand_back(self) -> int:
+        """At shutdown: every lease this replica still holds is cleared; this replica stops being live."""
+        with self.pool.connection() as conn:
+            n = conn.execute("UPDATE sidecar_jobs SET owner = NULL, lease_until = NULL"
+                             " WHERE owner = %s AND state = 'pending'", (self.replica,)).rowcount
+            self.leave(conn)
+            conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+            conn.commit()
+        return n
+
+    def leave(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        """No longer live (no new broadcast jobs for it); gone after 10 x lease_s unless it returns."""
+        def op(c: psycopg.Connection[Any]) -> None:
+            c.execute(f"UPDATE sidecar_replicas SET seen_at = LEAST(seen_at, {NOW} - %s) WHERE name = %s",
+                      (self.lease_s, self.replica))
+        if conn is not None:
+            op(conn)
+            return
+        with self.pool.connection() as c:
+            op(c)
+            c.commit()
+
+    def finish(self, job_id: int, claim: int, state: str, attempts: int, next_at: float, exit_code: int | None,
+               outcome: str, output_tail: str, concurrency: int | None) -> bool:
+        """Record an attempt and clear the lease; False when the lease was no longer ours (taken over).
+
+        A delivery whose jobs are all done drops its body (the id stays for dedupe)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "UPDATE sidecar_jobs SET state = %s, attempts = %s, next_at = %s, exit_code = %s, outcome = %s,"
+                f" output_tail = %s, updated_at = {NOW}, owner = NULL, lease_until = NULL, ran_on = %s"
+                " WHERE id = %s AND claim = %s AND owner = %s RETURNING delivery_id",
+                (state, attempts, next_at, exit_code, outcome, output_tail, self.replica, job_id, claim,
+                 self.replica)).fetchone()
+            if row is None:
+                conn.rollback()
+                return False
+            if state == "done":
+                # The delivery's row lock orders two jobs of one delivery finishing at once: the later sees both.
+                conn.execute("SELECT 1 FROM sidecar_deliveries WHERE id = %s FOR UPDATE", (row[0],))
+                conn.execute("UPDATE sidecar_deliveries SET body = '' WHERE id = %s AND NOT EXISTS (SELECT 1 FROM"
+                             " sidecar_jobs WHERE delivery_id = %s AND state <> 'done')", (row[0], row[0]))
+            if concurrency is not None or state == "pending":
+                conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+            conn.commit()
+        return True
+
+    # --- housekeeping -------------------------------------------------------------------
+    def stats(self) -> tuple[int, int]:
+        """(pending jobs in the whole spool, live replicas)."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT (SELECT count(*) FROM sidecar_jobs WHERE state = 'pending'),"
+                               f" (SELECT count(*) FROM sidecar_replicas WHERE seen_at >= {NOW} - %s)",
+                               (self.lease_s,)).fetchone()
+            conn.commit()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def drop_gone(self) -> list[tuple[int, str, str, str]]:
+        """Pending broadcast jobs of replicas not seen for GONE_LEASES x lease_s: deleted, with the replicas.
+
+        In Kubernetes a restarted pod has a new name: without this they would pile up forever."""
+        with self.pool.connection() as conn:
+            gone = [r[0] for r in conn.execute(
+                f"DELETE FROM sidecar_replicas WHERE seen_at < {NOW} - %s RETURNING name",
+                (GONE_LEASES * self.lease_s,))]
+            dropped: list[tuple[int, str, str, str]] = []
+            if gone:
+                dropped = [tuple(r) for r in conn.execute(  # type: ignore[misc]
+                    "DELETE FROM sidecar_jobs j USING sidecar_deliveries d WHERE d.id = j.delivery_id"
+                    " AND j.replica = ANY(%s) AND j.state = 'pending' RETURNING j.id, j.route, j.replica, d.delivery",
+                    (gone,))]
+            conn.commit()
+        return dropped
+
+    def ping(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("SELECT 1")
+            conn.commit()
+
+    # --- reads and the CLI ---------------------------------------------------------------
+    def _read(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+            conn.commit()
+        return rows
+
+    def job(self, job_id: int) -> JobRow | None:
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM sidecar_jobs j JOIN sidecar_deliveries d"
+                          " ON d.id = j.delivery_id WHERE j.id = %s", (job_id,))
+        return _job_row(rows[0]) if rows else None
+
+    def body(self, job_id: int) -> bytes:
+        rows = self._read("SELECT d.body FROM sidecar_jobs j JOIN sidecar_deliveries d ON d.id = j.delivery_id"
+                          " WHERE j.id = %s", (job_id,))
+        return bytes(rows[0][0]) if rows else b""
+
+    def jobs(self, states: Sequence[str] = ("pending", "done", "failed"), limit: int = 1000) -> list[JobRow]:
+        return [_job_row(r) for r in self._read(
+            f"SELECT {JOB_COLUMNS} FROM sidecar_jobs j JOIN sidecar_deliveries d ON d.id = j.delivery_id"
+            " WHERE j.state = ANY(%s) ORDER BY j.id LIMIT %s", (list(states), limit))]
+
+    def retry(self, job_ids: Sequence[int] | None = None) -> list[int]:
+        """Put failed jobs (the given ones, or all) back in the queue; the ids that were requeued."""
+        with self.pool.connection() as conn:
+            ids = [r[0] for r in conn.execute(
+                f"UPDATE sidecar_jobs SET state = 'pending', attempts = 0, next_at = 0, updated_at = {NOW}"
+                " WHERE state = 'failed' AND (%s OR id = ANY(%s)) RETURNING id",
+                (job_ids is None, list(job_ids or [])))]
+            conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+            conn.commit()
+        return sorted(ids)
+
+    def purge(self, older_than_s: float, states: Sequence[str] = ("done", "failed")) -> int:
+        """Delete finished jobs last updated more than `older_than_s` ago, and deliveries left without jobs."""
+        with self.pool.connection() as conn:
+            n = conn.execute(f"DELETE FROM sidecar_jobs WHERE state = ANY(%s) AND updated_at < {NOW} - %s",
+                             (list(states), older_than_s)).rowcount
+            if n:
+                conn.execute("DELETE FROM sidecar_deliveries d WHERE NOT EXISTS"
+                             " (SELECT 1 FROM sidecar_jobs j WHERE j.delivery_id = d.id)")
+            conn.commit()
+        return n

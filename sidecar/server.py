@@ -21,6 +21,7 @@ from typing import Any
 
 from . import logs, metrics, router
 from .config import Config
+from .connections import Connection, Connections, RequestReader, raise_nofile
 from .errors import (
     BadRequest,
     LengthRequired,
@@ -100,8 +101,8 @@ class SidecarServer(ThreadingHTTPServer):
         self.draining = False
         self._deadlines: dict[Handler, float] = {}
         self._deadline_lock = threading.Lock()
-        self.connections = 0  # connections with a handler thread
-        self._connections_lock = threading.Lock()
+        self.connections = Connections()  # admitted connections, each with a handler thread
+        raise_nofile(2 * config.max_connections + 128)  # connections, those closing, and the spool's
         super().__init__(address, Handler)
         threading.Thread(target=self._reap, name="deadlines", daemon=True).start()
 
@@ -113,34 +114,26 @@ class SidecarServer(ThreadingHTTPServer):
         else:
             logs.error("connection.failed", exc_info=True, remote=client_address[0])
 
-    # The connection cap. ThreadingHTTPServer starts a thread per connection, without
-    # bound; beyond max_connections the accept thread itself answers 503 with one
+    # The connection caps. ThreadingHTTPServer starts a thread per connection, without
+    # bound; at max_connections (or max_connections_per_client from one address) an idle
+    # or slow connection is closed to make room (see connections.py). When every one is
+    # handling a complete request, the accept thread itself answers 503 with one
     # non-blocking send and closes, so idle or slow sockets cannot pile up threads.
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            admitted = self.connections < self.config.max_connections
-            if admitted:
-                self.connections += 1
-        if not admitted:
-            self._refuse(request, client_address)
+        config = self.config
+        admitted = self.connections.admit(request, client_address[0], config.max_connections,
+                                          config.max_connections_per_client)
+        if isinstance(admitted, str):
+            self._refuse(request, client_address, admitted)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release()
-            raise
+        super().process_request(request, client_address)  # on failure, socketserver calls shutdown_request
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release()
+    def shutdown_request(self, request: Any) -> None:
+        # Forget the connection before its descriptor is closed and the number can be reused.
+        self.connections.release(request)
+        super().shutdown_request(request)
 
-    def _release(self) -> None:
-        with self._connections_lock:
-            self.connections -= 1
-
-    def _refuse(self, request: socket.socket, client_address: Any) -> None:
+    def _refuse(self, request: socket.socket, client_address: Any, limit: str = "max_connections") -> None:
         """Answer beyond the cap from the accept thread: 503, except a liveness probe.
 
         A liveness probe still gets 200, so that a flood of idle sockets makes the pod unready
@@ -168,7 +161,7 @@ class SidecarServer(ThreadingHTTPServer):
             metrics.REQUESTS.labels("/healthz", "200").inc()
             return
         logs.warning("connection.refused", request_id=request_id, remote=client_address[0], status=503,
-                     reason="max_connections", limit=self.config.max_connections)
+                     reason=limit, limit=getattr(self.config, limit))
 
     @property
     def config(self) -> Config:
@@ -200,6 +193,7 @@ class SidecarServer(ThreadingHTTPServer):
     def _reap(self) -> None:
         while True:
             time.sleep(0.2)
+            self.connections.report()
             now = time.monotonic()
             with self._deadline_lock:
                 late = [h for h, t in self._deadlines.items() if t <= now]
@@ -222,6 +216,11 @@ class Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.config.request_timeout_s + 1.0
         super().setup()
         self.expired = False
+        self.conn: Connection = self.server.connections.get(self.request)
+        # The same buffering as makefile("rb"), over a reader that tells idle from reading.
+        self.rfile.close()
+        self.reader = RequestReader(self.connection, self.server.connections, self.conn)
+        self.rfile = io.BufferedReader(self.reader)
 
     def finish(self) -> None:
         self.server.set_deadline(self, None)
@@ -244,7 +243,10 @@ class Handler(BaseHTTPRequestHandler):
         self.body_read = False
         self.expects_continue = False
         self.raw_requestline = b""
+        self.reader.await_request()
         super().handle_one_request()
+        if self.conn.evicted:
+            self.close_connection = True  # it made room for another; this request still got its answer
         if self.expired:
             self.close_connection = True
             if not self.raw_requestline:  # an idle keep-alive connection, not a request
@@ -266,6 +268,8 @@ class Handler(BaseHTTPRequestHandler):
         rid = self.headers.get("X-Request-Id", "")
         self.request_id = rid if SAFE_TOKEN.match(rid) else self.request_id
         config = self.server.config  # one read: this request finishes on this table
+        if self.headers.get("Content-Length") is None and self.headers.get("Transfer-Encoding") is None:
+            self.server.connections.handling(self.conn)  # complete: no body to come (else see _read_body)
         extra: dict[str, str] = {}
         msg, level = "request", logs.info
         try:
@@ -285,8 +289,10 @@ class Handler(BaseHTTPRequestHandler):
             status, body, ctype = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}, "application/json"
             msg, level = "request.failed", logs.error
             logs.error("request.exception", exc_info=True, request_id=self.request_id)
-        if self.path in HEALTH_PATHS and status == HTTPStatus.OK:
-            level = logs.debug  # probes every few seconds would drown the real events
+        if (self.path in HEALTH_PATHS and status == HTTPStatus.OK) or (
+                status == HTTPStatus.SERVICE_UNAVAILABLE and self.conn.evicted):
+            # Probes every few seconds would drown the real events; evictions are logged in aggregate.
+            level = logs.debug
         if not self.body_read:
             # The body was not consumed, so the connection cannot carry another request.
             self.close_connection = True
@@ -414,8 +420,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if self.expired:
                 raise RequestTimeout("request not complete within the deadline", reason="timeout")
+            if self.conn.evicted:
+                raise Unavailable("too many connections", retry_after=2)
             raise BadRequest("body shorter than Content-Length", reason="short_body")
         self.body_read = True
+        self.server.connections.handling(self.conn)
         return body
 
     # --- stdlib hooks -----------------------------------------------------------
@@ -428,6 +437,7 @@ class Handler(BaseHTTPRequestHandler):
         at a bare CR, and silently drops every header after a line it cannot parse). A request line
         or header block cut short by the deadline is 408, never handled with the headers so far.
         """
+        self.reader.arrived()  # a pipelined request line comes from the buffer, not the socket
         raw = self.raw_requestline
         words = str(raw, "iso-8859-1").rstrip("\r\n").split()
         self.command, self.request_version = (words[0] if words else None), self.protocol_version
@@ -509,6 +519,13 @@ class Handler(BaseHTTPRequestHandler):
     def _incomplete(self) -> None:
         if self.expired:
             self.send_error(HTTPStatus.REQUEST_TIMEOUT, "request not complete within the deadline")
+        elif self.conn.evicted:
+            # Closed to make room: the sender should retry. No log line per socket (see connections.report).
+            self.close_connection = True
+            try:
+                self.wfile.write(TOO_MANY_CONNECTIONS % self.request_id.encode())
+            except OSError:
+                pass
         else:
             self.send_error(HTTPStatus.BAD_REQUEST, "connection closed inside the request head")
 

@@ -1,30 +1,18 @@
 """The embedded spool: accepted deliveries and their jobs in sqlite3 (WAL), for one process.
 
-Commits go through one writer thread that batches whatever requests are waiting
-into one transaction (group commit): concurrent senders share an fsync instead of
-queueing for one each, and durability is not weakened.
+The file and its one group-committing writer (probe, readiness, restore of a
+removed file) are sqlite_writer.py's; this module is what is stored and how.
 
 Nothing is ever "running" on disk: a job that was running when the process died
 is still pending and runs again.
-
-The file is watched as well as written. The writer checks after every commit,
-and a probe every PROBE_INTERVAL_S, that the path still names the file it has
-open: a spool.db removed or replaced under a running process would otherwise
-take commits into an unlinked file (200s into a void). On a mismatch the batch
-answers 503, /readyz turns 503, and the open database is copied back to the
-path (sqlite's backup API) so nothing accepted is lost and no restart is needed.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,13 +20,12 @@ from .. import logs, metrics
 from ..config import Route
 from ..errors import Unavailable
 from . import Accepted, Delivery, JobRow, SpoolDamaged, route_from_spec, route_spec
+from .sqlite_writer import Writer, integrity, set_aside
+
+__all__ = ["DB_NAME", "Spool", "integrity"]
 
 T = TypeVar("T")
 DB_NAME = "spool.db"
-MAX_BATCH = 256
-PROBE_INTERVAL_S = 1.0
-PROBE_TIMEOUT_S = 5.0
-BUSY_TIMEOUT_S = 10.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -72,30 +59,6 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL
 """
 
 
-@dataclass
-class _Request:
-    op: Callable[[sqlite3.Connection], Any]
-    future: Future[Any]
-    durable: bool
-    # queued -> started (inside a transaction) | cancelled (its caller gave up first: never runs)
-    state: str = "queued"
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> bool:
-        with self.lock:
-            if self.state != "queued":
-                return False
-            self.state = "started"
-            return True
-
-    def cancel(self) -> bool:
-        with self.lock:
-            if self.state != "queued":
-                return False
-            self.state = "cancelled"
-            return True
-
-
 JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
     d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail"""
 
@@ -104,57 +67,6 @@ def _job_row(r: Sequence[Any]) -> JobRow:
     return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
                   endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
                   received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15])
-
-
-def connect(path: Path, create: bool = False) -> sqlite3.Connection:
-    # mode=rw: a connection never creates the file. Only the writer at start (and a
-    # restore) may; a reader that found it missing would otherwise make an empty one.
-    uri = f"file:{path}?mode={'rwc' if create else 'rw'}"
-    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
-    db.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk before the 200 goes out, power loss included.
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA foreign_keys=ON")
-    return db
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _companions(path: Path) -> list[Path]:
-    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-
-
-def set_aside(path: Path, why: str) -> Path:
-    """Rename a spool file and its -wal/-shm to `<name>.<why>-<UTC time>`; the new main file's path."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.{why}-{stamp}")
-    for src in _companions(path):
-        if src.exists():
-            os.replace(src, aside.with_name(aside.name + src.name[len(path.name):]))
-    return aside
-
-
-def integrity(path: Path, quick: bool = False) -> list[str]:
-    """sqlite's own integrity check of a spool file: [] when sound, else what is wrong."""
-    if path.is_file() and path.stat().st_size == 0:
-        return ["the file is empty (0 bytes): a spool always holds its schema, so it was truncated"]
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check").fetchall()
-            db.execute("SELECT count(*) FROM jobs").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        return [str(e)]
-    problems = [r[0] for r in rows if r[0] != "ok"]
-    return problems
 
 
 class Spool:
@@ -168,84 +80,41 @@ class Spool:
         self.path = directory / DB_NAME
         self.location = str(self.path)
         self.max_bytes = max_bytes
-        self._serving = serving
-        self.reserve_bytes = reserve_bytes
         if serving and self.path.exists():
             problems = integrity(self.path, quick=True)
             if problems:
                 aside = set_aside(self.path, "corrupt")
                 raise SpoolDamaged(self.path, aside, problems)
-        self._db = connect(self.path, create=True)
-        self._db.executescript(SCHEMA)
-        self._ident = _identity(self.path)
-        self._generation = 0
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._requests: queue.Queue[_Request | None] = queue.Queue()
-        self._full_sync = True
-        self._local = threading.local()
-        self._problem: str | None = None  # why the spool cannot take deliveries now
-        self._probe_ok_at = time.monotonic()
-        self.used_bytes = self._used_bytes()
+        self._writer = Writer(self.path, serving=serving, reserve_bytes=reserve_bytes, on_probe=self._on_probe)
+        self._writer.db.executescript(SCHEMA)
+        self.used_bytes = self._used_bytes(self._writer.db)
         metrics.track_spool(lambda: self.used_bytes, max_bytes)
-        self._closing = threading.Event()
-        self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
-        if serving:
-            threading.Thread(target=self._probe_loop, name="spool-probe", daemon=True).start()
 
-    # --- health -------------------------------------------------------------------
     def health(self) -> str | None:
         """Why the spool cannot take deliveries now (for /readyz and 503s), or None."""
-        if self._serving and time.monotonic() - self._probe_ok_at > PROBE_TIMEOUT_S + PROBE_INTERVAL_S:
-            return "spool not responding"
-        if self._problem is None and _identity(self.path) != self._ident:
-            return "spool file removed or replaced"  # the next probe restores it
-        return self._problem
+        return self._writer.health()
 
     @property
-    def writable(self) -> bool:
-        return self.health() is None
+    def reader(self) -> sqlite3.Connection:
+        return self._writer.reader
 
-    def _probe_loop(self) -> None:
-        """A write/read round trip through the writer on a timer, so readiness tells the
-        truth without traffic and comes back by itself (an unready pod gets no POSTs)."""
-        while not self._closing.wait(PROBE_INTERVAL_S):
-            future = self.submit_write(self._probe_op, durable=False)
-            try:
-                future.result(PROBE_TIMEOUT_S)
-            except TimeoutError:
-                self._set_problem("spool not responding", "the writer did not finish a probe within "
-                                  f"{PROBE_TIMEOUT_S:g} s (a hung disk or a lock held elsewhere)")
-                continue
-            except Exception:
-                pass  # an answer all the same (the writer responds); _commit recorded the problem
-            else:
-                self._check_disk()
-            self._probe_ok_at = time.monotonic()
+    def write(self, op: Callable[[sqlite3.Connection], T], timeout: float = 30) -> T:
+        return self._writer.write(op, timeout)
 
-    def _check_disk(self) -> None:
-        """A probe's write is small and may fit in the WAL's old space on a full disk; a delivery
-        may not. Free space below the reserve is "disk full", so readiness does not flap."""
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return
-        free = st.f_bavail * st.f_frsize
-        if free < self.reserve_bytes:
-            self._set_problem("spool disk full", f"{free} bytes free, below the reserve of {self.reserve_bytes}")
-        elif self._problem == "spool disk full":
-            self._set_problem(None)
+    def submit_write(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> Future[T]:
+        return self._writer.submit_write(op, durable)
 
-    def _probe_op(self, db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                   (time.time(),))
+    def close(self) -> None:
+        self._writer.close()
+
+    def _on_probe(self, db: sqlite3.Connection) -> None:
+        """Measure the spool at every probe; near spool_max_bytes, make room."""
         self.used_bytes = self._used_bytes(db)
         if self.max_bytes and self.used_bytes > self.max_bytes * 0.9:
             self._shrink(db)
 
-    def _used_bytes(self, db: sqlite3.Connection | None = None) -> int:
-        db = db or self._db
+    def _used_bytes(self, db: sqlite3.Connection) -> int:
         pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
         return int(pages * db.execute("PRAGMA page_size").fetchone()[0])
 
@@ -264,208 +133,7 @@ class Spool:
             if self.used_bytes <= self.max_bytes * 0.9:
                 return
 
-    def _set_problem(self, problem: str | None, detail: str = "") -> None:
-        if problem != self._problem:
-            if problem is None:
-                logs.info("spool.recovered_writable", was=self._problem)
-            else:
-                logs.error("spool.unavailable", reason=problem, detail=detail or None, spool=self.location)
-            self._problem = problem
-
-    # --- the writer ---------------------------------------------------------------
-    def write(self, op: Callable[[sqlite3.Connection], T], timeout: float = 30) -> T:
-        """Run `op` in the writer's next transaction; return once it is committed (fsync'd).
-
-        Unavailable (503) when the commit does not come within `timeout` (a hung disk):
-        an op that has not started by then never will, so the 503 means "not accepted";
-        one caught inside a commit whose outcome is unknown also gets 503, and the
-        sender's retry is absorbed by the delivery-id dedupe.
-        """
-        request = self._submit(op, True)
-        try:
-            return request.future.result(timeout)
-        except TimeoutError as e:
-            request.cancel()
-            raise Unavailable("spool not responding", retry_after=30) from e
-
-    def submit_write(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> Future[T]:
-        """Queue `op` for the writer; the future resolves when it is committed.
-
-        durable=False lets a batch holding only such ops commit with synchronous=NORMAL:
-        safe against a crash of the process, and on power loss such a write may be
-        lost, never corrupted. Use it only where losing the write is harmless.
-        """
-        return self._submit(op, durable).future
-
-    def _submit(self, op: Callable[[sqlite3.Connection], Any], durable: bool) -> _Request:
-        request = _Request(op, Future(), durable)
-        self._requests.put(request)
-        return request
-
-    def _write_loop(self) -> None:
-        while True:
-            first = self._requests.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._requests.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-            batch = [r for r in batch if r.start()]
-            if not batch:
-                continue
-            try:
-                self._commit(batch)
-            except Exception as e:  # a bug must not kill the only writer: fail this batch, go on
-                logs.error("spool.write_failed", exc_info=True)
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(e)
-
-    def _commit(self, batch: list[_Request]) -> None:
-        if _identity(self.path) != self._ident:
-            self._file_lost(batch)
-            return
-        try:
-            outcomes = self._transaction(batch)
-        except sqlite3.Error as e:
-            if self._db.in_transaction:  # a failed COMMIT leaves it open; the next BEGIN would fail forever
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            self._set_problem("spool not writable", str(e))
-            failure = Unavailable("spool not writable", retry_after=30)
-            failure.__cause__ = e
-            for request in batch:
-                request.future.set_exception(failure)
-            return
-        if _identity(self.path) != self._ident:
-            # Committed, but into a file that is no longer at the path. The restore copies it
-            # back, so nothing is lost; the senders are told 503 and their retries dedupe.
-            self._file_lost(batch)
-            return
-        if self._problem is not None and self._problem != "spool disk full":  # that one is the probe's to clear
-            self._set_problem(None)
-        for request, (value, error) in zip(batch, outcomes, strict=True):
-            if error is not None:
-                request.future.set_exception(error)
-            else:
-                request.future.set_result(value)
-
-    def _file_lost(self, batch: list[_Request]) -> None:
-        failure = Unavailable("spool file removed or replaced", retry_after=5)
-        for request in batch:
-            if not request.future.done():
-                request.future.set_exception(failure)
-        self._set_problem("spool file removed or replaced",
-                          f"{self.path} is not the file this process opened; restoring it from the open database")
-        try:
-            self._restore()
-        except (OSError, sqlite3.Error) as e:
-            logs.error("spool.restore_failed", error=str(e), spool=self.location,
-                       detail="stays unready; tried again at the next probe")
-
-    def _restore(self) -> None:
-        """Put the database this process has open back at its path (writer thread only)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            aside = set_aside(self.path, "foreign")
-            logs.error("spool.foreign_file", spool=self.location, kept_as=str(aside),
-                       detail="another file took the spool's place; kept aside, ours restored")
-        staging = self.path.with_name(DB_NAME + ".restoring")
-        for p in _companions(staging):
-            p.unlink(missing_ok=True)
-        copy = sqlite3.connect(staging)
-        try:
-            self._db.backup(copy)
-            copy.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            copy.close()
-        # Close every connection to the lost file before ours takes the path: the last
-        # close of a WAL database removes "<path>-wal" by name.
-        with self._readers_lock:
-            for reader in self._readers:
-                try:
-                    reader.close()
-                except sqlite3.Error:
-                    pass
-            self._readers.clear()
-            self._generation += 1
-        self._db.close()
-        for p in _companions(self.path)[1:]:
-            p.unlink(missing_ok=True)
-        os.replace(staging, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._db = connect(self.path)
-        self._full_sync = True
-        self._ident = _identity(self.path)
-        logs.warning("spool.restored", spool=self.location, detail="the open database was copied back to its path")
-
-    def _transaction(self, batch: list[_Request]) -> list[tuple[Any, BaseException | None]]:
-        """Run every op in one transaction. An op that raises (rare: ops check before they
-        write) sends the batch round again with one transaction per op, so only it fails."""
-        db = self._db
-        full = any(r.durable for r in batch)
-        if full != self._full_sync:  # a connection setting, changed outside the transaction
-            db.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
-            self._full_sync = full
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            values = [r.op(db) for r in batch]
-        except Exception:
-            db.execute("ROLLBACK")
-            return [self._single(r.op) for r in batch]
-        db.execute("COMMIT")
-        return [(v, None) for v in values]
-
-    def _single(self, op: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            value = op(db)
-        except sqlite3.DatabaseError as e:
-            db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.IntegrityError):
-                return None, e
-            raise  # the disk or the file (full, locked, damaged), not the op: fail the batch
-        except Exception as e:
-            db.execute("ROLLBACK")
-            return None, e
-        db.execute("COMMIT")
-        return value, None
-
-    def close(self) -> None:
-        self._closing.set()
-        self._requests.put(None)
-        self._writer.join(30)
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
-        self._db.close()
-
     # --- reads (any thread) ---------------------------------------------------------
-    @property
-    def reader(self) -> sqlite3.Connection:
-        local = self._local
-        if getattr(local, "generation", -1) != self._generation:
-            db = connect(self.path)
-            with self._readers_lock:
-                self._readers.append(db)
-                local.db, local.generation = db, self._generation
-        return local.db  # type: ignore[no-any-return]
-
     def body(self, job_id: int) -> bytes:
         row = self.reader.execute(
             "SELECT d.body FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?", (job_id,)).fetchone()

@@ -75,6 +75,19 @@ def _start_time(pid: int) -> int | None:
     return st[4] if st else None
 
 
+def _started_near(pid: int, when: float, slack_s: float = 2.0) -> bool:
+    """Whether process `pid` started within `slack_s` of the wall-clock time `when` (btime is whole seconds)."""
+    ticks = _start_time(pid)
+    if ticks is None:
+        return False
+    try:
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, StopIteration):
+        return False
+    return abs(boot + ticks / os.sysconf("SC_CLK_TCK") - when) <= slack_s
+
+
 def _marker(pid: int) -> str | None:
     """The run marker in a process's environment; None when absent or unreadable."""
     try:
@@ -105,6 +118,17 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _orphans() -> list[int]:
+    """Children of the sidecar's main thread: where the kernel re-parents orphans to a subreaper
+    (the first live thread of its group). One read instead of one per thread."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return _children(me)
+
+
 def _subtree(roots: list[int]) -> list[int]:
     seen: list[int] = []
     todo = list(roots)
@@ -131,6 +155,7 @@ class Run:
     marker: str
     record: Path
     pid: int = 0
+    fd: int = -1  # the record, open from begin() to spawned()
 
 
 class Tracker:
@@ -160,9 +185,10 @@ class Tracker:
         fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(facts).encode() + b"\n")
-        finally:
+        except BaseException:
             os.close(fd)
-        return Run(marker, record)
+            raise
+        return Run(marker, record, fd=fd)
 
     @contextmanager
     def spawning(self, run: Run) -> Iterator[None]:
@@ -171,14 +197,20 @@ class Tracker:
             yield
 
     def spawned(self, run: Run, pid: int) -> None:
-        """Register the hook's pid (call inside spawning()) and add it, with its start time, to the record."""
+        """Register the hook's pid (call inside spawning()) and add it to the record.
+
+        The record's mtime stands for the pid's start time: recovery takes the pid for the
+        hook only if the process there started within 2 s of it (pids are reused).
+        """
         run.pid = pid
         self._mains[pid] = run.marker
         try:
-            with open(run.record, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"pid": pid, "start": _start_time(pid)}) + "\n")
+            os.write(run.fd, b'{"pid": %d}\n' % pid)
         except OSError:
             pass  # the marker still finds the run's processes
+        finally:
+            os.close(run.fd)
+            run.fd = -1
 
     def end(self, run: Run, wait_s: float = END_WAIT_S) -> list[int]:
         """After the hook's main process was waited for: kill whatever of the run is left; the pids killed.
@@ -200,6 +232,9 @@ class Tracker:
                     return killed
                 time.sleep(0.01)
         finally:
+            if run.fd >= 0:  # never spawned
+                os.close(run.fd)
+                run.fd = -1
             try:
                 run.record.unlink()
             except OSError:
@@ -207,10 +242,9 @@ class Tracker:
 
     def _leftovers(self, marker: str) -> list[int]:
         """Live processes of the run `marker` under the sidecar (lock held); reaps orphans that died."""
-        me = os.getpid()
         others = set(self._mains.values())
         found: list[int] = []
-        for pid in _children(me):
+        for pid in _orphans():
             if pid in self._mains:
                 continue  # another run's hook: its own end() deals with it
             st = _stat(pid)
@@ -243,13 +277,14 @@ class Tracker:
             if owner:
                 continue  # a live sidecar sharing this directory: its runs are its own
             facts: dict[str, object] = {"marker": record.name, "pids": []}
-            main: tuple[int, int | None] | None = None
+            main: tuple[int, float] | None = None
             try:
+                written = record.stat().st_mtime
                 for line in record.read_text(encoding="utf-8").splitlines():
                     d = json.loads(line)
                     facts.update({k: d[k] for k in ("route", "delivery") if k in d})
                     if "pid" in d:
-                        main = (int(d["pid"]), d.get("start"))
+                        main = (int(d["pid"]), written)
             except (OSError, ValueError):
                 pass
             facts["_main"] = main
@@ -290,7 +325,7 @@ class Tracker:
         mains = {}
         for marker, facts in runs.items():
             main = facts.get("_main")
-            if isinstance(main, tuple) and main[1] is not None and _start_time(main[0]) == main[1]:
+            if isinstance(main, tuple) and _started_near(main[0], main[1]):
                 mains[main[0]] = marker  # still the same process: its group and session are the run's
         victims: dict[int, str] = {}
         me = os.getpid()

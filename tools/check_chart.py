@@ -13,6 +13,9 @@ Run by tools/check-packaging.sh with the .venv-helm interpreter (helm-sdkpy need
    probes, no subPath, the ConfigMap mounted whole with mode 0755, hooks where config.yaml's run: paths
    point, spool_dir on the spool volume, terminationGracePeriodSeconds = preStop + grace + margin, the
    Secret's keys covering secret_env, the standard labels, and agreement with the Dockerfile.
+   Every rendered object (the `helm test` pod too) is validated with PyPI kubernetes-validate --strict
+   against each Kubernetes version in KUBERNETES_VERSIONS (custom resources, which it has no schema for, are
+   listed as skipped).
 4. `helm lint` (helm-sdkpy's Lint) of the chart with the default values and with each override set.
 5. Self-test: broken variants of the chart (MUTANTS) must each be caught by step 3.
 
@@ -39,12 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dockerfile_facts import final_stage
 
 ROOT = Path(__file__).resolve().parent.parent
+FILES = ROOT / "helm" / "webhook-sidecar" / "files"
 RELEASE, NAMESPACE = "hooks", "webhooks"
 CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
@@ -53,6 +58,10 @@ STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                       "projected", "secret"}
 LINT_SEVERITY = {1: "INFO", 2: "WARNING", 3: "ERROR"}
+# Kubernetes releases the rendered objects must validate against (kubernetes-validate --strict).
+KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
+# Custom resources: kubernetes-validate has no schema for them.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 # Values that must be refused: (why, override).
 INVALID = [
@@ -63,6 +72,18 @@ INVALID = [
     ("a port as text", {"service": {"port": "eighty"}}),
     ("a misspelt key", {"replicas": 2}),
     ("an unknown log level", {"logLevel": "verbose"}),
+    ("secrets mounted under /tmp, where hooks write", {"secrets": {"mountPath": "/tmp/secrets"}}),
+    ("secrets mounted in the config directory, which hooks read", {"secrets": {"mountPath": "/etc/webhook-sidecar/s"}}),
+    ("secrets mounted on the spool", {"secrets": {"mountPath": "/var/lib/webhook-sidecar/secrets"}}),
+    ("a node port outside 30000-32767", {"service": {"type": "NodePort", "nodePort": 8080}}),
+    ("commonLabels overriding a selector label", {"commonLabels": {"app.kubernetes.io/instance": "x"}}),
+]
+
+# Values the schema accepts but the templates must refuse: (why, override).
+REFUSED = [
+    ("both minAvailable and maxUnavailable", {"podDisruptionBudget": {"enabled": True, "minAvailable": 1,
+                                                                      "maxUnavailable": 1}}),
+    ("secret files without fsGroup (unreadable at mode 0440)", {"podSecurityContext": {"fsGroup": None}}),
 ]
 
 # Broken charts the render checks must catch, so a check that silently passes is noticed:
@@ -83,17 +104,30 @@ MUTANTS: list[tuple[str, dict[str, Any], tuple[str, str, str] | None]] = [
                                                                    "[{key: config.yaml, path: config.yaml}]")),
     ("terminationGracePeriodSeconds", {}, ("deployment.yaml", "add $preStop $grace", "add $grace")),
     ("readinessProbe", {}, ("deployment.yaml", "path: /readyz", "path: /healthz")),
+    ("rollingUpdate", {"spool": {"persistence": {"enabled": True}}},
+     ("deployment.yaml", "    rollingUpdate: null\n", "")),
+    ("secret volume defaultMode", {}, ("deployment.yaml", "defaultMode: 0440", "defaultMode: 0444")),
+    ("startupProbe", {}, ("deployment.yaml", "startupProbe:", "startupProbeX:")),
+    ("runAsUser", {"openshift": {"enabled": True}},
+     ("_helpers.tpl", '"runAsUser" "runAsGroup" "fsGroup"', '"runAsGroup" "fsGroup"')),
+    ("selects the test pod", {}, ("_helpers.tpl", "{{ include \"webhook-sidecar.name\" . }}-test",
+                                  "{{ include \"webhook-sidecar.name\" . }}")),
+    ("kubernetes-validate", {}, ("deployment.yaml", "revisionHistoryLimit: {{ .Values.revisionHistoryLimit }}",
+                                 "revisionHistoryLimit: {{ .Values.revisionHistoryLimit | quote }}")),
+    ("example hook", {}, ("configmap.yaml", "{{- if has (base $path) $runs }}", "{{- if false }}")),
 ]
 
 # Kubernetes resources the fake API serves: group/version -> (plural, kind, namespaced).
 API_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     "v1": [("configmaps", "ConfigMap", True), ("secrets", "Secret", True), ("services", "Service", True),
+           ("pods", "Pod", True),
            ("serviceaccounts", "ServiceAccount", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
            ("namespaces", "Namespace", False)],
     "apps/v1": [("deployments", "Deployment", True)],
-    "networking.k8s.io/v1": [("ingresses", "Ingress", True)],
+    "networking.k8s.io/v1": [("ingresses", "Ingress", True), ("networkpolicies", "NetworkPolicy", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
-    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True)],
+    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True),
+                                 ("prometheusrules", "PrometheusRule", True)],
 }
 
 
@@ -255,17 +289,45 @@ def secret_envs(config: dict[str, Any]) -> set[str]:
     return names
 
 
+def secret_files(config: dict[str, Any]) -> set[str]:
+    paths: set[str] = set()
+    for endpoint in config.get("endpoints") or []:
+        value = endpoint.get("secret_file")
+        paths.update([value] if isinstance(value, str) else value or [])
+    return paths
+
+
+def validate_kubernetes(p: str, docs: list[dict[str, Any]], problems: Problems) -> None:
+    """kubernetes-validate --strict of every object against every version of KUBERNETES_VERSIONS."""
+    for doc in docs:
+        if doc.get("kind") in CUSTOM_KINDS:
+            continue
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                where = ".".join(str(x) for x in e.path)
+                problems.append(f"{p} kubernetes-validate {version} --strict: {doc['kind']} "
+                                f"{doc['metadata'].get('name')}: {where}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                problems.append(f"{p} kubernetes-validate {version}: no schema: {e}")
+
+
 def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], created: list[dict[str, Any]],
-                 notes: str, problems: Problems) -> None:
+                 notes: str, hooks: list[dict[str, Any]], problems: Problems) -> None:
     """The facts every value set must keep."""
     p = f"render: {name}:"
     problems.check(len(created) == len(docs), f"{p} Helm applied {len(created)} objects of {len(docs)} rendered")
-    for doc in docs:
+    validate_kubernetes(p, docs + hooks, problems)
+    common = values.get("commonLabels") or {}
+    for doc in docs + hooks:
         labels = doc.get("metadata", {}).get("labels") or {}
         missing = [k for k in STANDARD_LABELS if k not in labels]
         problems.check(not missing, f"{p} {doc.get('kind')} {doc['metadata'].get('name')} lacks labels {missing}")
+        problems.check(all(labels.get(k) == v for k, v in common.items()),
+                       f"{p} {doc.get('kind')} {doc['metadata'].get('name')} lacks commonLabels")
     deployments = by_kind(docs, "Deployment")
-    configmaps = by_kind(docs, "ConfigMap")
+    configmaps = [d for d in by_kind(docs, "ConfigMap") if "config.yaml" in (d.get("data") or {})]
     if not (problems.check(len(deployments) == 1, f"{p} expected one Deployment, got {len(deployments)}")
             and problems.check(len(configmaps) == 1, f"{p} expected one ConfigMap, got {len(configmaps)}")):
         return
@@ -279,8 +341,15 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     # Restricted Pod Security Standard, pod and sidecar container.
     psc, csc = pod.get("securityContext") or {}, sidecar.get("securityContext") or {}
     problems.check(psc.get("runAsNonRoot") is True and csc.get("runAsNonRoot") is True, f"{p} runAsNonRoot not set")
-    problems.check(isinstance(csc.get("runAsUser"), int) and csc["runAsUser"] > 0,
-                   f"{p} runAsUser is not a numeric non-root user")
+    if values["openshift"]["enabled"]:
+        # restricted-v2 assigns the ids from the namespace's range and refuses pods that set others.
+        for context, where in ((psc, "pod"), (csc, "container")):
+            ids = [k for k in ("runAsUser", "runAsGroup", "fsGroup") if k in context]
+            problems.check(not ids, f"{p} openshift: {where} securityContext sets {ids} (runAsUser and co. are "
+                                    f"the platform's)")
+    else:
+        problems.check(isinstance(csc.get("runAsUser"), int) and csc["runAsUser"] > 0,
+                       f"{p} runAsUser is not a numeric non-root user")
     problems.check(csc.get("readOnlyRootFilesystem") is True, f"{p} readOnlyRootFilesystem not true")
     problems.check(csc.get("allowPrivilegeEscalation") is False, f"{p} allowPrivilegeEscalation not false")
     problems.check(csc.get("capabilities", {}).get("drop") == ["ALL"], f"{p} capabilities do not drop ALL")
@@ -295,8 +364,18 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
         kinds = set(volume) - {"name"}
         problems.check(kinds <= RESTRICTED_VOLUMES, f"{p} volume {volume['name']} of type {kinds} not allowed")
 
+    # Rollout: Recreate for a ReadWriteOnce spool, with rollingUpdate nulled so that an upgrade's patch
+    # removes the old RollingUpdate parameters (else the API server refuses it: helm/charts#11309).
+    strategy = deployment["spec"].get("strategy") or {}
+    if values["spool"]["persistence"]["enabled"]:
+        problems.check(strategy.get("type") == "Recreate" and "rollingUpdate" in strategy
+                       and strategy["rollingUpdate"] is None,
+                       f"{p} a persistent spool needs strategy Recreate with rollingUpdate: null, got {strategy}")
+    problems.check(deployment["spec"].get("revisionHistoryLimit") == values["revisionHistoryLimit"],
+                   f"{p} revisionHistoryLimit does not follow the value")
+
     # Probes.
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = (sidecar.get(probe) or {}).get("httpGet") or {}
         problems.check(get.get("path") == path and get.get("port") in ("http", 8080),
                        f"{p} {probe} is not GET {path} on the http port")
@@ -325,6 +404,17 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     for hook, script in values["hooks"].items():
         problems.check(data.get(hook) == script, f"{p} ConfigMap {hook} differs from values.hooks")
     config = yaml.safe_load(data.get("config.yaml", "")) or {}
+    # Example hooks: only those config.yaml runs (./name) and `hooks` does not define, and only with exampleHooks.
+    runs = {posixpath.normpath(r) for r in run_paths(config) if r.startswith("./")}
+    for example in sorted((FILES / "hooks").iterdir()):
+        if example.name in values["hooks"]:
+            continue
+        if values["exampleHooks"] and example.name in runs:
+            problems.check(data.get(example.name) == example.read_text(),
+                           f"{p} example hook {example.name} is run by config.yaml but missing from the ConfigMap")
+        else:
+            problems.check(example.name not in data,
+                           f"{p} example hook {example.name} in the ConfigMap, unasked (Helm merges maps)")
     for run in run_paths(config):
         key = posixpath.normpath(run)
         problems.check(key in data and "/" not in key, f"{p} config.yaml runs {run}, which is no key of the ConfigMap")
@@ -345,22 +435,49 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     problems.check("command" not in sidecar and "args" not in sidecar,
                    f"{p} the sidecar overrides the image's command: tests/test_packaging.py would test another one")
 
-    # Secrets: every secret_env of the table is a key of the Secret (existingSecret: the user's business).
+    # Secrets: as files (default) or as envFrom; every key the table names is in the Secret (existingSecret:
+    # the user's business).
     secret_refs = [e["secretRef"]["name"] for e in sidecar.get("envFrom", []) if "secretRef" in e]
     existing = values["secrets"]["existingSecret"]
     secrets = by_kind(docs, "Secret")
-    if existing:
-        problems.check(not secrets and secret_refs == [existing], f"{p} existingSecret {existing} not used alone")
-    elif problems.check(len(secrets) == 1 and secret_refs == [secrets[0]["metadata"]["name"]],
-                        f"{p} the chart's Secret is not the sidecar's envFrom"):
+    secret_name = existing or (secrets[0]["metadata"]["name"] if len(secrets) == 1 else None)
+    problems.check(not existing or not secrets, f"{p} existingSecret {existing} and a Secret of the chart")
+    problems.check(existing or len(secrets) == 1, f"{p} expected the chart's Secret")
+    as_env = values["secrets"]["asEnv"]
+    mount_path = values["secrets"]["mountPath"].rstrip("/")
+    secret_mount = mounts.get(mount_path)
+    if as_env:
+        problems.check(secret_refs == [secret_name], f"{p} the Secret {secret_name} is not the sidecar's envFrom")
+        problems.check(secret_mount is None, f"{p} secrets.asEnv, yet a volume at {mount_path}")
+        wanted = secret_envs(config)
+    else:
+        problems.check(not secret_refs, f"{p} secrets as files, yet envFrom {secret_refs}")
+        secret_volume = (volumes.get((secret_mount or {}).get("name")) or {}).get("secret") or {}
+        problems.check(secret_volume.get("secretName") == secret_name and (secret_mount or {}).get("readOnly") is True,
+                       f"{p} the Secret {secret_name} is not mounted read-only at {mount_path}")
+        mode = secret_volume.get("defaultMode")
+        problems.check(mode == 0o400 or (mode == 0o440 and (psc.get("fsGroup") or values["openshift"]["enabled"])),
+                       f"{p} secret volume defaultMode {mode!r}: 0400, or 0440 with an fsGroup")
+        for directory in (CONFIG_DIR, "/tmp", SPOOL_DIR):
+            problems.check(mount_path != directory and not mount_path.startswith(directory + "/"),
+                           f"{p} secrets mounted at {mount_path}, in {directory}, which hooks can reach")
+        files = secret_files(config)
+        wanted = {posixpath.basename(f) for f in files if posixpath.dirname(f) == mount_path}
+        problems.check(all(posixpath.dirname(f) == mount_path for f in files),
+                       f"{p} secret_file {sorted(files)} outside secrets.mountPath {mount_path}")
+    if not existing and len(secrets) == 1:
         keys = secrets[0].get("data") or {}
-        missing = sorted(secret_envs(config) - set(keys))
-        problems.check(not missing, f"{p} secret_env {missing} not in Secret")
+        missing = sorted(wanted - set(keys))
+        problems.check(not missing, f"{p} secrets {missing} that config.yaml names are not in Secret")
         problems.check(all(base64.b64decode(v) for v in keys.values()), f"{p} an empty secret value")
 
     annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
     problems.check(not any("config" in k for k in annotations),
                    f"{p} a config checksum annotation would restart pods on route edits: {sorted(annotations)}")
+    problems.check(("checksum/secret" in annotations) == (as_env and not existing),
+                   f"{p} checksum/secret belongs on the pods exactly when the chart's secrets are env variables")
+
+    check_extras(p, values, docs, hooks, deployment, problems)
 
     # Service -> pods, and NOTES.
     for service in by_kind(docs, "Service"):
@@ -376,6 +493,79 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
         needles.append("port-forward")
     for needle in needles:
         problems.check(needle in notes, f"{p} NOTES.txt lacks {needle!r}")
+
+
+def check_extras(p: str, values: dict[str, Any], docs: list[dict[str, Any]], hooks: list[dict[str, Any]],
+                 deployment: dict[str, Any], problems: Problems) -> None:
+    """PodDisruptionBudget, NetworkPolicy, alerts, dashboard and the helm test pod, as far as they are on."""
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    for pdb in by_kind(docs, "PodDisruptionBudget"):
+        spec = pdb["spec"]
+        problems.check(("minAvailable" in spec) != ("maxUnavailable" in spec),
+                       f"{p} PodDisruptionBudget needs exactly one of minAvailable/maxUnavailable: {spec}")
+        wanted = values["podDisruptionBudget"].get("minAvailable")
+        problems.check(wanted is None or spec.get("minAvailable") == wanted, f"{p} PDB minAvailable is not {wanted}")
+
+    policies = by_kind(docs, "NetworkPolicy")
+    problems.check(len(policies) == (1 if values["networkPolicy"]["enabled"] else 0), f"{p} NetworkPolicy count")
+    tests = [h for h in hooks if h.get("kind") == "Pod"]
+    for policy in policies:
+        spec, np = policy["spec"], values["networkPolicy"]
+        problems.check(spec["podSelector"].get("matchLabels") == selector, f"{p} NetworkPolicy selects other pods")
+        peers = [peer for rule in spec.get("ingress") or [] for peer in rule.get("from") or []]
+        for side in ("ingressController", "monitoring"):
+            problems.check(any(peer.get("namespaceSelector") == np[side]["namespaceSelector"] for peer in peers),
+                           f"{p} NetworkPolicy does not admit networkPolicy.{side}")
+        for test in tests:
+            labels = set(test["metadata"]["labels"].items())
+            problems.check(any(peer.get("podSelector") and "namespaceSelector" not in peer
+                               and set(peer["podSelector"].get("matchLabels", {}).items()) <= labels for peer in peers),
+                           f"{p} NetworkPolicy shuts out the helm test pod")
+        egress = spec.get("egress")
+        problems.check(egress == ([{}] if np["egressAllowAll"] else np["egress"]), f"{p} NetworkPolicy egress {egress}")
+
+    rules = by_kind(docs, "PrometheusRule")
+    problems.check(len(rules) == (1 if values["prometheusRule"]["enabled"] else 0), f"{p} PrometheusRule count")
+    plain = yaml.safe_load((FILES / "alerts.yaml").read_text())
+    extra = values["prometheusRule"]["additionalRuleLabels"]
+    for rule in rules:
+        got = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+        want = [r for g in plain["groups"] for r in g["rules"]]
+        problems.check([r["alert"] for r in got] == [r["alert"] for r in want]
+                       and [r["expr"] for r in got] == [r["expr"] for r in want]
+                       and [r["annotations"] for r in got] == [r["annotations"] for r in want],
+                       f"{p} the PrometheusRule differs from files/alerts.yaml")
+        problems.check(all(r["labels"] == {**extra, **w.get("labels", {})} for r, w in zip(got, want, strict=False)),
+                       f"{p} PrometheusRule labels are not the rules' plus additionalRuleLabels")
+
+    dashboards = [d for d in by_kind(docs, "ConfigMap") if "webhook-sidecar.json" in (d.get("data") or {})]
+    problems.check(len(dashboards) == (1 if values["grafanaDashboard"]["enabled"] else 0), f"{p} dashboard count")
+    for dashboard in dashboards:
+        problems.check(json.loads(dashboard["data"]["webhook-sidecar.json"]) ==
+                       json.loads((FILES / "dashboard.json").read_text()),
+                       f"{p} the dashboard ConfigMap differs from files/dashboard.json")
+        labels = dashboard["metadata"]["labels"]
+        problems.check(all(labels.get(k) == v for k, v in values["grafanaDashboard"]["labels"].items()),
+                       f"{p} the dashboard ConfigMap lacks the grafana_dashboard label")
+
+    problems.check(len(tests) == (1 if values["tests"]["enabled"] else 0), f"{p} helm test pods: {len(tests)}")
+    for test in tests:
+        labels = test["metadata"]["labels"]
+        problems.check(test["metadata"].get("annotations", {}).get("helm.sh/hook") == "test",
+                       f"{p} the test pod is no helm test hook")
+        problems.check(not all(labels.get(k) == v for k, v in selector.items()),
+                       f"{p} the Service (and the Deployment) selects the test pod: {labels}")
+        problems.check(labels != pod_labels, f"{p} the test pod carries the sidecar's labels")
+        spec = test["spec"]
+        container = spec["containers"][0]
+        csc, psc = container.get("securityContext") or {}, spec.get("securityContext") or {}
+        problems.check(csc.get("readOnlyRootFilesystem") is True and csc.get("allowPrivilegeEscalation") is False
+                       and csc.get("capabilities", {}).get("drop") == ["ALL"] and psc.get("runAsNonRoot") is True,
+                       f"{p} the test pod is not restricted")
+        script = "\n".join(container.get("args") or [])
+        problems.check("/readyz" in script and "webhook-sidecar send" in script,
+                       f"{p} the test pod does not check readiness and send a delivery")
 
 
 def check_dockerfile_agrees(docs: list[dict[str, Any]], problems: Problems) -> None:
@@ -397,12 +587,15 @@ def check_dockerfile_agrees(docs: list[dict[str, Any]], problems: Problems) -> N
     problems.check(stage.stopsignal == "SIGTERM", "dockerfile: STOPSIGNAL SIGTERM missing")
 
 
-def rendered(helm: Any, kubeconfig: str, created: list[dict[str, Any]], chart: Path,
-             override: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """(rendered documents, objects Helm applied, NOTES) of installing `chart` with `override`."""
+def rendered(helm: Any, kubeconfig: str, created: list[dict[str, Any]], chart: Path, override: dict[str, Any]
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, list[dict[str, Any]]]:
+    """(rendered documents, objects Helm applied, NOTES, hook documents such as the helm test pod) of installing
+    `chart` with `override`."""
     created.clear()
     release = install(helm, kubeconfig, chart, override)
-    return documents(release.get("manifest", "")), list(created), (release.get("info") or {}).get("notes", "")
+    hooks = [doc for hook in release.get("hooks") or [] for doc in documents(hook.get("manifest", ""))]
+    return (documents(release.get("manifest", "")), list(created), (release.get("info") or {}).get("notes", ""),
+            hooks)
 
 
 def render_all(helm: Any, chart: Path, defaults: dict[str, Any], sets: dict[str, dict[str, Any]],
@@ -411,20 +604,21 @@ def render_all(helm: Any, chart: Path, defaults: dict[str, Any], sets: dict[str,
     with fake_cluster() as (kubeconfig, created):
         for name, override in sets.items():
             try:
-                docs, applied, notes = rendered(helm, kubeconfig, created, chart, override)
+                docs, applied, notes, hooks = rendered(helm, kubeconfig, created, chart, override)
             except helm.HelmError as e:
                 problems.append(f"render: {name}: {e}")
                 continue
-            check_render(name, merge(defaults, override), docs, applied, notes, problems)
+            check_render(name, merge(defaults, override), docs, applied, notes, hooks, problems)
             kinds = sorted(d["kind"] for d in docs)
             if name == "default":
                 check_dockerfile_agrees(docs, problems)
                 problems.check(kinds == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"],
                                f"render: default: unexpected objects {kinds}")
             if name.startswith("full"):
-                wanted = {"Ingress", "ServiceMonitor", "PodDisruptionBudget", "PersistentVolumeClaim"}
+                wanted = {"Ingress", "ServiceMonitor", "PodDisruptionBudget", "PersistentVolumeClaim",
+                          "NetworkPolicy", "PrometheusRule"}
                 problems.check(wanted <= set(kinds), f"render: {name}: missing {sorted(wanted - set(kinds))}")
-        for why, override in INVALID:
+        for why, override in INVALID + REFUSED:
             try:
                 install(helm, kubeconfig, chart, override)
                 problems.append(f"render: Helm accepted {why}")
@@ -449,8 +643,8 @@ def catch_mutants(helm: Any, kubeconfig: str, created: list[dict[str, Any]], cha
                 template.write_text(text.replace(edit[1], edit[2]))
             found = Problems()
             try:
-                check_render("mutant", merge(defaults, override),
-                             *rendered(helm, kubeconfig, created, mutant, override), found)
+                docs, applied, notes, hooks = rendered(helm, kubeconfig, created, mutant, override)
+                check_render("mutant", merge(defaults, override), docs, applied, notes, hooks, found)
             except helm.HelmError as e:
                 found.append(str(e))
             if os.environ.get("CHECK_CHART_DEBUG"):
@@ -501,8 +695,10 @@ def main(argv: list[str]) -> int:
     if problems:
         print(f"check_chart: {where}: {len(problems)} problem(s)")
     else:
-        print(f"check_chart: {where}: ok ({len(sets)} value sets rendered, checked and linted, {len(INVALID)} "
-              f"invalid sets refused, {len(MUTANTS)} broken variants caught)")
+        refused = len(INVALID) + len(REFUSED)
+        print(f"check_chart: {where}: ok ({len(sets)} value sets rendered, checked and linted, {refused} "
+              f"invalid sets refused, {len(MUTANTS)} broken variants caught; objects valid for Kubernetes "
+              f"{KUBERNETES_VERSIONS[0]}-{KUBERNETES_VERSIONS[-1]})")
     return 1 if problems else 0
 
 

@@ -26,15 +26,34 @@ The release's full name, used for every object: <release>-<chart> unless the rel
 {{- end }}
 
 {{/*
-The standard labels (app.kubernetes.io/*), on every object.
+The standard labels (app.kubernetes.io/*) and commonLabels, on every object.
 */}}
 {{- define "webhook-sidecar.labels" -}}
-helm.sh/chart: {{ include "webhook-sidecar.chart" . }}
+{{ include "webhook-sidecar.commonLabels" . }}
 {{ include "webhook-sidecar.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: webhook-receiver
-app.kubernetes.io/part-of: {{ include "webhook-sidecar.name" . }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels of every object except the pods' selector labels (the helm test pod must not match the Service).
+*/}}
+{{- define "webhook-sidecar.commonLabels" -}}
+{{- $labels := dict "helm.sh/chart" (include "webhook-sidecar.chart" .) "app.kubernetes.io/version" .Chart.AppVersion }}
+{{- $_ := set $labels "app.kubernetes.io/part-of" (include "webhook-sidecar.name" .) }}
+{{- $_ := set $labels "app.kubernetes.io/managed-by" .Release.Service }}
+{{- toYaml (merge $labels (deepCopy (.Values.commonLabels | default dict))) }}
+{{- end }}
+
+{{/*
+A securityContext (pod or container) as given, without the user and group ids when openshift.enabled: the
+restricted-v2 SCC assigns them from the namespace's range and refuses others.
+*/}}
+{{- define "webhook-sidecar.securityContext" -}}
+{{- $context := .context | default dict }}
+{{- if .root.Values.openshift.enabled }}
+{{- $context = omit $context "runAsUser" "runAsGroup" "fsGroup" }}
+{{- end }}
+{{- toYaml $context }}
 {{- end }}
 
 {{/*
@@ -54,7 +73,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-The Secret whose keys become the sidecar's environment: the user's existingSecret or the chart's own.
+The Secret the sidecar reads (as files, or as its environment with secrets.asEnv): existingSecret or the chart's.
 */}}
 {{- define "webhook-sidecar.secretName" -}}
 {{- default (include "webhook-sidecar.fullname" .) .Values.secrets.existingSecret }}
@@ -92,21 +111,86 @@ The first endpoint of the routing table, as a dict (empty when the table does no
 {{- end }}
 
 {{/*
-The names of the Secret the chart creates, as a JSON list: every secret_env of the routing table (so the
-table's secrets always exist) and every key of secrets.values.
+The names of the Secret the chart creates, as a JSON list: every secret_env of the routing table, every
+secret_file under secrets.mountPath (its file name), so the table's secrets always exist, and every key of
+secrets.values.
 */}}
 {{- define "webhook-sidecar.secretKeys" -}}
 {{- $names := concat (list) (keys (.Values.secrets.values | default dict)) }}
+{{- $prefix := printf "%s/" (trimSuffix "/" .Values.secrets.mountPath) }}
 {{- $cfg := .Values.config | fromYaml }}
 {{- if and (kindIs "map" $cfg) (kindIs "slice" (get $cfg "endpoints")) }}
 {{- range (get $cfg "endpoints") }}
-{{- $env := and (kindIs "map" .) (get . "secret_env") }}
-{{- if and (kindIs "string" $env) $env }}
-{{- $names = append $names $env }}
-{{- else if kindIs "slice" $env }}
-{{- $names = concat $names $env }}
+{{- $endpoint := . }}
+{{- range $key := list "secret_env" "secret_file" }}
+{{- $value := and (kindIs "map" $endpoint) (get $endpoint $key) }}
+{{- $items := list }}
+{{- if and (kindIs "string" $value) $value }}
+{{- $items = list $value }}
+{{- else if kindIs "slice" $value }}
+{{- $items = $value }}
+{{- end }}
+{{- range $items }}
+{{- if eq $key "secret_env" }}
+{{- $names = append $names . }}
+{{- else if and (kindIs "string" .) (hasPrefix $prefix .) }}
+{{- $names = append $names (trimPrefix $prefix .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
 {{- $names | uniq | sortAlpha | toJson }}
+{{- end }}
+
+{{/*
+The file names config.yaml's routes run from its own directory (`./x.sh`, alone or as an argv list's first
+word; a bare `x.sh` is looked up on PATH), as a JSON list: which example hooks to add.
+*/}}
+{{- define "webhook-sidecar.runNames" -}}
+{{- $names := list }}
+{{- $cfg := .Values.config | fromYaml }}
+{{- if and (kindIs "map" $cfg) (kindIs "slice" (get $cfg "endpoints")) }}
+{{- range (get $cfg "endpoints") }}
+{{- $routes := and (kindIs "map" .) (get . "routes") }}
+{{- if kindIs "slice" $routes }}
+{{- range $routes }}
+{{- $run := and (kindIs "map" .) (get . "run") }}
+{{- if and (kindIs "slice" $run) $run }}
+{{- $run = first $run }}
+{{- end }}
+{{- if and (kindIs "string" $run) (hasPrefix "./" $run) }}
+{{- $names = append $names (trimPrefix "./" $run) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $names | uniq | toJson }}
+{{- end }}
+
+{{/*
+The first endpoint's secret, as JSON {"key": Secret key, "file": path or ""}: from its first secret_file
+(a key when it lies under secrets.mountPath) or its first secret_env. For NOTES.txt and the helm test pod.
+*/}}
+{{- define "webhook-sidecar.firstSecret" -}}
+{{- $ep := include "webhook-sidecar.firstEndpoint" . | fromJson }}
+{{- $file := get $ep "secret_file" | default "" }}
+{{- if kindIs "slice" $file }}{{ $file = first $file }}{{ end }}
+{{- $env := get $ep "secret_env" | default "" }}
+{{- if kindIs "slice" $env }}{{ $env = first $env }}{{ end }}
+{{- if $file }}
+{{- toJson (dict "key" (base $file) "file" $file) }}
+{{- else }}
+{{- toJson (dict "key" ($env | default "WEBHOOK_SECRET") "file" "") }}
+{{- end }}
+{{- end }}
+
+{{/*
+The helm test pod's labels that the NetworkPolicy admits. Not the pods' selector labels: the Service must
+never send deliveries to the test pod.
+*/}}
+{{- define "webhook-sidecar.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "webhook-sidecar.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}

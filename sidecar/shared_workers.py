@@ -132,6 +132,7 @@ class SharedWorkers:
         except Unavailable as e:
             self._db_failed("accept", e.__cause__ or e)
             raise
+        self._depth += len(accepted.job_ids)  # until the next refresh, as the whole spool's count has it
         self._wake.set()
         return accepted
 
@@ -333,6 +334,7 @@ class SharedWorkers:
             if handed:
                 logs.info("spool.handed_back", jobs=handed, replica=self.replica,
                           detail="leases cleared: other replicas run them now")
+            self._depth = self.spool.stats()[0]
         except DB_ERRORS as e:
             self._db_failed("hand_back", e)
         return finished

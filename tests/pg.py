@@ -130,14 +130,3 @@ def server() -> Postgres:
         atexit.register(_server.destroy)
     return _server
 
-
-@pytest.fixture
-def pg() -> Postgres:
-    """The running throwaway server."""
-    return server()
-
-
-@pytest.fixture
-def pg_url(pg: Postgres) -> str:
-    """A libpq URL of a fresh, empty database."""
-    return pg.create_database()

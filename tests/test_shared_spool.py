@@ -21,9 +21,21 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, Sidecar, github_signature, wait_for, write_config
-from .pg import PASSWORD, Postgres, pg, pg_url  # noqa: F401  (fixtures)
+from .pg import PASSWORD, Postgres, server
 
 VAR = "SPOOL_DATABASE_URL"
+
+
+@pytest.fixture(name="pg")
+def _pg() -> Postgres:
+    """The suite's throwaway server (skips with the reason when it cannot start)."""
+    return server()
+
+
+@pytest.fixture(name="pg_url")
+def _pg_url(pg: Postgres) -> str:
+    """A fresh, empty database on it."""
+    return pg.create_database()
 
 
 def shared_table(routes: str, top: str = "") -> str:
@@ -109,7 +121,8 @@ def test_kill_9_of_a_replica_its_running_jobs_finish_on_the_others(tmp_path: Pat
     config = write_config(tmp_path, shared_table("""
 - event: push
   name: slow
-  run: [sh, -c, 'cat >/dev/null; echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA" >> "$OUT/started"; sleep 2; echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA $WEBHOOK_ATTEMPT" >> "$OUT/ran"']
+  run: [sh, -c, 'cat >/dev/null; echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA" >> "$OUT/started"; sleep 2;
+    echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA $WEBHOOK_ATTEMPT" >> "$OUT/ran"']
   env: {{OUT: {out}}}
 """))
     out = tmp_path / "out"
@@ -243,15 +256,15 @@ def test_rolling_restart_under_a_stream_loses_nothing(tmp_path: Path, sidecars, 
 
 def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
     """A server of its own: an immediate stop is a crash, and the other tests' server stays up."""
-    pg = Postgres()
+    own = Postgres()
     try:
-        url = pg.create_database()
+        url = own.create_database()
         config = write_config(tmp_path, shared_table(where("outage")))
         out = tmp_path / "out"
         a, b = start_replicas(sidecars, config, url, ["o1", "o2"])
         with Stream(lambda: [a.port, b.port], "outage", interval=0.01) as stream:
             wait_for(lambda: len(stream.acked) >= 20, timeout=10)
-            pg.stop("immediate")
+            own.stop("immediate")
             wait_for(lambda: a.request("GET", "/readyz").status == 503, timeout=10)
             down = a.request("GET", "/readyz")
             assert down.status == 503 and "spool database" in down.json()["error"]
@@ -260,7 +273,7 @@ def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
             acked_while_down = len(stream.acked)
             time.sleep(1.0)  # the stream keeps going against a dead database
             assert len(stream.acked) == acked_while_down, "200 while the database was down"
-            pg.start()
+            own.start()
             back = time.monotonic()
             wait_for(lambda: a.request("GET", "/readyz").status == 200 and b.request("GET", "/readyz").status == 200,
                      timeout=10, interval=0.1)
@@ -274,7 +287,7 @@ def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
                  interval=0.1)
         assert not [e for s in (a, b) for e in s.logs if e.get("level") == "error" and e.get("status") == 500]
     finally:
-        pg.destroy()
+        own.destroy()
 
 
 def serve_once(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

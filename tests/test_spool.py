@@ -12,7 +12,22 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from . import pg
 from .conftest import ROOT, github_signature, wait_for, write_config
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def spool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The same behaviour on both backends: config lines naming the spool ("" is the embedded one).
+
+    For postgres, a fresh database of the suite's throwaway server, in the variable the config names
+    (sidecars and the spool CLI inherit it)."""
+    if request.param == "sqlite":
+        return ""
+    monkeypatch.setenv("SPOOL_DATABASE_URL", pg.server().create_database())
+    return "spool_url_env: SPOOL_DATABASE_URL\n"
 
 
 def spool_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -31,12 +46,12 @@ def table(routes: str, top: str = "") -> str:
     return top + head + textwrap.indent(textwrap.dedent(routes).strip("\n"), "      ") + "\n"
 
 
-def test_kill_9_mid_burst_loses_no_acknowledged_delivery(tmp_path: Path, sidecars) -> None:
+def test_kill_9_mid_burst_loses_no_acknowledged_delivery(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: "*"
             run: {scripts}/append.sh
             env: {{OUT: {out}}}
-    """, "max_workers: 2\n"))
+    """, spool + "max_workers: 2\n"))
     out = tmp_path / "out"
     sidecar = sidecars(config)
     acked: list[str] = []
@@ -85,13 +100,13 @@ def test_kill_9_mid_burst_loses_no_acknowledged_delivery(tmp_path: Path, sidecar
     assert not set(acked) - set(ran(out))
 
 
-def test_tempfail_is_retried_with_backoff_then_succeeds(tmp_path: Path, sidecars) -> None:
+def test_tempfail_is_retried_with_backoff_then_succeeds(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: "*"
             run: {scripts}/flaky.sh
             retries: 3
             env: {{OUT: {out}, FAILS: "2"}}
-    """, "retry_backoff_s: 0.4\n"))
+    """, spool + "retry_backoff_s: 0.4\n"))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="flaky-1").status == 200
     done = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("outcome") == "ok", timeout=10)
@@ -108,7 +123,7 @@ def test_tempfail_is_retried_with_backoff_then_succeeds(tmp_path: Path, sidecars
     assert all(e["level"] == "warning" and e["retry_in_s"] > 0 for e in retries)
 
 
-def test_retries_exhausted_and_other_exits_become_dead_letters(tmp_path: Path, sidecars) -> None:
+def test_retries_exhausted_and_other_exits_become_dead_letters(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/flaky.sh
@@ -117,7 +132,7 @@ def test_retries_exhausted_and_other_exits_become_dead_letters(tmp_path: Path, s
           - event: push
             run: {scripts}/gate.sh
             env: {{OUT: {out}}}
-    """, "retry_backoff_s: 0.05\n"))
+    """, spool + "retry_backoff_s: 0.05\n"))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="dl-1").status == 200
     flaky = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "flaky"
@@ -149,12 +164,12 @@ def test_retries_exhausted_and_other_exits_become_dead_letters(tmp_path: Path, s
     assert spool_cli(config, "retry", "999").returncode == 1
 
 
-def test_dedupe_both_ways(tmp_path: Path, sidecars) -> None:
+def test_dedupe_both_ways(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/gate.sh
             env: {{OUT: {out}}}
-    """))
+    """, spool))
     out = tmp_path / "out"
     sidecar = sidecars(config)
     # A failed delivery runs again when redelivered.
@@ -174,13 +189,13 @@ def test_dedupe_both_ways(tmp_path: Path, sidecars) -> None:
     assert ran(out).count("again") == 1
 
 
-def test_concurrency_1_never_overlaps(tmp_path: Path, sidecars) -> None:
+def test_concurrency_1_never_overlaps(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/span.sh
             concurrency: 1
             env: {{OUT: {out}, SLEEP: "0.15"}}
-    """, "max_workers: 4\n"))
+    """, spool + "max_workers: 4\n"))
     out = tmp_path / "out"
     sidecar = sidecars(config)
     for i in range(6):
@@ -191,13 +206,13 @@ def test_concurrency_1_never_overlaps(tmp_path: Path, sidecars) -> None:
         assert start >= end, f"runs overlapped: {spans}"
 
 
-def test_without_a_concurrency_limit_runs_do_overlap(tmp_path: Path, sidecars) -> None:
+def test_without_a_concurrency_limit_runs_do_overlap(tmp_path: Path, sidecars, spool: str) -> None:
     """The control for the test above: the overlap check can fail."""
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/span.sh
             env: {{OUT: {out}, SLEEP: "0.5"}}
-    """, "max_workers: 4\n"))
+    """, spool + "max_workers: 4\n"))
     out = tmp_path / "out"
     sidecar = sidecars(config)
     for i in range(4):
@@ -207,7 +222,7 @@ def test_without_a_concurrency_limit_runs_do_overlap(tmp_path: Path, sidecars) -
     assert any(start < end for (_, end), (start, _) in itertools.pairwise(spans))
 
 
-def test_queue_full_is_503_and_nothing_half_accepted(tmp_path: Path, sidecars) -> None:
+def test_queue_full_is_503_and_nothing_half_accepted(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/slow.sh
@@ -218,7 +233,7 @@ def test_queue_full_is_503_and_nothing_half_accepted(tmp_path: Path, sidecars) -
             name: second
             concurrency: 1
             env: {{OUT: {out}, SLEEP: "30"}}
-    """, "max_queue: 3\n"))
+    """, spool + "max_queue: 3\n"))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="q-1").status == 200   # 2 jobs pending
     full = sidecar.deliver(b"{}", delivery="q-2")                  # would need 2 more: 4 > 3
@@ -230,12 +245,12 @@ def test_queue_full_is_503_and_nothing_half_accepted(tmp_path: Path, sidecars) -
     assert sidecar.deliver(b"{}", event="issues").json()["status"] == "ignored"
 
 
-def test_sigterm_drains_running_hooks_and_refuses_new_work(tmp_path: Path, sidecars) -> None:
+def test_sigterm_drains_running_hooks_and_refuses_new_work(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/slow.sh
             env: {{OUT: {out}, SLEEP: "1.5"}}
-    """))
+    """, spool))
     out = tmp_path / "out"
     sidecar = sidecars(config, "--grace", "10")
     assert sidecar.deliver(b"{}", delivery="running").status == 200
@@ -260,7 +275,7 @@ def test_sigterm_drains_running_hooks_and_refuses_new_work(tmp_path: Path, sidec
     assert sidecar.find_logs("server.stopped")[0]["drained"] is True
 
 
-def test_hooks_past_the_grace_are_interrupted_and_run_at_the_next_start(tmp_path: Path, sidecars) -> None:
+def test_hooks_past_the_grace_are_interrupted_and_run_at_the_next_start(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/slow.sh
@@ -269,7 +284,7 @@ def test_hooks_past_the_grace_are_interrupted_and_run_at_the_next_start(tmp_path
             run: {scripts}/append.sh
             concurrency: 1
             env: {{OUT: {out}}}
-    """, "max_workers: 1\n"))
+    """, spool + "max_workers: 1\n"))
     out = tmp_path / "out"
     sidecar = sidecars(config, "--grace", "0.5")
     assert sidecar.deliver(b"{}", delivery="long").status == 200
@@ -291,12 +306,12 @@ def test_hooks_past_the_grace_are_interrupted_and_run_at_the_next_start(tmp_path
     wait_for(lambda: ran(out) == ["queued"], timeout=10)
 
 
-def test_purge_removes_old_finished_jobs(tmp_path: Path, sidecars) -> None:
+def test_purge_removes_old_finished_jobs(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/append.sh
             env: {{OUT: {out}}}
-    """))
+    """, spool))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="old").status == 200
     wait_for(lambda: ran(tmp_path / "out") == ["old"])
@@ -307,12 +322,12 @@ def test_purge_removes_old_finished_jobs(tmp_path: Path, sidecars) -> None:
     assert spool_cli(config, "purge", "--older-than", "soon").returncode == 2
 
 
-def test_retention_prunes_finished_jobs(tmp_path: Path, sidecars) -> None:
+def test_retention_prunes_finished_jobs(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
           - event: push
             run: {scripts}/append.sh
             env: {{OUT: {out}}}
-    """, "retention_hours: 0.0003\n"))  # about a second
+    """, spool + "retention_hours: 0.0003\n"))  # about a second
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="short-lived").status == 200
     sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")
@@ -323,6 +338,7 @@ def test_retention_prunes_finished_jobs(tmp_path: Path, sidecars) -> None:
 
 
 def test_spool_cli_without_a_spool_says_so(tmp_path: Path) -> None:
+    """sqlite only: the shared spool is a database, not a path that may be missing."""
     config = tmp_path / "config.yaml"
     config.write_text("spool_dir: nowhere\nendpoints: []\n")
     result = spool_cli(config, "list")
@@ -330,7 +346,8 @@ def test_spool_cli_without_a_spool_says_so(tmp_path: Path) -> None:
 
 
 def test_unwritable_spool_makes_readyz_503(tmp_path: Path, sidecars) -> None:
-    """Root ignores directory modes, so the spool directory is taken away instead."""
+    """sqlite only (the shared spool's outage is test_shared_spool's): root ignores directory modes,
+    so the spool directory is taken away instead."""
     import shutil
     config = write_config(tmp_path, table("""
           - event: push

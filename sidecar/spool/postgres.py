@@ -151,7 +151,7 @@ class Store:
                         " AND j.state = 'pending' RETURNING j.id, j.route, d.delivery", (replica,))]
         except psycopg.Error as e:
             raise SpoolUnreachable(f"{variable}: cannot use the spool database {self.location}: "
-                                   f"{scrub(str(e).strip(), url)}") from None
+                                   f"{scrub(' '.join(str(e).split()), url)}") from None
         # psycopg_pool logs each failed reconnect through `logging`; the spool logs its own events.
         logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(

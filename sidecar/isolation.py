@@ -46,6 +46,7 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
                      detail="processes of a hook run of an earlier sidecar that did not stop cleanly")
     procs.install(tracker)
     box = sandbox.create(hidden_state(cfg, env_file), cfg.base_dir, enabled=sandboxed)
+    box.set_table(cfg.endpoints)
     sandbox.install(box)
     if box.active:
         logs.info("hooks.sandboxed", landlock_abi=box.level, hidden=list(box.hidden), writable=list(box.write),
@@ -57,8 +58,18 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
     for problem in box.exposed:
         logs.warning("hooks.state_exposed", problem=problem,
                      detail="Landlock can only grant: state inside a directory hooks may use cannot be hidden;"
-                            " move it out (see README, Hardening)")
+                            " move it out (see README, Hooks)")
+    _warn_route_grants(cfg, box)
     return box
+
+
+def _warn_route_grants(cfg: Config, box: sandbox.Sandbox) -> None:
+    """A route's own grant that covers hidden state opens it to that route's hooks: say so."""
+    for ep in cfg.endpoints.values():
+        for r in ep.routes:
+            for problem in sandbox.exposed(box.hidden, r.sandbox_write, r.sandbox_read):
+                logs.warning("hooks.state_exposed", route=r.name, problem=problem,
+                             detail="granted by this route's sandbox option")
 
 
 def reload(cfg: Config, env_file: Path | None) -> None:
@@ -66,6 +77,7 @@ def reload(cfg: Config, env_file: Path | None) -> None:
     box = sandbox.installed()
     if box is None or not box.active:
         return
+    box.set_table(cfg.endpoints)
     if box.refresh(hidden_state(cfg, env_file)):
         logs.info("hooks.sandbox_rebuilt", hidden=list(box.hidden))
         for problem in box.exposed:
@@ -73,6 +85,7 @@ def reload(cfg: Config, env_file: Path | None) -> None:
     options = _route_options(cfg)
     if options:
         logs.info("hooks.sandbox_routes", **options)
+        _warn_route_grants(cfg, box)
 
 
 def _route_options(cfg: Config) -> dict[str, object]:

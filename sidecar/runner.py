@@ -116,11 +116,12 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
     Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
     Nothing the script started outlives the run: its group is killed when it ends, and with a
     `tracker` (default: the service's) so are its children that left the group (setsid).
-    `sandbox` is the Landlock policy to start it under (default: the service's; None: none).
+    `sandbox` is the Landlock policy to start it under (default: the service's for the route that
+    WEBHOOK_ENDPOINT and WEBHOOK_ROUTE in `env` name; None: none).
     """
     start = time.monotonic()
     tracker = procs.current() if tracker is _INSTALLED else tracker
-    box = _sandbox.current() if sandbox is _INSTALLED else sandbox
+    box = _sandbox.current(env) if sandbox is _INSTALLED else sandbox
     try:
         proc, in_fd, out_fd, run_rec = _spawn(argv, env, cwd, tracker, box)
     except OSError as e:

@@ -214,6 +214,8 @@ class Sandbox:
     write: tuple[str, ...] = ()
     exposed: list[str] = field(default_factory=list)
     _policies: dict[tuple[tuple[str, ...], tuple[str, ...]], Policy | None] = field(default_factory=dict)
+    # The loaded table's routes that leave the default: (endpoint, route name) -> route.
+    _routes: dict[tuple[str, str], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -236,6 +238,17 @@ class Sandbox:
         if not getattr(route, "sandbox", True):
             return None
         return self.policy(getattr(route, "sandbox_read", ()), getattr(route, "sandbox_write", ()))
+
+    def set_table(self, endpoints: Mapping[str, Any]) -> None:
+        """Remember which routes of the live table opt out or widen (looked up per run by name)."""
+        self._routes = {(path, r.name): r for path, ep in endpoints.items() for r in ep.routes
+                        if not r.sandbox or r.sandbox_read or r.sandbox_write}
+
+    def for_env(self, env: Mapping[str, str]) -> Policy | None:
+        """The policy for a hook's environment: its route's (by WEBHOOK_ENDPOINT and WEBHOOK_ROUTE, in the
+        loaded table, never from a stored job), else the default."""
+        route = self._routes.get((env.get("WEBHOOK_ENDPOINT", ""), env.get("WEBHOOK_ROUTE", "")))
+        return self.for_route(route) if route is not None else self.policy()
 
     def refresh(self, hidden: Iterable[str | os.PathLike[str]]) -> bool:
         """New hidden paths (a reload changed the secret files): rebuild the policies; True if changed."""
@@ -304,9 +317,11 @@ def install(box: Sandbox | None) -> None:
     _current = box
 
 
-def current() -> Policy | None:
-    """The installed sandbox's default policy (None: run unsandboxed)."""
-    return _current.policy() if _current is not None else None
+def current(env: Mapping[str, str] | None = None) -> Policy | None:
+    """The installed sandbox's policy for a hook with `env` (None: run unsandboxed)."""
+    if _current is None:
+        return None
+    return _current.for_env(env) if env is not None else _current.policy()
 
 
 def for_route(route: Any) -> Policy | None:

@@ -122,22 +122,37 @@ def test_state_under_a_writable_directory_is_reported_as_not_hideable(tmp_path: 
     assert f"{tmp_path} (the config directory) is inside /tmp (writable by hooks)" in problems
 
 
-def test_routes_that_leave_the_default_sandbox_are_logged(tmp_path: Path, sidecars, state: Path) -> None:
-    (state / "extra").mkdir()
-    config, _ = setup_state(state, tmp_path, 1, route_extra=f"""\
+def test_a_route_can_opt_out_or_widen_and_it_is_logged(tmp_path: Path, sidecars, state: Path,
+                                                       listener: int) -> None:
+    extra = state / "extra"
+    extra.mkdir()
+    out = tmp_path / "out"
+    config, _ = setup_state(state, tmp_path, listener, route_extra=f"""\
       - event: "*"
         name: free
-        run: [/bin/true]
+        run: [/bin/sh, -c, 'cat {state / "secret" / "token"} > {out}/free.txt']
         sandbox: false
       - event: "*"
         name: wider
-        run: [/bin/true]
-        sandbox: {{write: [{state / 'extra'}]}}
+        run: [/bin/sh, -c, 'echo w > {extra}/w && cat {state / "secret" / "token"} > {out}/wider.txt']
+        sandbox: {{write: [extra]}}
 """)
-    sidecar = sidecars(config, "--env-file", str(state / ".env"))
+    home = tmp_path / "home"
+    home.mkdir()
+    sidecar = sidecars(config, "--env-file", str(state / ".env"), env={"HOME": str(home)})
     line = sidecar.wait_log(lambda e: e.get("msg") == "hooks.sandboxed")
     assert line["unsandboxed_routes"] == ["free"]
-    assert line["widened_routes"] == {"wider": {"read": [], "write": [str(state / "extra")]}}
+    assert line["widened_routes"] == {"wider": {"read": [], "write": [str(extra)]}}
+    assert not sidecar.find_logs("hooks.state_exposed")  # extra/ holds no state
+    assert sidecar.deliver(b"{}", secret="from-secret-file").status == 200
+    got = report(out)
+    wait_for(lambda: len(sidecar.find_logs("hook.finished")) == 3, timeout=15)
+    outcomes = {e["route"]: e["outcome"] for e in sidecar.find_logs("hook.finished")}
+    assert outcomes == {"trespass": "ok", "free": "ok", "wider": "failed"}, outcomes
+    assert got["read_secret"] == "denied"  # the default route stays sandboxed
+    assert (out / "free.txt").read_text() == "from-secret-file\n"
+    assert (extra / "w").read_text() == "w\n"  # granted: written
+    assert (out / "wider.txt").read_text() == ""  # still hidden: the secret itself
 
 
 def test_route_option_opts_out_or_widens(tmp_path: Path, state: Path) -> None:

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT, SECRET, github_signature, wait_for
+from .test_packaging import chart_files
 
 CHART = ROOT / "helm" / "webhook-sidecar"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -111,19 +112,21 @@ def _build() -> Built:
     return Built(engine, base_seconds, build_seconds)
 
 
-def kubelet_volume(directory: Path, files: dict[str, str]) -> None:
-    """`files` laid out as the kubelet writes a ConfigMap volume with defaultMode 0755: a ..<timestamp>
-    directory, the ..data symlink to it, and one symlink per key through ..data."""
-    directory.mkdir(mode=0o755)
+def kubelet_volume(directory: Path, files: dict[str, str], mode: int, group: int | None = None) -> None:
+    """`files` laid out as the kubelet writes a ConfigMap or Secret volume with defaultMode `mode` (and the
+    pod's fsGroup `group`): a ..<timestamp> directory, the ..data symlink to it, one symlink per key."""
     stamp = directory / "..2024_01_01_00_00_00.000000001"
-    stamp.mkdir(mode=0o755)
+    stamp.mkdir(parents=True)
     for name, text in files.items():
         (stamp / name).write_text(text)
-        (stamp / name).chmod(0o755)
+        if group is not None:
+            os.chown(stamp / name, 0, group)
+        (stamp / name).chmod(mode)
     (directory / "..data").symlink_to(stamp.name)
     for name in files:
         (directory / name).symlink_to(f"..data/{name}")
-    directory.chmod(0o755)  # the mount point's own mode is what user 10001 sees
+    for path in (directory, stamp):
+        path.chmod(0o755)  # a mount point's own mode is what user 10001 sees, not its parents'
 
 
 def _names(value: Any) -> list[str]:
@@ -169,27 +172,28 @@ def container(built: Built, tmp_path: Path) -> Iterator[Container]:
     """The image started as the chart's Deployment starts it, with the chart's default values."""
     engine = built.engine
     config = yaml.safe_load(VALUES["config"])
-    kubelet_volume(tmp_path / "config", {"config.yaml": VALUES["config"], **VALUES["hooks"]})
+    # The ConfigMap: config.yaml and the hooks the chart adds (its example hooks that config.yaml runs, then
+    # `hooks`), computed by test_packaging's chart_files, the one place that knows how the chart builds it.
+    kubelet_volume(tmp_path / "config", chart_files(VALUES), 0o755)
     spool = tmp_path / "spool"  # the emptyDir; fsGroup 10001 makes it the group's
     spool.mkdir(mode=0o770)
     os.chown(spool, UID, UID)
+    mounts = ["--volume", f"{tmp_path / 'config'}:{CONFIG_DIR}:ro", "--volume", f"{spool}:{SPOOL_DIR}"]
 
     env = {"SIDECAR_GRACE": str(VALUES["drain"]["graceSeconds"]), "SIDECAR_LOG_LEVEL": VALUES["logLevel"]}
     # Secrets as the chart passes them: the variables config.yaml names with secret_env (envFrom the Secret;
     # `--env NAME` takes the value from podman's environment, not its argv), and the files it names with
-    # secret_file (a Secret volume, mounted read-only).
-    secret_env = set(VALUES.get("secrets", {}).get("values") or {})
-    mounts = ["--volume", f"{tmp_path / 'config'}:{CONFIG_DIR}:ro", "--volume", f"{spool}:{SPOOL_DIR}"]
-    secret_files = tmp_path / "secrets"
+    # secret_file (the Secret's volume: mode 0440, group 10001, mounted read-only).
+    secret_env: set[str] = set()
+    secret_dirs: dict[str, dict[str, str]] = {}
     for endpoint in config["endpoints"]:
         secret_env.update(_names(endpoint.get("secret_env")))
-        for n, path in enumerate(_names(endpoint.get("secret_file"))):
-            host = secret_files / f"{len(mounts)}-{n}"
-            host.parent.mkdir(exist_ok=True)
-            host.write_text(SECRET + "\n")
-            host.chmod(0o444)
-            mounts += ["--volume", f"{host}:{path}:ro"]
-    assert secret_env or secret_files.exists(), "the chart's default config names no secret"
+        for path in _names(endpoint.get("secret_file")):
+            secret_dirs.setdefault(os.path.dirname(path), {})[os.path.basename(path)] = SECRET
+    assert secret_env or secret_dirs, "the chart's default config names no secret"
+    for n, (directory, keys) in enumerate(sorted(secret_dirs.items())):
+        kubelet_volume(tmp_path / f"secret-{n}", keys, 0o440, group=UID)
+        mounts += ["--volume", f"{tmp_path / f'secret-{n}'}:{directory}:ro"]
 
     name = f"webhook-sidecar-test-{os.getpid()}-{time.monotonic_ns()}"
     run_env = {**os.environ, **dict.fromkeys(secret_env, SECRET)}

@@ -6,6 +6,7 @@ this module turns a request into a call of those and a SidecarError into a statu
 
 from __future__ import annotations
 
+import _thread
 import io
 import json
 import re
@@ -91,7 +92,10 @@ class SidecarServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
+    # The kernel's queue of connections not yet accepted (capped by net.core.somaxconn). When it is
+    # full, new SYNs are dropped and a sender's connect() waits a 1 s retransmit: a flood's burst
+    # waits here instead, and is accepted (and evicted, if idle) within milliseconds.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], config: Config, workers: Workers) -> None:
         if ":" in address[0]:
@@ -126,7 +130,10 @@ class SidecarServer(ThreadingHTTPServer):
         if isinstance(admitted, str):
             self._refuse(request, client_address, admitted)
             return
-        super().process_request(request, client_address)  # on failure, socketserver calls shutdown_request
+        # _thread, not threading.Thread: Thread.start() waits until the new thread has run, so under
+        # load every accept would wait for the scheduler and the GIL twice, and a flood of connections
+        # would queue up in the kernel in front of a sender's. (Daemon-like: never joined at exit.)
+        _thread.start_new_thread(self.process_request_thread, (request, client_address))
 
     def shutdown_request(self, request: Any) -> None:
         # Forget the connection before its descriptor is closed and the number can be reused.

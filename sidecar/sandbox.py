@@ -18,6 +18,7 @@ two threads. Network (TCP) is not restricted: hooks call APIs.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import queue
 import threading
@@ -73,11 +74,20 @@ def _call(*args: Any) -> int:
 
 def abi() -> int:
     """The kernel's Landlock ABI version; 0 when it has none or it is disabled."""
+    return _probe()[0]
+
+
+def _probe() -> tuple[int, str]:
+    """(ABI version, why there is none)."""
     try:
         return _call(ctypes.c_long(SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
-                     ctypes.c_uint32(CREATE_RULESET_VERSION))
-    except OSError:
-        return 0
+                     ctypes.c_uint32(CREATE_RULESET_VERSION)), ""
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return 0, "Landlock is built into the kernel but not enabled (add landlock to the lsm= boot parameter)"
+        if e.errno == errno.ENOSYS:
+            return 0, "the kernel has no Landlock (needs Linux 5.13+), or a seccomp profile blocks its system calls"
+        return 0, f"Landlock is not available: {e.strerror}"
 
 
 def _real(path: str | os.PathLike[str]) -> str:
@@ -290,9 +300,8 @@ def create(hidden: Iterable[str | os.PathLike[str]], config_dir: str | os.PathLi
            environ: Mapping[str, str] | None = None, enabled: bool = True) -> Sandbox:
     """The sandbox for this kernel: inactive (with the reason) where Landlock is missing or disabled."""
     environ = os.environ if environ is None else environ
-    level = abi()
-    reason = ("disabled (SIDECAR_SANDBOX=off)" if not enabled else
-              "" if level else "the kernel has no Landlock (needs Linux 5.13+ with landlock in the LSM list)")
+    level, missing = _probe()
+    reason = "disabled (SIDECAR_SANDBOX=off)" if not enabled else missing
     write = writable_defaults(environ)
     hidden_t = tuple(sorted({_real(h) for h in hidden}))
     box = Sandbox(level=level, reason=reason, hidden=hidden_t, write=write, exposed=exposed(hidden_t, write))

@@ -121,8 +121,9 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
     """
     start = time.monotonic()
     tracker = procs.current() if tracker is _INSTALLED else tracker
-    box = _sandbox.current(env) if sandbox is _INSTALLED else sandbox
     try:
+        # A route's policy is built at its first run: a failure there fails the run, never unsandboxed.
+        box = _sandbox.current(env) if sandbox is _INSTALLED else sandbox
         proc, in_fd, out_fd, run_rec = _spawn(argv, env, cwd, tracker, box)
     except OSError as e:
         return Result(None, False, time.monotonic() - start, "", error=f"cannot start: {e.strerror}",

@@ -176,6 +176,7 @@ class SidecarServer(ThreadingHTTPServer):
         return self._config
 
     def swap(self, config: Config) -> None:
+        raise_nofile(2 * config.max_connections + 128)  # max_connections may have grown
         self._config = config
 
     @property

@@ -285,3 +285,24 @@ def test_trickling_flood_does_not_keep_a_signed_delivery_out(tmp_path: Path, sid
     assert counts[("slow", limit)] >= FLOOD - held
     assert_logged_in_aggregate(sidecar, FLOOD)
     assert not sidecar.find_logs("request.timeout")  # made room for, not timed out
+
+
+# --- descriptors ------------------------------------------------------------------------------
+def test_the_sidecar_raises_a_low_descriptor_limit(tmp_path: Path, sidecars) -> None:
+    """A 256-connection cap needs more than a 256-descriptor soft limit: at start it is raised to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} leaves nothing to raise to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the sidecar
+    try:
+        sidecar = start(sidecars, tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{sidecar.proc.pid}/limits").read_text()
+    line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+    assert line.split()[3] == (str(hard) if hard != resource.RLIM_INFINITY else "unlimited"), line
+    raised = sidecar.wait_log(lambda e: e.get("msg") == "server.nofile")
+    assert raised["was"] == 256 and raised["needed"] == 2 * 256 + 128
+    with Flood(sidecar.port, 600, SEVERAL, "idle") as flood:  # more than 256 descriptors in the sidecar
+        wait_for(lambda: flood.closed >= 600 - 256, timeout=10)
+        assert sidecar.deliver(b"{}", delivery="nofile").status == 200

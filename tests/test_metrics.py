@@ -88,5 +88,5 @@ def test_request_id_is_logged_and_given_to_hooks(tmp_path: Path, sidecars) -> No
     assert sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")["request_id"] == "trace.42"
     generated = sidecar.deliver(b"{}", delivery="rid-2").headers["x-request-id"]
     env = tmp_path / "out" / "rid-2.record.env"
-    wait_for(env.exists)
-    assert f"WEBHOOK_REQUEST_ID={generated}" in env.read_text().splitlines()
+    # The file appears before the hook has written it: wait for the line itself.
+    wait_for(lambda: env.exists() and f"WEBHOOK_REQUEST_ID={generated}" in env.read_text().splitlines())

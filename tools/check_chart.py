@@ -84,6 +84,9 @@ REFUSED = [
     ("both minAvailable and maxUnavailable", {"podDisruptionBudget": {"enabled": True, "minAvailable": 1,
                                                                       "maxUnavailable": 1}}),
     ("secret files without fsGroup (unreadable at mode 0440)", {"podSecurityContext": {"fsGroup": None}}),
+    ("secret_env while secrets are files (the sidecar would refuse its table)",
+     {"config": "spool_dir: /var/lib/webhook-sidecar\nendpoints:\n- {path: /w, provider: github, secret_env: S,"
+                " routes: []}\n"}),
 ]
 
 # Broken charts the render checks must catch, so a check that silently passes is noticed:
@@ -115,6 +118,12 @@ MUTANTS: list[tuple[str, dict[str, Any], tuple[str, str, str] | None]] = [
     ("kubernetes-validate", {}, ("deployment.yaml", "revisionHistoryLimit: {{ .Values.revisionHistoryLimit }}",
                                  "revisionHistoryLimit: {{ .Values.revisionHistoryLimit | quote }}")),
     ("example hook", {}, ("configmap.yaml", "{{- if has (base $path) $runs }}", "{{- if false }}")),
+    ("PrometheusRule labels", {"prometheusRule": {"enabled": True, "additionalRuleLabels": {"severity": "page"}}},
+     ("prometheusrule.yaml", "merge (deepCopy ($rule.labels | default dict)) $extra",
+      "merge (deepCopy $extra) ($rule.labels | default dict)")),
+    ("shuts out the helm test pod", {"networkPolicy": {"enabled": True}},
+     ("networkpolicy.yaml", "in the release's namespace.\n        - podSelector:",
+      "in the release's namespace.\n        - namespaceSelector: {}\n          podSelector:")),
 ]
 
 # Kubernetes resources the fake API serves: group/version -> (plural, kind, namespaced).

@@ -194,3 +194,22 @@ never send deliveries to the test pod.
 app.kubernetes.io/name: {{ include "webhook-sidecar.name" . }}-test
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+
+{{/*
+The secret_env names of the routing table, as a JSON list.
+*/}}
+{{- define "webhook-sidecar.secretEnvs" -}}
+{{- $names := list }}
+{{- $cfg := .Values.config | fromYaml }}
+{{- if and (kindIs "map" $cfg) (kindIs "slice" (get $cfg "endpoints")) }}
+{{- range (get $cfg "endpoints") }}
+{{- $env := and (kindIs "map" .) (get . "secret_env") }}
+{{- if and (kindIs "string" $env) $env }}
+{{- $names = append $names $env }}
+{{- else if kindIs "slice" $env }}
+{{- $names = concat $names $env }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $names | uniq | toJson }}
+{{- end }}

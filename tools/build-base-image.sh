@@ -47,11 +47,14 @@ fi
 command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: apt-get install mmdebstrap"
 [ "$(id -u)" = 0 ] || die "mmdebstrap's root mode needs root (this script makes no attempt at user namespaces)"
 
+# shellcheck disable=SC2086
+previous=$($PODMAN image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)
 say "building $BASE_IMAGE from Debian $DEBIAN_SUITE ($DEBIAN_MIRROR)"
 start=$(date +%s)
 # dpkg's path-exclude keeps documentation, man pages and translations out (copyright files stay: the licences
 # travel with the binaries). apt's binary caches are disabled; mmdebstrap's cleanup removes the package
-# lists and downloaded .debs, so the image holds no apt state a later `apt-get install` could trust.
+# lists and downloaded .debs, so the image holds no apt state a later `apt-get install` could trust. dpkg skips
+# its fsync calls (force-unsafe-io): the tree is streamed into an image, a crash just means building again.
 # The hook's "$1" is the new root, expanded by mmdebstrap's shell, not this one.
 # shellcheck disable=SC2016,SC2086
 mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
@@ -60,7 +63,7 @@ mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-  --dpkgopt='path-exclude=/usr/share/lintian/*' \
+  --dpkgopt='path-exclude=/usr/share/lintian/*' --dpkgopt='force-unsafe-io' \
   --customize-hook='rm -f "$1"/etc/machine-id "$1"/var/cache/ldconfig/aux-cache' \
   "$DEBIAN_SUITE" - "deb $DEBIAN_MIRROR $DEBIAN_SUITE main" "deb $DEBIAN_MIRROR $DEBIAN_SUITE-updates main" \
   "deb $DEBIAN_SECURITY_MIRROR $DEBIAN_SUITE-security main" \
@@ -71,4 +74,9 @@ mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
       --message "mmdebstrap --variant=minbase $DEBIAN_SUITE + $PACKAGES" \
       - "$BASE_IMAGE" >/dev/null
 $PODMAN image exists "$BASE_IMAGE" || die "podman import did not produce $BASE_IMAGE"
+# The image it replaces (--force) is left untagged: remove it unless something still uses it.
+current=$($PODMAN image inspect --format '{{.Id}}' "$BASE_IMAGE")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  $PODMAN image rm "$previous" >/dev/null 2>&1 || true
+fi
 say "built $BASE_IMAGE in $(( $(date +%s) - start )) s ($($PODMAN image inspect --format '{{.Size}}' "$BASE_IMAGE") bytes)"

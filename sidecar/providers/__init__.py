@@ -203,9 +203,6 @@ def any_equal(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
     return ok
 
 
-_any_equal = any_equal  # the name earlier versions used
-
-
 def matching(expected: Sequence[str], given: str | Sequence[str]) -> int:
     """Index of the first expected value any given one equals (-1: none); every pair is compared."""
     givens = [given] if isinstance(given, str) else list(given)
@@ -333,7 +330,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# --- families every module builds on ----------------------------------------------
+# --- the family of every scheme that signs a time -------------------------------------
 class Timestamped(Provider):
     """A scheme that signs a timestamp: `tolerance_s` bounds its age both ways."""
 
@@ -357,54 +354,11 @@ class Timestamped(Provider):
         return text(payload.get("type")) if isinstance(payload, dict) else ""
 
 
-class HeaderSigned(Provider):
-    """One header holds `prefix` + the hex (or base64) HMAC-SHA256 of the body.
-
-    Subclasses only name their headers; the event type and delivery id come
-    from headers too. The first signature header present is the one checked.
-    """
-
-    signature_headers: tuple[str, ...] = ()
-    prefix: str = ""
-    encoding: str = "hex"
-    event_headers: tuple[str, ...] = ()
-    delivery_headers: tuple[str, ...] = ()
-    sample_event: str = ""  # what `sign` puts in the event header when given none
-
-    def signed_bytes(self, headers: HeaderMap, body: bytes) -> bytes:
-        """What the MAC covers: the raw body, unless the scheme says otherwise."""
-        return body
-
-    def mac(self, secret: bytes, msg: bytes) -> str:
-        return hmac_b64(secret, msg) if self.encoding == "base64" else hmac_hex(secret, msg)
-
-    def verify(self, headers: HeaderMap, body: bytes, secrets: Sequence[bytes], now: float,
-               target: str = "") -> None:
-        name = self.signature_headers[0]
-        given = strip_prefix(signed_header(headers, *self.signature_headers), self.prefix, name)
-        msg = self.signed_bytes(headers, body)
-        require_match([self.mac(s, msg) for s in secrets], given)
-
-    def event(self, headers: HeaderMap, payload: Any) -> str:
-        return header_text(headers, *self.event_headers)
-
-    def delivery(self, headers: HeaderMap, payload: Any) -> str | None:
-        return header_text(headers, *self.delivery_headers) or None
-
-    def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
-        out = {self.signature_headers[0]: self.prefix + self.mac(secret, body)}
-        if self.event_headers and (event or self.sample_event):
-            out[self.event_headers[0]] = event or self.sample_event
-        if self.delivery_headers:
-            out[self.delivery_headers[0]] = delivery or new_id()
-        return out
-
-
 # --- the registry (imported last: the modules build on the names above) -------------
 from .credentials import Basic, Bearer  # noqa: E402
 from .discord import Discord  # noqa: E402
 from .forges import Bitbucket, Gitea, GitHub  # noqa: E402
-from .generic import GenericHmac, Unverified  # noqa: E402
+from .generic import GenericHmac, HeaderSigned, Unverified  # noqa: E402
 from .gitlab import GitLab  # noqa: E402
 from .linear import Linear  # noqa: E402
 from .mailgun import Mailgun  # noqa: E402

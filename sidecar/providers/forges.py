@@ -9,7 +9,6 @@ from urllib.parse import parse_qsl
 from ..errors import SignatureError
 from . import (
     HeaderMap,
-    HeaderSigned,
     Option,
     Reply,
     form_field,
@@ -20,6 +19,7 @@ from . import (
     signed_header,
     strip_prefix,
 )
+from .generic import HeaderSigned
 
 
 class GitHub(HeaderSigned):

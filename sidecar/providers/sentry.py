@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import HeaderSigned
+from .generic import HeaderSigned
 
 
 class Sentry(HeaderSigned):

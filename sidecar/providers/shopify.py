@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from . import HeaderSigned, new_id
+from . import new_id
+from .generic import HeaderSigned
 
 # What `sign` puts in the headers Shopify's own validator (@shopify/shopify-api
 # webhooks.validate) requires besides the HMAC; the verifier here does not read them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,17 @@ def _ed25519() -> Any:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     return ed25519
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(secret: bytes) -> Any:
+    """The loaded Ed25519 public key of a hex secret (None if it is not one); public keys may be cached."""
+    if not HEX_KEY.fullmatch(secret.strip()):
+        return None
+    try:
+        return _ed25519().Ed25519PublicKey.from_public_bytes(bytes.fromhex(secret.strip().decode()))
+    except ValueError:
+        return None
 
 
 class Discord(Timestamped):
@@ -54,17 +66,16 @@ class Discord(Timestamped):
         ts = timestamp(raw_ts, "X-Signature-Timestamp")
         if not HEX_SIGNATURE.fullmatch(given):
             raise SignatureError("X-Signature-Ed25519 must be 128 lowercase hex digits", reason="malformed")
-        ed25519 = _ed25519()
         from cryptography.exceptions import InvalidSignature
 
         signature, msg = bytes.fromhex(given), raw_ts.encode("ascii") + body
         ok = False
         for secret in secrets:
-            if not HEX_KEY.fullmatch(secret.strip()):
+            key = _public_key(secret)
+            if key is None:
                 continue
             try:
-                ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(secret.strip().decode())).verify(
-                    signature, msg)
+                key.verify(signature, msg)
                 ok = True
             except (InvalidSignature, ValueError):
                 pass

@@ -208,10 +208,12 @@ def percentiles(sorted_ms: list[float]) -> dict[str, float]:
 
 
 # --- open loop (paced) ----------------------------------------------------------------
-def paced(port: int, rate: float, seconds: float, connections: int, valid: bool = True) -> dict:
-    """Run the paced client in its own process; its JSON result."""
+def paced(port: int, rate: float, seconds: float, connections: int, valid: bool = True,
+          cpus: str | None = None) -> dict:
+    """Run the paced client in its own process (pinned to `cpus` when given); its JSON result."""
+    pin = ["taskset", "-c", cpus] if cpus is not None else []
     out = subprocess.run(
-        [sys.executable, __file__, "paced", "--port", str(port), "--rate", str(rate), "--seconds", str(seconds),
+        [*pin, sys.executable, __file__, "paced", "--port", str(port), "--rate", str(rate), "--seconds", str(seconds),
          "--connections", str(connections)] + ([] if valid else ["--invalid"]),
         capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode:

@@ -151,6 +151,32 @@ def valid_load(sc: Sidecar, count: Path, args: argparse.Namespace, tool: str, on
     }
 
 
+def paced_load(sc: Sidecar, count: Path, args: argparse.Namespace) -> dict:
+    """Valid deliveries at a fixed --rate (open loop, below capacity) until every hook ran: CPU per
+    delivery at the same operating point for every variant (batching, queue length, wake-ups alike),
+    which closed-loop overload on a shared machine blurs."""
+    assert sc.proc is not None
+    pid = sc.proc.pid
+    log = LogTail(sc.log_path)
+    log.read()
+    acc0, n0 = log.counts["delivery.accepted"], count_of(count)
+    cpu0, kids0 = cpu_of(pid)
+    threads0 = threads_cpu(pid)
+    r = load.paced(sc.port, args.rate, args.paced_seconds, CONNECTIONS, cpus=LOAD_CPU)
+    deadline = time.monotonic() + DRAIN_WAIT_S
+    while (n := count_of(count) - n0) < (accepted := log.read().counts["delivery.accepted"] - acc0) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cpu1, kids1 = cpu_of(pid)
+    threads1 = threads_cpu(pid)
+    return {"rate": r["rate"], "p99_ms": r["latency_ms"].get("p99"), "p50_ms": r["latency_ms"].get("p50"),
+            "accepted": accepted, "hooks": n,
+            "sidecar_cpu_ms": 1000 * (cpu1 - cpu0) / accepted if accepted else None,
+            "hook_cpu_ms": 1000 * (kids1 - kids0) / n if n else None,
+            "threads_cpu_ms": {k: round(1000 * (threads1.get(k, 0) - threads0.get(k, 0)) / accepted, 3)
+                               for k in threads1 if accepted}}
+
+
 def rejected_load(port: int, pid: int, args: argparse.Namespace, tool: str) -> dict:
     c0 = cpu_of(pid)[0]
     r = load.closed(port, args.seconds, CONNECTIONS, False, tool, cpus=LOAD_CPU)
@@ -168,11 +194,14 @@ def variant_round(budget: Budget, v: Variant, args: argparse.Namespace, tool: st
         load.closed(sc.port, 1, CONNECTIONS, False, tool, cpus=LOAD_CPU)  # warm-up: connections, caches
         rejected = rejected_load(sc.port, sc.proc.pid, args, tool)
         valid = valid_load(sc, count, args, tool)
+        paced = paced_load(sc, count, args) if args.paced_seconds > 0 else {}
         peak = sc.status()
     finally:
         stop(sc, count)
     return {"idle_rss_mib": idle["VmRSS"] / 1024, "peak_rss_mib": peak["VmHWM"] / 1024,
-            "rejected_per_s": rejected["per_s"], "rejected_cpu_ms": rejected["cpu_ms_per_request"], **valid}
+            "rejected_per_s": rejected["per_s"], "rejected_cpu_ms": rejected["cpu_ms_per_request"], **valid,
+            "paced_sidecar_cpu_ms": paced.get("sidecar_cpu_ms"), "paced_hook_cpu_ms": paced.get("hook_cpu_ms"),
+            "paced_p99_ms": paced.get("p99_ms"), "paced": paced}
 
 
 def stage_run(budget: Budget, v: Variant, args: argparse.Namespace, tool: str) -> dict:
@@ -229,6 +258,18 @@ def fold_stages(stages: dict[str, float], sidecar_ms: float | None) -> list[tupl
     return rows
 
 
+def merge_stages(runs: list[dict]) -> dict | None:
+    """The median over the stage runs of each stage's ms per delivery (and of the totals)."""
+    if not runs:
+        return None
+    keys = list(dict.fromkeys(k for r in runs for k in r["ms_per_delivery"]))
+    valid = {k: median([r["valid"][k] for r in runs if r["valid"].get(k) is not None])
+             for k in ("sidecar_cpu_ms_per_delivery", "hook_cpu_ms_per_delivery", "accepted")}
+    return {"ms_per_delivery": {k: median([r["ms_per_delivery"].get(k, 0.0) for r in runs]) for k in keys},
+            "valid": valid, "runs": len(runs), "wrapped": runs[0]["wrapped"], "missing": runs[0]["missing"],
+            "each": runs}
+
+
 def summarize(rounds: list[dict], key: str) -> float | None:
     return median([r[key] for r in rounds if r.get(key) is not None])
 
@@ -245,9 +286,13 @@ FIGURES = [  # key, label, format
     ("hook_cpu_ms_per_delivery", "the hook's processes, CPU per run (ms)", ".3f"),
     ("total_cpu_ms_per_delivery", "core 0 CPU per delivery, all (ms)", ".3f"),
     ("rejected_cpu_ms", "sidecar CPU per 401 (ms)", ".3f"),
+    ("paced_sidecar_cpu_ms", "at a fixed --rate: sidecar CPU per delivery with its hook run (ms)", ".3f"),
+    ("paced_hook_cpu_ms", "at a fixed --rate: the hook's processes, CPU per run (ms)", ".3f"),
+    ("paced_p99_ms", "at a fixed --rate: p99 latency (ms, from each request's due time)", ".1f"),
 ]
 LOWER_IS_BETTER = {"p99_ms", "idle_rss_mib", "sidecar_cpu_ms_per_delivery", "hook_cpu_ms_per_delivery",
-                   "total_cpu_ms_per_delivery", "rejected_cpu_ms"}
+                   "total_cpu_ms_per_delivery", "rejected_cpu_ms", "paced_sidecar_cpu_ms", "paced_hook_cpu_ms",
+                   "paced_p99_ms"}
 
 
 def table(res: dict) -> str:
@@ -255,15 +300,16 @@ def table(res: dict) -> str:
     meds = {n: res["variants"][n]["median"] for n in names}
     bare = res["bare"]["median_per_s"]
     head = ["figure", *[f"{n} ({res['variants'][n]['commit']})" for n in names]]
-    ab = "working" in names and "baseline" in names
+    ab = "baseline" in names
+    others = [n for n in names if n != "baseline"]
     if ab:
-        head.append("ratio working/baseline")
+        head += [f"ratio {n}/baseline" for n in others]
     head.append("goal (issue 14)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, spec in FIGURES:
         row = [label, *[fmt(meds[n].get(key), spec) for n in names]]
         if ab:
-            row.append(fmt(ratio(meds["working"].get(key), meds["baseline"].get(key)), ".2f", "x"))
+            row += [fmt(ratio(meds[n].get(key), meds["baseline"].get(key)), ".2f", "x") for n in others]
         goal = GOALS.get(key, ("", None))[0]
         if key == "p99_ms":
             goal += ": " + ", ".join(f"{n} {'pass' if (meds[n].get(key) or 1e9) <= 100 else 'MISS'}" for n in names)
@@ -271,8 +317,11 @@ def table(res: dict) -> str:
             row[0] += f" (bare stdlib handler: {fmt(bare)}/s)"
             goal += ": " + ", ".join(f"{n} {fmt(ratio(meds[n].get(key), bare), '.2f')}x" for n in names)
         elif ab and key in GOALS and GOALS[key][1] is not None:
-            r = ratio(meds["working"].get(key), meds["baseline"].get(key))
-            goal += f": {'n/a' if r is None else 'pass' if GOALS[key][1](r) else 'MISS'}"
+            verdicts = []
+            for n in others:
+                r = ratio(meds[n].get(key), meds["baseline"].get(key))
+                verdicts.append(f"{n} {'n/a' if r is None else 'pass' if GOALS[key][1](r) else 'MISS'}")
+            goal += ": " + ", ".join(verdicts)
         row.append(goal)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -306,8 +355,13 @@ def run_onecore(args: argparse.Namespace) -> int:
     if not tool:
         raise SystemExit("--cpus 1 needs wrk (apt-get install wrk)")
     tree = (args.tree or ROOT).resolve()
-    variants = [Variant("working", tree, git("rev-parse", "--short", "HEAD", cwd=tree) + ("+dirty" if git(
-        "status", "--porcelain", "--", "sidecar", cwd=tree) else ""))]
+    dirty = "+dirty" if git("status", "--porcelain", "--", "sidecar", cwd=tree) else ""
+    variants = [Variant("working" if args.tree is None else tree.name, tree,
+                        git("rev-parse", "--short", "HEAD", cwd=tree) + dirty)]
+    for extra in args.also or []:
+        path = extra.resolve()
+        variants.append(Variant(path.name, path, git("rev-parse", "--short", "HEAD", cwd=path) + (
+            "+dirty" if git("status", "--porcelain", "--", "sidecar", cwd=path) else "")))
     if args.baseline:
         variants.append(add_worktree(args.baseline))
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -317,12 +371,13 @@ def run_onecore(args: argparse.Namespace) -> int:
     bare = CeilingServer(budget, cpus=SERVER_CPU)
     rounds: dict[str, list[dict]] = {v.name: [] for v in variants}
     bare_rounds: list[dict] = []
-    stages: dict[str, dict] = {}
+    stages: dict[str, list[dict]] = {}
     loads: list[list[float]] = [load_start]
     try:
         load.closed(bare.port, 1, CONNECTIONS, False, tool, cpus=LOAD_CPU)
         for i in range(args.rounds):
-            if not budget.allows(f"round {i + 1}", len(variants) * (2 * args.seconds + 20) + args.seconds + 5):
+            if not budget.allows(f"round {i + 1}", len(variants) * (2 * args.seconds + args.paced_seconds + 20)
+                                 + args.seconds + 5):
                 break
             order = variants if i % 2 == 0 else variants[::-1]
             bare_rounds.append(rejected_load(bare.port, bare.proc.pid, args, tool))
@@ -334,30 +389,37 @@ def run_onecore(args: argparse.Namespace) -> int:
                       f"{fmt(r['drain_per_s'])}/s), p99 {r['p99_ms']:.1f} ms, 401 {r['rejected_per_s']:.0f}/s "
                       f"(bare {bare_rounds[-1]['per_s']:.0f}/s), idle {r['idle_rss_mib']:.1f} MiB, CPU/delivery "
                       f"{fmt(r['sidecar_cpu_ms_per_delivery'], '.3f')} + hook "
-                      f"{fmt(r['hook_cpu_ms_per_delivery'], '.3f')} ms", flush=True)
+                      f"{fmt(r['hook_cpu_ms_per_delivery'], '.3f')} ms; at {args.rate:g}/s "
+                      f"{fmt(r['paced_sidecar_cpu_ms'], '.3f')} + hook {fmt(r['paced_hook_cpu_ms'], '.3f')} ms, "
+                      f"p99 {fmt(r['paced_p99_ms'], '.1f')} ms", flush=True)
+            if args.stages:  # in the same round and order: noise hits the stage tables alike
+                for v in order:
+                    if budget.allows(f"stages {v.name}", 2 * args.seconds + 30):
+                        stages.setdefault(v.name, []).append(stage_run(budget, v, args, tool))
+                        m = stages[v.name][-1]
+                        print(f"  round {i + 1} {v.name} under bench/stages.py: "
+                              + ", ".join(f"{k} {ms:.3f}" for k, ms in fold_stages(
+                                  m["ms_per_delivery"], m["valid"]["sidecar_cpu_ms_per_delivery"])[:8]), flush=True)
             loads.append([round(x, 2) for x in os.getloadavg()])
-        if args.stages:
-            for v in variants:
-                if budget.allows(f"stages {v.name}", 2 * args.seconds + 30):
-                    print(f"  stages: {v.name} under bench/stages.py ...", flush=True)
-                    stages[v.name] = stage_run(budget, v, args, tool)
     finally:
         bare.stop()
-        for v in variants[1:]:
-            remove_worktree(v)
+        for v in variants:
+            if v.name == "baseline":
+                remove_worktree(v)
     res: dict[str, Any] = {
         "mode": "one core",
         "date": started.isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "loadavg": loads},
         "settings": {"tool": load.wrk_version(tool), "connections": CONNECTIONS, "seconds": args.seconds,
+                     "rate": args.rate, "paced_seconds": args.paced_seconds,
                      "rounds": args.rounds, "workers": args.workers, "log_level": args.log_level,
                      "hook": ["/bin/sh", "-c", HOOK_SCRIPT.format(count="COUNT")], "server_cpu": SERVER_CPU,
                      "load_cpu": LOAD_CPU, "body_bytes": len(workload.BODY), "baseline": args.baseline},
         "bare": {"median_per_s": median([b["per_s"] for b in bare_rounds]), "rounds": bare_rounds},
         "variants": {v.name: {"commit": v.commit, "rounds": rounds[v.name],
                               "median": {k: summarize(rounds[v.name], k) for k, _, _ in FIGURES},
-                              "stages": stages.get(v.name)} for v in variants},
+                              "stages": merge_stages(stages.get(v.name, []))} for v in variants},
         "skipped": budget.skipped,
     }
     print()
@@ -368,10 +430,12 @@ def run_onecore(args: argparse.Namespace) -> int:
     st = stage_table(res)
     if st:
         print()
-        print("CPU per delivery by stage (bench/stages.py: each thread's CPU clock, exclusive time):")
+        print("CPU per delivery by stage (bench/stages.py: each thread's CPU clock, exclusive time; median of "
+              "one run per variant and round):")
         print(st)
         for v in variants:
-            missing = [m for m in (stages.get(v.name) or {}).get("missing", []) if m not in OPTIONAL_WRAPS]
+            missing = [m for m in (res["variants"][v.name]["stages"] or {}).get("missing", [])
+                       if m not in OPTIONAL_WRAPS]
             if missing:
                 print(f"  ({v.name}: not wrapped, absent in that tree: {', '.join(missing)})")
     if args.json:

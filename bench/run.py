@@ -78,12 +78,14 @@ def main() -> int:
                                                       "interleaved, and report ratios")
     ap.add_argument("--tree", type=Path, metavar="DIR", help="with --cpus 1: measure the sidecar of this checkout "
                                                                "(a git worktree) as the working tree, default this one")
+    ap.add_argument("--also", type=Path, action="append", metavar="DIR",
+                    help="with --cpus 1: one more checkout to measure in the same rounds (repeatable)")
     ap.add_argument("--stages", action="store_true", help="with --cpus 1: CPU per delivery by stage")
     args = ap.parse_args()
     if args.cpus == 1:
         return onecore.run_onecore(args)
-    if args.baseline or args.stages or args.tree:
-        ap.error("--baseline, --tree and --stages go with --cpus 1")
+    if args.baseline or args.stages or args.tree or args.also:
+        ap.error("--baseline, --tree, --also and --stages go with --cpus 1")
     return figures.run_default(args)
 
 

@@ -8,10 +8,13 @@ every log line one JSON object, no 500 and no escaped exception, and a bounded R
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import signal
 import socket
+import struct
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -566,7 +569,17 @@ endpoints:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
             sock.connect(("127.0.0.1", sidecar.port))
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
-        wait_for(lambda: parse_answer(exchange(sidecar.port, b"GET /readyz HTTP/1.1\r\n\r\n")[0]).status == 503)
+
+        def unread() -> list[int]:
+            return [struct.unpack("i", fcntl.ioctl(s, termios.FIONREAD, b"\0" * 4))[0] for s in busy]
+
+        def all_stuck() -> bool:
+            # Between two pipelined requests a handler is briefly idle, and could make room: wait until
+            # no answer makes progress for a while, i.e. every handler is blocked in its write.
+            before = unread()
+            time.sleep(0.5)
+            return all(before) and unread() == before
+        wait_for(all_stuck, timeout=10)
         for path in (b"/readyz", b"/webhook"):
             raw, took = exchange(sidecar.port, b"GET %s HTTP/1.1\r\n\r\n" % path)
             answer = parse_answer(raw)
@@ -576,15 +589,14 @@ endpoints:
             assert answer.headers["x-request-id"]
         refused = sidecar.wait_log(lambda e: e.get("msg") == "connection.refused")
         assert refused["status"] == 503 and refused["limit"] == limit
-        refusals = wait_for(lambda: len(sidecar.find_logs("connection.refused")) >= 3 and
-                            len(sidecar.find_logs("connection.refused")))
+        wait_for(lambda: len(sidecar.find_logs("connection.refused")) == 2, timeout=5)
         # Liveness still holds (a full pod is unready, not dead), without taking a slot.
         for _ in range(3):
             raw, took = exchange(sidecar.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", half_close=False)
             answer = parse_answer(raw)
             assert answer.status == 200 and json.loads(answer.body) == {"status": "ok"} and took < 0.5
             assert answer.headers["connection"] == "close"
-        assert len(sidecar.find_logs("connection.refused")) == refusals
+        assert len(sidecar.find_logs("connection.refused")) == 2
         assert not sidecar.find_logs("connection.evicted")  # nothing idle or slow to close
         for sock in busy[:3]:
             sock.close()

@@ -19,6 +19,7 @@ the same attempt semantics (attempts.py); what differs is *when* a job runs here
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -64,8 +65,11 @@ class SharedWorkers:
         self.fence_margin_s = min(attempts.STOP_KILL_GRACE_S + 1.0, self.lease_s / 2)
         self._lock = threading.Condition()
         self._held: dict[int, _Held] = {}
-        self._busy = 0  # worker threads running a hook
+        self._claimed = 0  # claimed and not finished: waiting for a worker thread, or running
+        self._running = 0  # worker threads running a hook
+        self._seq = itertools.count()
         self._wake = threading.Event()
+        self._notify = threading.Event()  # other replicas should look at the queue now
         self._stopping = threading.Event()
         self._closed = threading.Event()
         self._problem: str | None = None
@@ -79,14 +83,16 @@ class SharedWorkers:
                          replica=self.replica, detail="held by this replica's previous run, which ended uncleanly")
         if self._depth:
             logs.info("spool.recovered", jobs=self._depth, detail="pending jobs in the shared spool")
-        self._jobs: queue.Queue[_Held | None] = queue.Queue()
+        # Claimed jobs wait here for a worker: those of routes with a concurrency limit first (they
+        # hold one of the route's cluster-wide slots), then in claim order.
+        self._jobs: queue.PriorityQueue[tuple[int, int, _Held | None]] = queue.PriorityQueue()
         self._threads = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                          for i in range(max_workers)]
         self._threads.append(threading.Thread(target=self._dispatch, name="spool-claim", daemon=True))
         for t in self._threads:
             t.start()
-        for target, name in ((self._keep, "spool-lease"), (self._fence, "spool-fence"),
-                             (self._listen, "spool-listen"), (self._housekeeping, "spool-sync")):
+        for target, name in ((self._keep, "spool-lease"), (self._fence, "spool-fence"), (self._listen, "spool-listen"),
+                             (self._notifier, "spool-notify"), (self._housekeeping, "spool-sync")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
     @property
@@ -96,7 +102,7 @@ class SharedWorkers:
 
     @property
     def running(self) -> int:
-        return self._busy
+        return self._running
 
     def health(self) -> str | None:
         """Why the spool cannot take deliveries now, or None when it can."""
@@ -126,25 +132,29 @@ class SharedWorkers:
         if problem:
             raise Unavailable(problem, retry_after=5)
         try:
-            accepted = self.spool.accept(delivery, routes, self.max_queue)
+            accepted = self.spool.accept(delivery, routes, self.max_queue, self._depth)
         except QueueFull:
             raise
         except Unavailable as e:
             self._db_failed("accept", e.__cause__ or e)
             raise
         self._depth += len(accepted.job_ids)  # until the next refresh, as the whole spool's count has it
-        self._wake.set()
+        if accepted.job_ids:
+            self._wake.set()
+            self._notify.set()
         return accepted
 
     # --- running ----------------------------------------------------------------------
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
             timeout = POLL_S
-            free = self.max_workers - self._busy
+            # Up to one job per worker in reserve, claimed in the same transaction as the ones that
+            # start now: fewer claim commits. Jobs of limited routes only for a worker free now.
+            free = 2 * self.max_workers - self._claimed
             if free > 0 and self._problem is None:
                 started = time.monotonic()
                 try:
-                    claimed, due = self.spool.claim(free)
+                    claimed, due = self.spool.claim(free, max(0, self.max_workers - self._claimed))
                 except DB_ERRORS as e:
                     self._db_failed("claim", e)
                     claimed, due = [], None
@@ -157,8 +167,9 @@ class SharedWorkers:
                     held = _Held(c, started + self.lease_s)
                     with self._lock:
                         self._held[c.row.id] = held
-                        self._busy += 1
-                    self._jobs.put(held)
+                        self._claimed += 1
+                    limited = c.row.route.concurrency is not None
+                    self._jobs.put((0 if limited else 1, next(self._seq), held))
                 if claimed and len(claimed) == free:
                     continue  # there may be more
                 if due is not None:
@@ -167,16 +178,24 @@ class SharedWorkers:
             self._wake.clear()
 
     def _work(self) -> None:
-        while (held := self._jobs.get()) is not None:
+        while (held := self._jobs.get()[2]) is not None:
             c = held.claimed
             attempt: Attempt | None = None
+            if self._stopping.is_set():  # claimed, never started: stop() hands it back with the rest
+                with self._lock:
+                    self._claimed -= 1
+                    self._held.pop(c.row.id, None)
+                continue
+            with self._lock:
+                self._running += 1
             try:
                 attempt = attempts.run(c.row.id, c.row, c.body, self.config(), self.known, held.cancel,
                                        self.replica, attempts_used=c.row.attempts)
             except Exception:
                 logs.error("hook.crashed", exc_info=True, job=c.row.id, retry_in_s=CRASH_RETRY_S)
             with self._lock:
-                self._busy -= 1
+                self._running -= 1
+                self._claimed -= 1
             self._wake.set()
             if attempt is None:  # our bug, not the hook's: hand it back for later, never forget it
                 self._hand_back(held, time.time() + CRASH_RETRY_S)
@@ -215,6 +234,8 @@ class SharedWorkers:
             return
         with self._lock:
             self._held.pop(a.job_id, None)
+        if held.claimed.row.route.concurrency is not None or a.state == "pending":
+            self._notify.set()  # a slot of a limited route is free, or a retry is queued: others may take it
         if ours:
             attempts.report(a)
         else:
@@ -277,9 +298,20 @@ class SharedWorkers:
             except DB_ERRORS:
                 self._closed.wait(1.0)
 
+    def _notifier(self) -> None:
+        """One NOTIFY for however many accepts and freed slots happened while the last one was sent."""
+        while not self._closed.is_set():
+            if not self._notify.wait(1.0):
+                continue
+            self._notify.clear()
+            try:
+                self.spool.notify()
+            except DB_ERRORS:
+                self._closed.wait(1.0)  # the poll covers it; health is the keeper's to tell
+
     def _housekeeping(self) -> None:
         """Retry unrecorded outcomes; refresh depth and live replicas; drop gone replicas' broadcasts; prune."""
-        last_prune = 0.0
+        last_prune, analyzed_at = 0.0, self._depth
         while not self._closed.wait(PROBE_S):
             try:
                 with self._lock:
@@ -288,6 +320,9 @@ class SharedWorkers:
                     self._record(h)
                 self._depth, live = self.spool.stats()
                 metrics.LIVE_REPLICAS.set(live)
+                if not analyzed_at / 2 <= self._depth <= analyzed_at * 2 + 100:
+                    analyzed_at = self._depth
+                    self.spool.analyze()
                 for job_id, route, replica, delivery in self.spool.drop_gone():
                     metrics.BROADCAST_DROPPED.inc()
                     logs.warning("job.dropped", job=job_id, route=route, replica=replica, delivery=delivery,
@@ -314,15 +349,15 @@ class SharedWorkers:
             self.spool.leave()  # no new broadcast jobs for a replica on its way out
         except DB_ERRORS as e:
             self._db_failed("leave", e)
-        while self._busy and time.monotonic() < deadline:
+        while self._running and time.monotonic() < deadline:
             time.sleep(0.05)
-        finished = self._busy == 0
+        finished = self._running == 0
         with self._lock:
             for h in self._held.values():
                 if h.attempt is None:
                     h.cancel.set()
         for _ in range(self.max_workers):
-            self._jobs.put(None)
+            self._jobs.put((-1, next(self._seq), None))
         for t in self._threads:
             t.join(attempts.STOP_KILL_GRACE_S + 5)
         with self._lock:

@@ -107,6 +107,12 @@ def test_three_replicas_run_each_delivery_once_and_broadcasts_once_per_replica(t
     jobs = [json.loads(line) for line in listing.stdout.splitlines()]
     assert len(jobs) == expected and {j["state"] for j in jobs} == {"done"}
     assert {j["replica"] for j in jobs} == set(names)
+    assert metric(replicas[0], "webhook_sidecar_replicas_live") == 3
+
+
+def metric(sidecar: Sidecar, name: str) -> float:
+    text = sidecar.request("GET", "/metrics").body.decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0].split("{")[0] == name)
 
 
 def spool_cli(config: Path, url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -145,11 +151,14 @@ def test_kill_9_of_a_replica_its_running_jobs_finish_on_the_others(tmp_path: Pat
     # The lease runs out (at most lease_s), a survivor's poll sees it (1 s), the hook runs again.
     assert elapsed < lease_s + hook_s + 2.5, f"took {elapsed:.1f} s"
     taken = [e for s in (r2, r3) for e in s.find_logs("job.taken_over")]
-    assert {e["delivery"] for e in taken} == on_r1 and all(e["taken_from"] == "r1" for e in taken)
+    # Every job r1 was running, and any it had claimed in reserve without starting it yet.
+    assert {e["delivery"] for e in taken} >= on_r1 and all(e["taken_from"] == "r1" for e in taken)
     # A takeover counts an attempt: the dead run was attempt 1.
     assert all(e["attempt"] == 2 for e in taken)
     reruns = [line.split() for line in lines(out / "ran") if line.split()[0] in on_r1 and line.split()[1] != "r1"]
     assert {r[2] for r in reruns} == {"2"}
+    assert metric(r2, "webhook_sidecar_jobs_taken_over_total") + metric(r3, "webhook_sidecar_jobs_taken_over_total") \
+        == len(taken)
 
 
 def test_concurrency_1_holds_across_replicas(tmp_path: Path, sidecars, pg_url: str) -> None:
@@ -259,12 +268,24 @@ def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
     own = Postgres()
     try:
         url = own.create_database()
-        config = write_config(tmp_path, shared_table(where("outage")))
+        config = write_config(tmp_path, shared_table(where("outage") + """
+- event: deploy
+  name: long
+  run: [sh, -c, 'cat >/dev/null; echo "$WEBHOOK_ATTEMPT" >> "$OUT/long.started"; sleep 30; touch "$OUT/long.done"']
+  env: {{OUT: {out}}}
+"""))
         out = tmp_path / "out"
         a, b = start_replicas(sidecars, config, url, ["o1", "o2"])
+        assert a.deliver(b"{}", event="deploy", delivery="long").status == 200
+        wait_for(lambda: lines(out / "long.started") == ["1"], timeout=10)
         with Stream(lambda: [a.port, b.port], "outage", interval=0.01) as stream:
             wait_for(lambda: len(stream.acked) >= 20, timeout=10)
             own.stop("immediate")
+            stopped = time.monotonic()
+            # Fencing: the hook whose lease cannot be renewed is stopped before the lease (2 s) runs out.
+            holder = wait_for(lambda: next((s for s in (a, b) if s.find_logs("hook.interrupted")), None), timeout=5)
+            assert time.monotonic() - stopped < 2.0
+            assert holder.find_logs("job.fenced")[0]["delivery"] == "long"
             wait_for(lambda: a.request("GET", "/readyz").status == 503, timeout=10)
             down = a.request("GET", "/readyz")
             assert down.status == 503 and "spool database" in down.json()["error"]
@@ -285,6 +306,9 @@ def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
         assert stream.statuses[503] > 0
         wait_for(lambda: set(stream.acked) <= {line.split()[0] for line in lines(out / "ran")}, timeout=30,
                  interval=0.1)
+        # The fenced run was never finished, and it starts again (its lease ran out: attempt 2).
+        wait_for(lambda: lines(out / "long.started") == ["1", "2"], timeout=10)
+        assert not (out / "long.done").exists()
         assert not [e for s in (a, b) for e in s.logs if e.get("level") == "error" and e.get("status") == 500]
     finally:
         own.destroy()
@@ -326,3 +350,38 @@ def test_newer_schema_is_a_clear_start_error(tmp_path: Path, pg_url: str) -> Non
         conn.execute("INSERT INTO sidecar_schema_version VALUES (99)")
     result = serve_once(config, {VAR: pg_url})
     assert result.returncode == 1 and "schema version 99, newer than this sidecar knows (1)" in result.stderr
+
+
+def test_gone_replicas_broadcast_jobs_are_dropped_unless_it_returns(tmp_path: Path, sidecars, pg_url: str) -> None:
+    """lease_s 1: gone after 10 s. g2 dies for good; g3 dies and comes back under its name in time."""
+    config = write_config(tmp_path, shared_table("""
+- event: push
+  name: everywhere
+  broadcast: true
+  concurrency: 1
+  run: [sh, -c, 'cat >/dev/null; while [ ! -e "$OUT/release" ]; do sleep 0.05; done;
+    echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA" >> "$OUT/ran"']
+  env: {{OUT: {out}}}
+""").replace("lease_s: 2", "lease_s: 1"))
+    out = tmp_path / "out"
+    g1, g2, g3 = start_replicas(sidecars, config, pg_url, ["g1", "g2", "g3"])
+    for i in range(3):
+        assert g1.deliver(b"{}", delivery=f"b-{i}").json()["routes"] == ["everywhere"]
+    assert wait_for(lambda: metric(g1, "webhook_sidecar_queue_depth") == 9, timeout=5)  # the whole spool's
+    g2.proc.kill()
+    g3.proc.kill()
+    g2.proc.wait(10)
+    g3.proc.wait(10)
+    (out / "release").touch()
+    again = start_replicas(sidecars, config, pg_url, ["g3"])[0]
+    wait_for(lambda: {f"b-{i} g3" for i in range(3)} | {f"b-{i} g1" for i in range(3)} <= set(lines(out / "ran")),
+             timeout=15, interval=0.1)
+    wait_for(lambda: [e for s in (g1, again) for e in s.find_logs("job.dropped")], timeout=20)
+    time.sleep(1.5)  # every dropped job is logged in the same breath; a late one would show now
+    dropped = [e for s in (g1, again) for e in s.find_logs("job.dropped")]
+    assert sorted(e["delivery"] for e in dropped) == ["b-0", "b-1", "b-2"] and {e["replica"] for e in dropped} == {"g2"}
+    assert metric(g1, "webhook_sidecar_broadcast_jobs_dropped_total") + metric(
+        again, "webhook_sidecar_broadcast_jobs_dropped_total") == 3
+    # Nobody else ran g2's jobs: only g2's own (orphaned, killed-with-it) hook may have written a line.
+    assert {line for line in lines(out / "ran") if not line.endswith(" g2")} == \
+        {f"b-{i} {r}" for i in range(3) for r in ("g1", "g3")}

@@ -186,11 +186,13 @@ class Store:
         return conn
 
     # --- accepting --------------------------------------------------------------------
-    def accept(self, delivery: Delivery, routes: Sequence[Route], max_queue: int) -> Accepted:
+    def accept(self, delivery: Delivery, routes: Sequence[Route], max_queue: int, depth_hint: int = 0) -> Accepted:
         """Commit a delivery and its jobs (a broadcast route: one per live replica), or raise.
 
-        QueueFull above `max_queue` pending jobs in the whole spool (checked in the
-        transaction; concurrent accepts may pass it by the few jobs they add together).
+        QueueFull above `max_queue` pending jobs in the whole spool: counted in the transaction
+        once `depth_hint` (the last known depth) is past half the bound; below that the count,
+        which grows with the queue, is skipped. Concurrent accepts may pass the bound by the
+        few jobs they add together.
         Unavailable for any database failure; also when COMMIT's outcome is unknown,
         and the sender's retry is then absorbed by the dedupe.
         """
@@ -198,7 +200,7 @@ class Store:
             committing = False
             try:
                 with self.pool.connection() as conn:
-                    accepted = self._accept(conn, delivery, routes, max_queue)
+                    accepted = self._accept(conn, delivery, routes, max_queue, depth_hint)
                     committing = True
                     conn.commit()
                     return accepted
@@ -214,40 +216,39 @@ class Store:
         raise AssertionError("unreachable")
 
     def _accept(self, conn: psycopg.Connection[Any], delivery: Delivery, routes: Sequence[Route],
-                max_queue: int) -> Accepted:
-        row = conn.execute("SELECT id FROM sidecar_deliveries WHERE endpoint = %s AND delivery = %s",
-                           (delivery.endpoint, delivery.delivery)).fetchone()
-        if row is not None:
-            return self._redelivery(conn, row[0])
+                max_queue: int, depth_hint: int) -> Accepted:
         live = [self.replica]
         if any(r.broadcast for r in routes):
             live = [r[0] for r in conn.execute(
                 f"SELECT name FROM sidecar_replicas WHERE seen_at >= {NOW} - %s OR name = %s ORDER BY name",
                 (self.lease_s, self.replica))]
         jobs = [(r, name if r.broadcast else None) for r in routes for name in (live if r.broadcast else [None])]
-        pending = conn.execute("SELECT count(*) FROM sidecar_jobs WHERE state = 'pending'").fetchone()
-        if pending and pending[0] + len(jobs) > max_queue:
-            raise QueueFull()
-        inserted = conn.execute(
-            "INSERT INTO sidecar_deliveries (endpoint, delivery, provider, event, request_id, cwd, body, received_at,"
-            f" accepted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, %s) ON CONFLICT (endpoint, delivery)"
-            " DO NOTHING RETURNING id",
+        if depth_hint + len(jobs) > max_queue // 2:
+            # Near the bound: a redelivery of a queued delivery is a duplicate even when the queue is full.
+            row = conn.execute("SELECT id FROM sidecar_deliveries WHERE endpoint = %s AND delivery = %s",
+                               (delivery.endpoint, delivery.delivery)).fetchone()
+            if row is not None:
+                return self._redelivery(conn, row[0])
+            pending = conn.execute("SELECT count(*) FROM sidecar_jobs WHERE state = 'pending'").fetchone()
+            if pending and pending[0] + len(jobs) > max_queue:
+                raise QueueFull()
+        # The delivery and its jobs in one statement (one round trip); no row back: it is known already.
+        ids = [r[0] for r in conn.execute(
+            "WITH d AS (INSERT INTO sidecar_deliveries (endpoint, delivery, provider, event, request_id, cwd, body,"
+            f" received_at, accepted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, %s)"
+            " ON CONFLICT (endpoint, delivery) DO NOTHING RETURNING id)"
+            " INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at)"
+            f" SELECT d.id, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW} FROM d,"
+            " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) WITH ORDINALITY"
+            " AS r(route, spec, rkey, concurrency, replica, n) ORDER BY r.n RETURNING id",
             (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
-             delivery.cwd, delivery.body, self.replica)).fetchone()
-        if inserted is None:  # accepted by another replica a moment ago, and still queued there
-            return Accepted("duplicate", (), ())
-        cur = conn.cursor()
-        cur.executemany(
-            "INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, {NOW}) RETURNING id",
-            [(inserted[0], r.name, route_spec(r), "\n".join((delivery.endpoint, r.name, replica or "")),
-              r.concurrency, replica) for r, replica in jobs], returning=True)
-        ids = []
-        while True:
-            ids.append(cur.fetchone()[0])  # type: ignore[index]
-            if not cur.nextset():
-                break
-        conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+             delivery.cwd, delivery.body, self.replica, [r.name for r, _ in jobs], [route_spec(r) for r, _ in jobs],
+             ["\n".join((delivery.endpoint, r.name, replica or "")) for r, replica in jobs],
+             [r.concurrency for r, _ in jobs], [replica for _, replica in jobs]))]
+        if not ids:
+            row = conn.execute("SELECT id FROM sidecar_deliveries WHERE endpoint = %s AND delivery = %s",
+                               (delivery.endpoint, delivery.delivery)).fetchone()
+            return self._redelivery(conn, row[0]) if row else Accepted("duplicate", (), ())
         return Accepted("accepted", tuple(ids), tuple(dict.fromkeys(r.name for r in routes)))
 
     def _redelivery(self, conn: psycopg.Connection[Any], delivery_id: int) -> Accepted:
@@ -256,12 +257,12 @@ class Store:
             " WHERE delivery_id = %s AND state = 'failed' RETURNING id, route", (delivery_id,)).fetchall()
         if not failed:
             return Accepted("duplicate", (), ())
-        conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
         return Accepted("accepted", tuple(j[0] for j in failed), tuple(dict.fromkeys(j[1] for j in failed)))
 
     # --- claiming and leases ------------------------------------------------------------
-    def claim(self, limit: int) -> tuple[list[Claimed], float | None]:
-        """Lease up to `limit` due jobs this replica may run; and when the next one falls due.
+    def claim(self, limit: int, limited: int) -> tuple[list[Claimed], float | None]:
+        """Lease up to `limit` due jobs this replica may run, at most `limited` of them of routes with
+        a `concurrency` limit; and when the next one falls due.
 
         `concurrency` is counted over unexpired leases of the route in the whole cluster
         (per replica for broadcast routes), under a per-route advisory lock taken for the
@@ -269,46 +270,51 @@ class Store:
         replica holds right now is skipped this round (no waiting, no deadlock).
         """
         with self.pool.connection() as conn:
-            now = conn.execute(f"SELECT {NOW}").fetchone()[0]  # type: ignore[index]
-            full = [k for k, n, c in conn.execute(
-                "SELECT rkey, count(*), min(concurrency) FROM sidecar_jobs WHERE lease_until >= %s"
-                " AND concurrency IS NOT NULL GROUP BY rkey", (now,)) if n >= c]
+            # The clock, and the routes at their limit (skipped below, so they cannot starve the others).
+            now, full = conn.execute(
+                f"SELECT {NOW}, array(SELECT rkey FROM sidecar_jobs WHERE lease_until IS NOT NULL"
+                f" AND lease_until >= {NOW} AND concurrency IS NOT NULL GROUP BY rkey"
+                " HAVING count(*) >= min(concurrency))").fetchone() or (0, [])
             candidates = conn.execute(
                 "SELECT id, rkey, concurrency, owner, lease_until FROM sidecar_jobs WHERE state = 'pending'"
                 " AND next_at <= %s AND (lease_until IS NULL OR lease_until < %s)"
                 " AND (replica IS NULL OR replica = %s) AND rkey <> ALL(%s)"
                 " ORDER BY next_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (now, now, self.replica, full, limit * 4)).fetchall()
+                (now, now, self.replica, full, limit * 2)).fetchall()
             room: dict[str, int] = {}
             chosen: dict[int, str | None] = {}
             for job_id, rkey, concurrency, owner, lease_until in candidates:
                 if len(chosen) >= limit:
                     break
                 if concurrency is not None:
+                    if limited <= 0:
+                        continue
                     if rkey not in room:
                         locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (rkey,)).fetchone()
                         running = conn.execute(
-                            "SELECT count(*) FROM sidecar_jobs WHERE rkey = %s AND lease_until >= %s",
+                            "SELECT count(*) FROM sidecar_jobs WHERE rkey = %s AND lease_until IS NOT NULL"
+                            " AND lease_until >= %s",
                             (rkey, now)).fetchone()
                         room[rkey] = concurrency - running[0] if locked and locked[0] and running else 0
                     if room[rkey] <= 0:
                         continue
                     room[rkey] -= 1
+                    limited -= 1
                 chosen[job_id] = owner if lease_until is not None else None
             claimed: list[Claimed] = []
             if chosen:
-                ids = list(chosen)
-                conn.execute(
-                    "UPDATE sidecar_jobs SET owner = %s, lease_until = %s, claim = claim + 1,"
-                    " attempts = attempts + CASE WHEN lease_until IS NULL THEN 0 ELSE 1 END WHERE id = ANY(%s)",
-                    (self.replica, now + self.lease_s, ids))
                 rows = conn.execute(
-                    f"SELECT {JOB_COLUMNS}, j.claim, d.body FROM sidecar_jobs j JOIN sidecar_deliveries d"
-                    " ON d.id = j.delivery_id WHERE j.id = ANY(%s) ORDER BY j.next_at, j.id", (ids,)).fetchall()
+                    "WITH j AS (UPDATE sidecar_jobs SET owner = %s, lease_until = %s, claim = claim + 1,"
+                    " attempts = attempts + CASE WHEN lease_until IS NULL THEN 0 ELSE 1 END WHERE id = ANY(%s)"
+                    f" RETURNING *) SELECT {JOB_COLUMNS}, j.claim, d.body FROM j JOIN sidecar_deliveries d"
+                    " ON d.id = j.delivery_id ORDER BY j.next_at, j.id",
+                    (self.replica, now + self.lease_s, list(chosen))).fetchall()
                 claimed = [Claimed(_job_row(r), bytes(r[-1]), r[-2], chosen[r[0]]) for r in rows]
-            due = conn.execute(
-                "SELECT min(next_at) FROM sidecar_jobs WHERE state = 'pending' AND next_at > %s"
-                " AND (replica IS NULL OR replica = %s)", (now, self.replica)).fetchone()
+            due = None
+            if len(chosen) < limit:
+                due = conn.execute(
+                    "SELECT min(next_at) FROM sidecar_jobs WHERE state = 'pending' AND next_at > %s"
+                    " AND (replica IS NULL OR replica = %s)", (now, self.replica)).fetchone()
             conn.commit()
         return claimed, (due[0] - now + time.time()) if due and due[0] is not None else None
 
@@ -362,8 +368,11 @@ class Store:
                outcome: str, output_tail: str, concurrency: int | None) -> bool:
         """Record an attempt and clear the lease; False when the lease was no longer ours (taken over).
 
-        A delivery whose jobs are all done drops its body (the id stays for dedupe)."""
+        A delivery whose jobs are all done drops its body (the id stays for dedupe). Not durable
+        in the fsync sense (as with sqlite): a record lost in a database crash leaves the job
+        pending, and it runs again, which at-least-once allows."""
         with self.pool.connection() as conn:
+            conn.execute("SET LOCAL synchronous_commit = off")
             row = conn.execute(
                 "UPDATE sidecar_jobs SET state = %s, attempts = %s, next_at = %s, exit_code = %s, outcome = %s,"
                 f" output_tail = %s, updated_at = {NOW}, owner = NULL, lease_until = NULL, ran_on = %s"
@@ -378,8 +387,6 @@ class Store:
                 conn.execute("SELECT 1 FROM sidecar_deliveries WHERE id = %s FOR UPDATE", (row[0],))
                 conn.execute("UPDATE sidecar_deliveries SET body = '' WHERE id = %s AND NOT EXISTS (SELECT 1 FROM"
                              " sidecar_jobs WHERE delivery_id = %s AND state <> 'done')", (row[0], row[0]))
-            if concurrency is not None or state == "pending":
-                conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
             conn.commit()
         return True
 
@@ -409,6 +416,21 @@ class Store:
                     (gone,))]
             conn.commit()
         return dropped
+
+    def notify(self) -> None:
+        """Wake every replica's dispatcher. Not inside an accept: NOTIFY takes a database-wide
+        lock from its commit's start to its end, which would serialize the accepts' commits
+        (no more group commit); the workers send one for many accepts, from their own thread."""
+        with self.pool.connection() as conn:
+            conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+            conn.commit()
+
+    def analyze(self) -> None:
+        """Fresh planner statistics: a queue grows from empty to thousands within seconds, long before
+        autovacuum looks, and with an empty table's statistics the claim sorts the whole queue."""
+        with self.pool.connection() as conn:
+            conn.execute("ANALYZE sidecar_jobs")
+            conn.commit()
 
     def ping(self) -> None:
         with self.pool.connection() as conn:

@@ -76,7 +76,7 @@ class SharedWorkers:
         self._ok_at = time.monotonic()
         self._depth, live = store.stats()
         metrics.LIVE_REPLICAS.set(live)
-        metrics.track_queue(lambda: self.depth, lambda: self.running)
+        metrics.track_queue(lambda: self.depth, lambda: self.running, max_queue)
         for job_id, route, delivery in store.reclaimed:
             metrics.TAKEOVERS.inc()
             logs.warning("job.taken_over", job=job_id, delivery=delivery, route=route, taken_from=self.replica,

@@ -58,7 +58,7 @@ class Workers:
             self._add(job_id, next_at, (endpoint, route), concurrency)
         if recovered:
             logs.info("spool.recovered", jobs=len(recovered), detail="pending jobs from before the restart")
-        metrics.track_queue(lambda: self.depth, lambda: self.running)
+        metrics.track_queue(lambda: self.depth, lambda: self.running, max_queue)
         self._threads = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                          for i in range(max_workers)]
         for t in self._threads:

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--replica", default=_env("REPLICA") or socket.gethostname(),
                        help="this replica's name in a shared spool, given to hooks as WEBHOOK_REPLICA"
                             " (SIDECAR_REPLICA, default the hostname: the pod name)")
+    serve.add_argument("--sandbox", default=_env("SANDBOX", "on"), choices=("on", "off"),
+                       help="Landlock sandbox for hooks, where the kernel has it (SIDECAR_SANDBOX, default on)")
 
     check = sub.add_parser("check", help="validate the config and print every error")
     config_flags(check)
@@ -175,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     try:
         service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch,
-                          replica=args.replica)
+                          replica=args.replica, sandbox=args.sandbox == "on")
     except ConfigError as e:
         for line in e.errors:
             logs.error("config.invalid", detail=line)

@@ -301,7 +301,7 @@ def create(hidden: Iterable[str | os.PathLike[str]], config_dir: str | os.PathLi
     """The sandbox for this kernel: inactive (with the reason) where Landlock is missing or disabled."""
     environ = os.environ if environ is None else environ
     level, missing = _probe()
-    reason = "disabled (SIDECAR_SANDBOX=off)" if not enabled else missing
+    reason = "disabled (--sandbox off, SIDECAR_SANDBOX=off)" if not enabled else missing
     write = writable_defaults(environ)
     hidden_t = tuple(sorted({_real(h) for h in hidden}))
     box = Sandbox(level=level, reason=reason, hidden=hidden_t, write=write, exposed=exposed(hidden_t, write))

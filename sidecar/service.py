@@ -46,11 +46,12 @@ class Service:
     """One running sidecar: server thread plus workers, stopped by stop()."""
 
     def __init__(self, config_path: Path, env_file: Path | None, listen: str | None = None,
-                 grace_s: float = DEFAULT_GRACE_S, watch: str = "native", replica: str = "") -> None:
+                 grace_s: float = DEFAULT_GRACE_S, watch: str = "native", replica: str = "",
+                 sandbox: bool | None = None) -> None:
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
         # Before the workers exist: what a crashed sidecar's hooks left is ended before any job runs.
-        self.sandbox = isolation.start(cfg, env_file)
+        self.sandbox = isolation.start(cfg, env_file, sandbox)
         # Every table this process loads: the only routes a spooled job may run as stored.
         self.known = attempts.routes_of([cfg])
         self.current = cfg  # the table in use; workers may read it before the server exists

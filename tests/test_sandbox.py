@@ -108,7 +108,7 @@ def test_without_the_sandbox_the_same_hook_reaches_everything(tmp_path: Path, si
     sidecar, got = run_trespass(sidecars, state, tmp_path, listener, SIDECAR_SANDBOX="off")
     assert {k for k, v in got.items() if v == "ok"} == FULL, got
     line = sidecar.wait_log(lambda e: e.get("msg") == "hooks.unsandboxed")
-    assert line["reason"] == "disabled (SIDECAR_SANDBOX=off)" and line["level"] == "warning"
+    assert line["reason"] == "disabled (--sandbox off, SIDECAR_SANDBOX=off)" and line["level"] == "warning"
 
 
 def test_state_under_a_writable_directory_is_reported_as_not_hideable(tmp_path: Path, sidecars) -> None:

@@ -90,6 +90,9 @@ def _build() -> Built:
         _cannot(f"{engine.podman[0]} is not installed (apt-get install podman runc mmdebstrap; .ci/run does)")
     if os.geteuid() != 0:
         _cannot(f"podman runs containers here as root only (rootless needs subuid ranges); euid is {os.geteuid()}")
+    info = engine.run("info", "--format", "{{.Host.OCIRuntime.Name}}", check=False)
+    if info.returncode != 0:
+        _cannot(f"podman does not work here ({shlex.join(engine.command('info'))}): {_last_line(info)}")
     if (engine.base_is_local() and not shutil.which("mmdebstrap")
             and not engine.exists(engine.base_image)):
         _cannot(f"the base image {engine.base_image} is missing and mmdebstrap, which builds it, is not installed")
@@ -103,13 +106,17 @@ def _build() -> Built:
         probe = engine.run("run", "--rm", "--read-only", "--user", str(UID), *engine.limit_flags(),
                            "--publish", "127.0.0.1::8080", engine.base_image, "true", check=False)
         if probe.returncode != 0:
-            last = (probe.stderr.strip() or probe.stdout.strip() or "no output").splitlines()[-1]
-            _cannot(f"podman cannot run a container here ({shlex.join(engine.command('run'))} ...): {last}")
+            _cannot(f"podman cannot run a container here ({shlex.join(engine.command('run'))} ...): "
+                    + _last_line(probe))
     try:
         build_seconds = engine.build()
     except image_tools.EngineError as exc:
         pytest.fail(str(exc), pytrace=False)
     return Built(engine, base_seconds, build_seconds)
+
+
+def _last_line(out: subprocess.CompletedProcess[str]) -> str:
+    return (out.stderr.strip() or out.stdout.strip() or f"exit status {out.returncode}").splitlines()[-1]
 
 
 def kubelet_volume(directory: Path, files: dict[str, str], mode: int, group: int | None = None) -> None:

@@ -112,8 +112,9 @@ class Engine:
             return None
         started = time.monotonic()
         env = {**os.environ, "BASE_IMAGE": self.base_image, "PODMAN": shlex.join(self.command())}
+        # Its own session: a signal mmdebstrap sends its process group on a failure stays there.
         out = subprocess.run(["bash", str(ROOT / "tools" / "build-base-image.sh")], env=env, capture_output=True,
-                             text=True, timeout=timeout, check=False)
+                             text=True, timeout=timeout, check=False, start_new_session=True)
         if out.returncode != 0:
             raise EngineError(f"tools/build-base-image.sh exited {out.returncode}:\n{out.stdout}{out.stderr}".rstrip())
         return time.monotonic() - started

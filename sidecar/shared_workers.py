@@ -345,8 +345,10 @@ class SharedWorkers:
         deadline = time.monotonic() + grace_s
         self._stopping.set()
         self._wake.set()
+        reachable = self.health() is None  # else skip what would only wait for the pool's timeout
         try:
-            self.spool.leave()  # no new broadcast jobs for a replica on its way out
+            if reachable:
+                self.spool.leave()  # no new broadcast jobs for a replica on its way out
         except DB_ERRORS as e:
             self._db_failed("leave", e)
         while self._running and time.monotonic() < deadline:
@@ -362,8 +364,12 @@ class SharedWorkers:
             t.join(attempts.STOP_KILL_GRACE_S + 5)
         with self._lock:
             unrecorded = [h for h in self._held.values() if h.attempt is not None]
-        for h in unrecorded:
+        for h in unrecorded if reachable else []:
             self._record(h)  # one last try; a job whose record is lost runs again (at least once)
+        if not reachable:
+            logs.warning("spool.not_handed_back", replica=self.replica, spool=self.spool.location,
+                         detail="database unreachable at shutdown: this replica's leases run out by themselves")
+            return finished
         try:
             handed = self.spool.hand_back()
             if handed:

@@ -54,7 +54,10 @@ GOALS = {  # issue 14, against the baseline (and the bare handler for bad signat
     "rejected_per_s": ("≥ 0.9x bare handler", None),
     "idle_rss_mib": ("not above baseline (±1 %)", lambda r: r <= 1.01),
 }
-OPTIONAL_WRAPS = {"sidecar.spool.Spool.claim", "sidecar.logs._write", "os.posix_spawnp"}
+OPTIONAL_WRAPS = {"sidecar.spool|sidecar.spool.sqlite.Spool.claim", "sidecar.logs._write", "os.posix_spawnp",
+                  "sidecar.workers.Workers._recorded", "sidecar.attempts.report", "sidecar.workers.Workers._record",
+                  "sidecar.runner._spawn", "sidecar.procs.Tracker.begin", "sidecar.procs.Tracker.spawned",
+                  "sidecar.procs.Tracker.end", "sidecar.workers.Workers._forget"}
 STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn", "watch", "result record", "log",
                "spool sync", "spool other"]
 

@@ -33,30 +33,42 @@ from typing import Any
 # (module, attribute path, stage). Time a thread spends between wrapped calls goes to the stage of
 # the BASE call it made last (a handler thread's loop is receive+verify, a worker's hand-off, the
 # spool writer's its queue), or else to "(outside: thread)".
-BASE = {"Handler.handle_one_request", "Workers._take", "Spool._commit"}
+BASE = {"Handler.handle_one_request", "Workers._take", "Spool._commit", "Writer._commit"}
+# A module "a|b": the first of them that has the attribute (the layout of 652c911, then the
+# split spool/ package and attempts.py of later trees).
+SPOOL = "sidecar.spool|sidecar.spool.sqlite"
 WRAP = [
     ("sidecar.server", "Handler.handle_one_request", "receive+verify"),
     ("sidecar.workers", "Workers.submit", "hand-off"),
-    ("sidecar.spool", "Spool.accept", "accept commit"),
+    (SPOOL, "Spool.accept", "accept commit"),
     ("sidecar.workers", "Workers._take", "hand-off"),
     ("sidecar.workers", "Workers._release", "hand-off"),
     ("sidecar.workers", "Workers._forget", "hand-off"),
-    ("sidecar.spool", "Spool.job_to_run", "job read"),
-    ("sidecar.spool", "Spool.claim", "job read"),
-    ("sidecar.workers", "Workers._run", "result record"),
-    ("sidecar.workers", "Job.env", "spawn"),
+    ("sidecar.workers", "Workers._recorded", "hand-off"),
+    (SPOOL, "Spool.job_to_run", "job read"),
+    (SPOOL, "Spool.claim", "job read"),
+    ("sidecar.workers|sidecar.attempts", "Workers._run|run", "result record"),
+    ("sidecar.attempts", "report", "result record"),
+    ("sidecar.workers", "Workers._record", "result record"),
+    ("sidecar.workers|sidecar.attempts", "Job.env", "spawn"),
     ("sidecar.runner", "run", "watch"),
+    ("sidecar.runner", "_spawn", "spawn"),
+    ("sidecar.procs", "Tracker.begin", "spawn"),
+    ("sidecar.procs", "Tracker.spawned", "spawn"),
+    ("sidecar.procs", "Tracker.end", "watch"),
     ("subprocess", "Popen.__init__", "spawn"),
     ("os", "posix_spawn", "spawn"),
     ("os", "posix_spawnp", "spawn"),
-    ("sidecar.spool", "Spool.finish", "result record"),
-    ("sidecar.spool", "Spool.pending_ids", "spool sync"),
-    ("sidecar.spool", "Spool.pending", "spool sync"),
+    (SPOOL, "Spool.finish", "result record"),
+    (SPOOL, "Spool.pending_ids", "spool sync"),
+    (SPOOL, "Spool.pending", "spool sync"),
     ("sidecar.logs", "_emit", "log"),
     ("sidecar.logs", "_write", "log"),
 ]
 TAGGED = ("accept commit", "result record")  # what a spool write is done for, by who asked
-BATCH = "sidecar.spool", "Spool._commit"
+BATCH = "sidecar.spool|sidecar.spool.sqlite_writer", "Spool._commit|Writer._commit"
+SUBMIT = "sidecar.spool|sidecar.spool.sqlite_writer", "Spool.submit_write|Writer._submit"
+
 
 _clock = time.thread_time_ns
 _threads: list[_State] = []
@@ -158,29 +170,40 @@ def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
     return commit
 
 
+def _find(modules: str, paths: str) -> tuple[Any, str, str] | None:
+    """(owner, attribute, where) of the first module|path pair that exists."""
+    for module in modules.split("|"):
+        try:
+            mod: Any = importlib.import_module(module)
+        except ImportError:
+            continue
+        for path in paths.split("|"):
+            *owners, attr = path.split(".")
+            obj = mod
+            for name in owners:
+                obj = getattr(obj, name, None)
+            if obj is not None and getattr(obj, attr, None) is not None:
+                return obj, attr, f"{module}.{path}"
+    return None
+
+
 def install() -> dict[str, list[str]]:
     done, missing = [], []
-    for module, path, stage in [*WRAP, (BATCH[0], BATCH[1], "batch"), ("sidecar.spool", "Spool.submit_write", "")]:
-        try:
-            obj: Any = importlib.import_module(module)
-        except ImportError:
-            missing.append(f"{module}.{path}")
+    for modules, paths, stage in [*WRAP, (*BATCH, "(batch)"), (*SUBMIT, "(submit)")]:
+        found = _find(modules, paths)
+        if found is None:
+            missing.append(f"{modules}.{paths}")
             continue
-        *owners, attr = path.split(".")
-        for name in owners:
-            obj = getattr(obj, name, None)
-        fn = getattr(obj, attr, None) if obj is not None else None
-        if fn is None:
-            missing.append(f"{module}.{path}")
-            continue
-        if path == "Spool.submit_write":
+        obj, attr, where = found
+        fn = getattr(obj, attr)
+        if stage == "(submit)":
             new = _wrap_submit(fn)
-        elif (module, path) == BATCH:
+        elif stage == "(batch)":
             new = _wrap_batch(fn)
         else:
-            new = _wrap(fn, stage, f"(base) {stage}" if path in BASE else "")
+            new = _wrap(fn, stage, f"(base) {stage}" if where.endswith(tuple("." + b for b in BASE)) else "")
         setattr(obj, attr, new)
-        done.append(f"{module}.{path}")
+        done.append(where)
     return {"wrapped": done, "missing": missing}
 
 

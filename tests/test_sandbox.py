@@ -200,3 +200,27 @@ def test_a_secret_file_added_by_a_reload_is_hidden_too(tmp_path: Path, state: Pa
     assert not runner.run(cat, b"", {}, 5, sandbox=box.policy(), tracker=None).ok
     assert not box.refresh([str(secret)])
 
+
+
+def test_a_secret_volume_stays_hidden_through_every_path_and_a_rotation(tmp_path: Path, state: Path) -> None:
+    """The chart's layout: token -> ..data/token -> ..<stamp>/token; the kubelet swaps ..data."""
+    from .test_isolation import SecretVolume
+
+    volume = SecretVolume(state / "secrets")
+    volume.publish("first")
+    token = volume.root / "token"
+    box = sandbox.create([str(token)], state, environ={"HOME": str(tmp_path)})
+
+    def readable(sandboxed: bool = True) -> list[str]:
+        paths = [token, volume.root / "..data" / "token", *volume.root.glob("..2026*/token")]
+        cmd = ["/bin/sh", "-c", " ".join(f"cat {p} 2>/dev/null;" for p in paths)]
+        policy = box.policy() if sandboxed else None
+        return runner.run(cmd, b"", {}, 5, sandbox=policy, tracker=None).output_tail.split()
+
+    assert readable(sandboxed=False) == ["first"] * 3  # the control: three ways to the one secret
+    assert readable() == []
+    volume.publish("second")  # a new ..<stamp> directory: not granted, as it was not there at the build
+    assert readable() == []
+    assert box.refresh([str(token)])  # the reload that follows the swap: the new target is hidden by name
+    assert readable() == []
+    assert (volume.root / "..data" / "token").read_text() == "second\n"

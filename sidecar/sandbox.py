@@ -116,6 +116,8 @@ class Policy:
         fd = self._build(grants, level)
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event] | None]
         self._jobs = queue.SimpleQueue()
+        self._state = threading.Lock()
+        self._replacement: Callable[[], Policy | None] | None = None  # set when retired
         ready: list[BaseException | None] = []
         applied = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(fd, ready, applied), name="sandbox-spawn",
@@ -202,16 +204,25 @@ class Policy:
         """Run `fn` (a Popen) on the sandboxed thread: what it starts inherits the domain."""
         box: list[Any] = []
         done = threading.Event()
-        self._jobs.put((fn, box, done))
+        with self._state:
+            replacement = self._replacement
+            if replacement is None:
+                self._jobs.put((fn, box, done))  # before a retire()'s end mark: it is served
+        if replacement is not None:
+            # Retired by a rebuild between the caller's lookup and now: the rebuilt policy spawns it.
+            successor = replacement()
+            return successor.spawn(fn) if successor is not None else fn()
         done.wait()
         ok, value = box[0]
         if not ok:
             raise value
         return value  # type: ignore[no-any-return]
 
-    def close(self) -> None:
-        """Let the thread end once the spawns handed to it are done."""
-        self._jobs.put(None)
+    def retire(self, replacement: Callable[[], Policy | None]) -> None:
+        """Let the thread end once the spawns handed to it are done; later ones go to `replacement()`."""
+        with self._state:
+            self._replacement = replacement
+            self._jobs.put(None)
 
 
 @dataclass
@@ -269,9 +280,9 @@ class Sandbox:
             self.hidden = new
             self.exposed = exposed(new, self.write)
             old, self._policies = self._policies, {}
-        for p in old.values():
+        for key, p in old.items():
             if p is not None:
-                p.close()
+                p.retire(lambda key=key: self.policy(*key))
         return True
 
 

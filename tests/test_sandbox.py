@@ -196,8 +196,12 @@ def test_a_secret_file_added_by_a_reload_is_hidden_too(tmp_path: Path, state: Pa
     box = sandbox.create([], state, environ={"HOME": str(tmp_path)})
     cat = ["/bin/cat", str(secret)]
     assert runner.run(cat, b"", {}, 5, sandbox=box.policy(), tracker=None).output_tail == "late"
+    before = box.policy()  # as a worker holds it between its lookup and its spawn
     assert box.refresh([str(secret)])
     assert not runner.run(cat, b"", {}, 5, sandbox=box.policy(), tracker=None).ok
+    # Retired, not stranded: its spawns go to the rebuilt policy (the new secret hidden there too).
+    assert not runner.run(cat, b"", {}, 5, sandbox=before, tracker=None).ok
+    assert runner.run(["/bin/echo", "ran"], b"", {}, 5, sandbox=before, tracker=None).output_tail == "ran\n"
     assert not box.refresh([str(secret)])
 
 

@@ -108,6 +108,12 @@ def test_three_replicas_run_each_delivery_once_and_broadcasts_once_per_replica(t
     assert len(jobs) == expected and {j["state"] for j in jobs} == {"done"}
     assert {j["replica"] for j in jobs} == set(names)
     assert metric(replicas[0], "webhook_sidecar_replicas_live") == 3
+    text = spool_cli(config, pg_url, "list", "--limit", "3").stdout.splitlines()
+    assert text[0].split() == ["ID", "STATE", "TRY", "UPDATED", "ENDPOINT", "ROUTE", "EVENT", "REPLICA", "DELIVERY"]
+    assert text[1].split()[7] in names
+    # Done deliveries dropped their bodies; the ids stay (dedupe).
+    assert spool_cli(config, pg_url, "show", str(jobs[0]["id"]), "--payload").stdout == ""
+    assert replicas[1].deliver(b"{}", delivery=sent[0]).json()["status"] == "duplicate"
 
 
 def metric(sidecar: Sidecar, name: str) -> float:
@@ -385,3 +391,12 @@ def test_gone_replicas_broadcast_jobs_are_dropped_unless_it_returns(tmp_path: Pa
     # Nobody else ran g2's jobs: only g2's own (orphaned, killed-with-it) hook may have written a line.
     assert {line for line in lines(out / "ran") if not line.endswith(" g2")} == \
         {f"b-{i} {r}" for i in range(3) for r in ("g1", "g3")}
+
+
+def test_sqlite_users_never_load_the_database_driver(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, "endpoints:\n  - path: /webhook\n    provider: github\n"
+                                    "    secret_env: WEBHOOK_SECRET\n    routes:\n      - run: [/bin/true]\n")
+    sidecar = sidecars(config)
+    maps = Path(f"/proc/{sidecar.proc.pid}/maps").read_text()
+    assert "python" in maps  # the check reads a real map
+    assert "psycopg" not in maps

@@ -41,6 +41,8 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
         run_dir = None
     tracker = procs.Tracker(run_dir, subreaper=True, key=os.path.abspath(cfg.file))
     for run in tracker.reap_leftovers():
+        if not run.get("pids"):
+            continue  # its processes were already gone: only the record was left
         logs.warning("hook.leftovers_killed", route=run.get("route"), delivery=run.get("delivery"),
                      pids=run.get("pids"), run=run.get("marker"),
                      detail="processes of a hook run of an earlier sidecar that did not stop cleanly")

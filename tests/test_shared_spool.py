@@ -395,7 +395,8 @@ def test_gone_replicas_broadcast_jobs_are_dropped_unless_it_returns(tmp_path: Pa
 
 def test_sqlite_users_never_load_the_database_driver(tmp_path: Path, sidecars) -> None:
     config = write_config(tmp_path, "endpoints:\n  - path: /webhook\n    provider: github\n"
-                                    "    secret_env: WEBHOOK_SECRET\n    routes:\n      - run: [/bin/true]\n")
+                                    "    secret_env: WEBHOOK_SECRET\n    routes:\n"
+                                    "      - event: push\n        run: [/bin/true]\n")
     sidecar = sidecars(config)
     maps = Path(f"/proc/{sidecar.proc.pid}/maps").read_text()
     assert "python" in maps  # the check reads a real map

@@ -5,7 +5,8 @@ ThreadingHTTPServer starts a thread per connection; its accept thread asks admit
 the limits a connection is admitted. At a limit, room is made in the scope of that limit (the one
 address, or everyone) by closing, oldest first:
   1. an idle connection: between requests, with no request byte pending (keep-alive, or never used);
-  2. else one still receiving its request: the one whose request has been arriving longest.
+  2. else one still receiving its request: the one whose request has been arriving longest (or,
+     when no thread has started reading any, one whose request bytes wait for their thread).
 A connection whose request is complete and being handled is never closed to make room: when only
 those are left, the new connection is refused (503 from the accept thread).
 
@@ -65,13 +66,17 @@ class _Group:
         elif new == READING:
             self.reading[conn] = None
 
-    def victim(self) -> Connection | None:
+    def victim(self) -> tuple[Connection, str] | None:
+        """The connection to close and its kind ("idle" or "slow"), or None when all are handling."""
+        pending = None  # idle in name only: its request's first bytes are in, its thread not yet running
         for i, conn in enumerate(self.idle):
             if i == PEEKS:
                 break
             if not _has_bytes(conn.sock):
-                return conn
-        return next(iter(self.reading), None)
+                return conn, "idle"
+            pending = pending or conn
+        conn = next(iter(self.reading), None) or pending
+        return (conn, "slow") if conn is not None else None
 
 
 def _has_bytes(sock: socket.socket) -> bool:
@@ -111,7 +116,7 @@ class Connections:
                 victim = scope.victim()
                 if victim is None:
                     return reason
-                self._evict(victim, reason)
+                self._evict(*victim, reason)
                 group = self._clients.get(client)
             conn = self._open[sock] = Connection(sock, client)
             if group is None:
@@ -160,12 +165,11 @@ class Connections:
         if not group.count:
             del self._clients[conn.client]  # one entry per address with a connection, not per address seen
 
-    def _evict(self, conn: Connection, reason: str) -> None:
+    def _evict(self, conn: Connection, kind: str, reason: str) -> None:
         if not self._evictions:
             self._since = time.monotonic()
         self._uncount(conn)
         conn.evicted = reason
-        kind = "idle" if conn.state == IDLE else "slow"
         self._evictions[(kind, reason)] += 1
         self._evicted_from[conn.client] += 1
         metrics.CONNECTIONS_EVICTED.labels(kind, reason).inc()

@@ -184,6 +184,7 @@ def assert_logged_in_aggregate(sidecar: Sidecar, at_least: int) -> None:
     assert lines[0]["level"] == "warning" and lines[0]["evicted"] >= 1
     assert sum(e["evicted"] for e in lines) <= at_least + FLOOD  # counted, not guessed
     assert not sidecar.find_logs("connection.failed")
+    assert not sidecar.find_logs("connection.refused")  # room was always made; nobody was turned away
 
 
 # --- idle keep-alive connections ------------------------------------------------------------
@@ -248,6 +249,7 @@ def test_one_address_cannot_take_every_slot(tmp_path: Path, sidecars) -> None:
         assert all(a.startswith(b"HTTP/1.1 503 ") and b"Retry-After: " in a for a in first.answers)
         assert b'{"error":"too many connections"}' in first.answers[0]
     assert evicted(sidecar) == {("slow", "max_connections_per_client"): 48}
+    assert not sidecar.find_logs("connection.refused")
 
 
 def test_max_connections_per_client_is_checked(tmp_path: Path) -> None:

@@ -39,6 +39,14 @@ CRASH_RETRY_S = 30.0
 PRUNE_INTERVAL_S = 600.0
 
 
+def _dead_letter(job_id: int, endpoint: str, route: str, delivery: str, attempt: int, ran_on: str) -> None:
+    """A job whose last attempt died with its replica: logged as any dead letter (already committed)."""
+    metrics.DEAD_LETTERS.labels(endpoint, route).inc()
+    logs.error("hook.finished", job=job_id, delivery=delivery, endpoint=endpoint, route=route, attempt=attempt,
+               replica=ran_on or None, outcome="taken_over", state="failed", dead_letter=True,
+               detail="its last attempt ended with the replica running it (killed, lost): not run again")
+
+
 class _Held:
     """A job this replica holds a lease on: running, or finished with its record not yet committed."""
 
@@ -77,10 +85,12 @@ class SharedWorkers:
         self._depth, live = store.stats()
         metrics.LIVE_REPLICAS.set(live)
         metrics.track_queue(lambda: self.depth, lambda: self.running, max_queue)
-        for job_id, route, delivery in store.reclaimed:
+        for job_id, route, delivery, state, endpoint, used in store.reclaimed:
             metrics.TAKEOVERS.inc()
             logs.warning("job.taken_over", job=job_id, delivery=delivery, route=route, taken_from=self.replica,
                          replica=self.replica, detail="held by this replica's previous run, which ended uncleanly")
+            if state == "failed":
+                _dead_letter(job_id, endpoint, route, delivery, used, self.replica)
         if self._depth:
             logs.info("spool.recovered", jobs=self._depth, detail="pending jobs in the shared spool")
         # Claimed jobs wait here for a worker: those of routes with a concurrency limit first (they
@@ -164,6 +174,10 @@ class SharedWorkers:
                         logs.warning("job.taken_over", job=c.row.id, delivery=c.row.delivery, route=c.row.route.name,
                                      taken_from=c.taken_from, replica=self.replica, attempt=c.row.attempts + 1,
                                      detail="its lease expired on that replica (it died or lost the database)")
+                    if c.row.state == "failed":  # that run was its last attempt: a dead letter, committed
+                        _dead_letter(c.row.id, c.row.endpoint, c.row.route.name, c.row.delivery, c.row.attempts,
+                                     c.taken_from or "")
+                        continue
                     held = _Held(c, started + self.lease_s)
                     with self._lock:
                         self._held[c.row.id] = held

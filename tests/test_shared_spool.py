@@ -401,3 +401,28 @@ def test_sqlite_users_never_load_the_database_driver(tmp_path: Path, sidecars) -
     maps = Path(f"/proc/{sidecar.proc.pid}/maps").read_text()
     assert "python" in maps  # the check reads a real map
     assert "psycopg" not in maps
+
+
+def test_a_takeover_of_the_last_attempt_is_a_dead_letter(tmp_path: Path, sidecars, pg_url: str) -> None:
+    """A hook that kills its replica every time must not go round the cluster forever."""
+    config = write_config(tmp_path, shared_table("""
+- event: push
+  name: fragile
+  retries: 0
+  run: [sh, -c, 'cat >/dev/null; echo "$WEBHOOK_DELIVERY" >> "$OUT/started"; sleep 30']
+  env: {{OUT: {out}}}
+""").replace("lease_s: 2", "lease_s: 1"))
+    out = tmp_path / "out"
+    f1 = start_replicas(sidecars, config, pg_url, ["f1"])[0]
+    for d in ("x-1", "x-2"):
+        assert f1.deliver(b"{}", delivery=d).status == 200
+    wait_for(lambda: sorted(lines(out / "started")) == ["x-1", "x-2"], timeout=10)
+    f2 = start_replicas(sidecars, config, pg_url, ["f2"])[0]
+    f1.proc.kill()
+    dead = wait_for(lambda: len(f2.find_logs("hook.finished")) == 2 and f2.find_logs("hook.finished"), timeout=10)
+    assert {(e["delivery"], e["outcome"], e["state"], e["attempt"], e["replica"]) for e in dead} == \
+        {("x-1", "taken_over", "failed", 1, "f1"), ("x-2", "taken_over", "failed", 1, "f1")}
+    failed = [json.loads(line) for line in spool_cli(config, pg_url, "list", "--failed", "--json").stdout.splitlines()]
+    assert sorted((j["delivery"], j["outcome"], j["replica"]) for j in failed) == \
+        [("x-1", "taken_over", "f1"), ("x-2", "taken_over", "f1")]
+    assert sorted(lines(out / "started")) == ["x-1", "x-2"]  # not run again

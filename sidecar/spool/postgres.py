@@ -139,16 +139,21 @@ class Store:
         try:
             with psycopg.connect(url, autocommit=True, **self._kwargs) as conn:
                 self._migrate(conn)
-                self.reclaimed: list[tuple[int, str, str]] = []
+                self.reclaimed: list[tuple[int, str, str, str, str, int]] = []
                 if serving:
                     conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
                                  f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}", (replica,))
                     # Leases under our own name are a previous life's (names are unique among live replicas):
                     # take them over now rather than after lease_s. It counts an attempt, as any takeover.
+                    # As any takeover, its last attempt makes it a dead letter (see claim()).
                     self.reclaimed = [tuple(r) for r in conn.execute(  # type: ignore[misc]
-                        "UPDATE sidecar_jobs j SET owner = NULL, lease_until = NULL, attempts = attempts + 1"
+                        "UPDATE sidecar_jobs j SET owner = NULL, lease_until = NULL, attempts = attempts + 1,"
+                        " state = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'failed' ELSE state END,"
+                        " outcome = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'taken_over'"
+                        f" ELSE outcome END, ran_on = owner, updated_at = {NOW}"
                         " FROM sidecar_deliveries d WHERE d.id = j.delivery_id AND j.owner = %s"
-                        " AND j.state = 'pending' RETURNING j.id, j.route, d.delivery", (replica,))]
+                        " AND j.state = 'pending' RETURNING j.id, j.route, d.delivery, j.state, d.endpoint, j.attempts",
+                        (replica,))]
         except psycopg.Error as e:
             raise SpoolUnreachable(f"{variable}: cannot use the spool database {self.location}: "
                                    f"{scrub(' '.join(str(e).split()), url)}") from None
@@ -303,12 +308,22 @@ class Store:
                 chosen[job_id] = owner if lease_until is not None else None
             claimed: list[Claimed] = []
             if chosen:
+                # A takeover counts the dead run as an attempt; if that was its last, the job is a dead
+                # letter here and now (state 'failed', outcome 'taken_over'), so a hook that kills its
+                # replica every time cannot go round the cluster forever.
                 rows = conn.execute(
-                    "WITH j AS (UPDATE sidecar_jobs SET owner = %s, lease_until = %s, claim = claim + 1,"
-                    " attempts = attempts + CASE WHEN lease_until IS NULL THEN 0 ELSE 1 END WHERE id = ANY(%s)"
-                    f" RETURNING *) SELECT {JOB_COLUMNS}, j.claim, d.body FROM j JOIN sidecar_deliveries d"
-                    " ON d.id = j.delivery_id ORDER BY j.next_at, j.id",
-                    (self.replica, now + self.lease_s, list(chosen))).fetchall()
+                    "WITH x AS (SELECT id, lease_until IS NOT NULL AS taken, lease_until IS NOT NULL AND"
+                    " attempts >= (spec::json->>'retries')::int AS dead FROM sidecar_jobs WHERE id = ANY(%s)),"
+                    " j AS (UPDATE sidecar_jobs s SET claim = claim + 1, attempts = attempts + x.taken::int,"
+                    " state = CASE WHEN x.dead THEN 'failed' ELSE state END,"
+                    " outcome = CASE WHEN x.dead THEN 'taken_over' ELSE outcome END,"
+                    " ran_on = CASE WHEN x.dead THEN owner ELSE ran_on END,"
+                    f" updated_at = CASE WHEN x.dead THEN {NOW} ELSE updated_at END,"
+                    " owner = CASE WHEN x.dead THEN NULL ELSE %s END,"
+                    " lease_until = CASE WHEN x.dead THEN NULL ELSE %s::float8 END"
+                    f" FROM x WHERE s.id = x.id RETURNING s.*) SELECT {JOB_COLUMNS}, j.claim, d.body FROM j"
+                    " JOIN sidecar_deliveries d ON d.id = j.delivery_id ORDER BY j.next_at, j.id",
+                    (list(chosen), self.replica, now + self.lease_s)).fetchall()
                 claimed = [Claimed(_job_row(r), bytes(r[-1]), r[-2], chosen[r[0]]) for r in rows]
             due = None
             if len(chosen) < limit:

@@ -7,78 +7,30 @@ Same policy as the embedded spool (see the package docstring), plus what sharing
 - Time is the database's (`now()`): replicas' clocks may differ, the database has one.
 - A broadcast route becomes one job per live replica (`replica` set: only it may claim it).
 
-Only this module imports psycopg, and only the shared spool imports this module, so
-sqlite users never load the driver.
+Only this module and its schema (pg_schema.py) import psycopg, and only a config with
+`spool_url_env` imports them, so sqlite users never load the driver.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from .. import metrics
 from ..config import Route
 from ..errors import QueueFull, Unavailable
 from . import Accepted, Delivery, JobRow, SpoolUnreachable, route_from_spec, route_spec
+from .pg_schema import migrate, redact, scrub
 
-SCHEMA_VERSION = 1
-MIGRATION_LOCK = 0x5EB400C  # pg_advisory_lock key: one replica migrates at a time
 NOW = "EXTRACT(EPOCH FROM now())::float8"
 NOTIFY_CHANNEL = "sidecar_jobs"
 GONE_LEASES = 10  # a replica not seen for this many lease_s is gone
-
-MIGRATIONS = {1: """
-CREATE TABLE sidecar_deliveries (
-    id          bigserial PRIMARY KEY,
-    endpoint    text NOT NULL,
-    delivery    text NOT NULL,
-    provider    text NOT NULL,
-    event       text NOT NULL,
-    request_id  text NOT NULL,
-    cwd         text NOT NULL,
-    body        bytea NOT NULL,
-    received_at float8 NOT NULL,
-    accepted_by text NOT NULL,
-    UNIQUE (endpoint, delivery)
-);
-CREATE TABLE sidecar_jobs (
-    id          bigserial PRIMARY KEY,
-    delivery_id bigint NOT NULL REFERENCES sidecar_deliveries(id) ON DELETE CASCADE,
-    route       text NOT NULL,
-    spec        text NOT NULL,
-    rkey        text NOT NULL,       -- what `concurrency` counts: endpoint, route (and replica when broadcast)
-    concurrency int,
-    replica     text,                -- broadcast: the only replica that may run it
-    state       text NOT NULL DEFAULT 'pending',
-    attempts    int NOT NULL DEFAULT 0,
-    next_at     float8 NOT NULL DEFAULT 0,
-    updated_at  float8 NOT NULL,
-    exit_code   int,
-    outcome     text,
-    output_tail text,
-    owner       text,                -- the replica holding the lease
-    lease_until float8,              -- NULL: not claimed
-    claim       int NOT NULL DEFAULT 0,  -- bumped by every claim: fences a stale owner's writes
-    ran_on      text                 -- the replica that ran the last recorded attempt
-);
-CREATE INDEX sidecar_jobs_due ON sidecar_jobs (next_at, id) WHERE state = 'pending';
-CREATE INDEX sidecar_jobs_leased ON sidecar_jobs (rkey) WHERE lease_until IS NOT NULL;
-CREATE INDEX sidecar_jobs_state ON sidecar_jobs (state, updated_at);
-CREATE INDEX sidecar_jobs_delivery ON sidecar_jobs (delivery_id);
-CREATE TABLE sidecar_replicas (
-    name       text PRIMARY KEY,
-    seen_at    float8 NOT NULL,
-    started_at float8 NOT NULL
-);
-"""}
 
 JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
     d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail,
@@ -90,28 +42,6 @@ def _job_row(r: Sequence[Any]) -> JobRow:
     return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
                   endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
                   received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], replica=r[16])
-
-
-def redact(url: str) -> str:
-    """The URL for logs: user, host, port and database, never the password."""
-    try:
-        d = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "postgresql://(unparsable URL)"
-    host = d.get("host") or d.get("hostaddr") or "(PGHOST)"
-    return f"postgresql://{d['user'] + '@' if d.get('user') else ''}{host}{':' + d['port'] if d.get('port') else ''}" \
-           f"/{d.get('dbname', '')}"
-
-
-def scrub(text: str, url: str) -> str:
-    """An error message with the URL and its password taken out (libpq may quote the conninfo)."""
-    secrets = [url]
-    m = re.search(r"://[^:/@]*:([^@/]*)@", url) or re.search(r"password\s*=\s*'?([^'\s]+)", url)
-    if m and m.group(1):
-        secrets.append(m.group(1))
-    for s in secrets:
-        text = text.replace(s, "***")
-    return text
 
 
 @dataclass(frozen=True)
@@ -138,7 +68,7 @@ class Store:
         self._kwargs = {"connect_timeout": 5, "application_name": f"webhook-sidecar {replica}"[:63]}
         try:
             with psycopg.connect(url, autocommit=True, **self._kwargs) as conn:
-                self._migrate(conn)
+                migrate(conn, variable, self.location)
                 self.reclaimed: list[tuple[int, str, str, str, str, int]] = []
                 if serving:
                     conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
@@ -163,23 +93,6 @@ class Store:
             url, min_size=1, max_size=pool_size, kwargs=self._kwargs, open=False, timeout=5,
             reconnect_timeout=5, name="spool")
         self.pool.open()
-
-    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS sidecar_schema_version (version int NOT NULL)")
-            row = conn.execute("SELECT max(version) FROM sidecar_schema_version").fetchone()
-            current = row[0] if row and row[0] is not None else 0
-            if current > SCHEMA_VERSION:
-                raise SpoolUnreachable(
-                    f"{self.variable}: the spool database {self.location} has schema version {current}, newer than"
-                    f" this sidecar knows ({SCHEMA_VERSION}): a newer release migrated it; run that release")
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                with conn.transaction():
-                    conn.execute(MIGRATIONS[version])
-                    conn.execute("INSERT INTO sidecar_schema_version (version) VALUES (%s)", (version,))
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
     def close(self) -> None:
         self.pool.close()
@@ -445,11 +358,6 @@ class Store:
         autovacuum looks, and with an empty table's statistics the claim sorts the whole queue."""
         with self.pool.connection() as conn:
             conn.execute("ANALYZE sidecar_jobs")
-            conn.commit()
-
-    def ping(self) -> None:
-        with self.pool.connection() as conn:
-            conn.execute("SELECT 1")
             conn.commit()
 
     # --- reads and the CLI ---------------------------------------------------------------

@@ -42,7 +42,7 @@ image:
 # tests/test_image.py alone: build, run read-only as user 10001 with the chart's defaults, deliver, stop.
 # REQUIRE_IMAGE_TEST=1: where podman cannot run the image, fail instead of skipping.
 image-test: $(STAMP)
-	REQUIRE_IMAGE_TEST=1 $(BIN)/python -m pytest -v tests/test_image.py
+	REQUIRE_IMAGE_TEST=1 $(BIN)/python -m pytest -v -rP tests/test_image.py
 
 # Figures against their ceilings (README "Measuring"); installs wrk when missing, stops within 5 minutes.
 # make bench ARGS="--cpus 1 --baseline 652c911 --stages": issue 14's one-core figures, A/B

@@ -240,6 +240,9 @@ def hooks_finished(box: Container, delivery: str, routes: int = 2) -> dict[str, 
 
 def test_the_image_is_the_dockerfile_s_non_root_sidecar(built: Built) -> None:
     engine = built.engine
+    base = "present" if built.base_seconds is None else f"built in {built.base_seconds:.0f} s"
+    print(f"base image {engine.base_image or '(Dockerfile default)'}: {base}; "  # shown by `make image-test`
+          f"{engine.image}: built in {built.build_seconds:.0f} s")
     config = json.loads(engine.run("image", "inspect", "--format", "{{json .Config}}", engine.image).stdout)
     assert config["User"] == f"{UID}:{UID}"
     assert config["Entrypoint"] == ["/usr/bin/tini", "--", "webhook-sidecar"]

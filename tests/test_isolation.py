@@ -353,3 +353,21 @@ def test_without_records_a_dead_sidecars_leftovers_are_found_by_their_marker(tmp
         for p in (leftover, stranger):
             p.kill()
             p.wait()
+
+
+def test_a_hook_killed_by_a_signal_is_logged_with_it(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, """
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_env: WEBHOOK_SECRET
+            routes:
+              - event: "*"
+                name: oom
+                run: [/bin/sh, -c, 'kill -KILL $$']
+                retries: 0
+    """)
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b"{}", delivery="killed").status == 200
+    line = finished(sidecar)[0]
+    assert (line["exit_code"], line["signal"], line["outcome"]) == (None, 9, "signal"), line

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .. import metrics
 from ..config import Route
@@ -90,7 +90,7 @@ class Store:
         # psycopg_pool logs each failed reconnect through `logging`; the spool logs its own events.
         logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs=self._kwargs, open=False, timeout=5,
+            url, min_size=1, max_size=pool_size, kwargs=self._kwargs, open=False, timeout=3,
             reconnect_timeout=5, name="spool")
         self.pool.open()
 
@@ -128,7 +128,8 @@ class Store:
                 metrics.DATABASE_ERRORS.labels("accept").inc()
                 # A pooled connection the database dropped (a restart) fails its first statement,
                 # before anything was sent to commit: one more try on a fresh connection is safe.
-                if committing or attempt == 2 or not isinstance(e, psycopg.OperationalError):
+                retry = isinstance(e, psycopg.OperationalError) and not isinstance(e, PoolTimeout)
+                if committing or attempt == 2 or not retry:
                     why = "commit outcome unknown" if committing else "database unavailable"
                     raise Unavailable(f"spool {why}", retry_after=5) from e
         raise AssertionError("unreachable")

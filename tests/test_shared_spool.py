@@ -164,7 +164,8 @@ def test_kill_9_of_a_replica_its_running_jobs_finish_on_the_others(tmp_path: Pat
     # The lease runs out (at most lease_s), a survivor's poll sees it (1 s), the hook runs again (at once).
     assert elapsed < lease_s + 2.5, f"took {elapsed:.1f} s"
     taken = [e for s in (r2, r3) for e in s.find_logs("job.taken_over")]
-    assert sorted(e["delivery"] for e in taken) == sorted(on_r1) and all(e["taken_from"] == "r1" for e in taken)
+    # Every job r1 was running, and any it had claimed in reserve (for a worker to come free) without starting it.
+    assert {e["delivery"] for e in taken} >= on_r1 and all(e["taken_from"] == "r1" for e in taken)
     # A takeover counts an attempt: the dead run was attempt 1.
     assert all(e["attempt"] == 2 for e in taken)
     reruns = [line.split() for line in lines(out / "ran") if line.split()[0] in on_r1 and line.split()[1] != "r1"]

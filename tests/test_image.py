@@ -252,6 +252,33 @@ def test_the_image_is_the_dockerfile_s_non_root_sidecar(built: Built) -> None:
     assert version in out.stdout + out.stderr, out
 
 
+# Run by the image's own interpreter: every module of the package, and every top-level module of each
+# distribution it requires (psycopg's libpq, cryptography's Rust extension), must import in the image.
+IMPORT_EVERYTHING = """
+import importlib, importlib.metadata as md, pkgutil, re, sidecar
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+required = {norm(re.split(r"[\\s\\[<>=;!~(]", r, maxsplit=1)[0]) for r in md.requires("webhook-sidecar") or []
+            if "extra ==" not in r}
+modules = sorted(m.name for m in pkgutil.walk_packages(sidecar.__path__, "sidecar.")
+                 if not m.name.endswith("__main__"))
+tops = sorted(top for top, dists in md.packages_distributions().items()
+              if not top.startswith("_") and any(norm(d) in required for d in dists))
+for name in modules + tops:
+    importlib.import_module(name)
+print(len(modules), "modules;", len(required), "requirements;", " ".join(tops))
+"""
+
+
+def test_every_module_and_dependency_imports_in_the_image(built: Built) -> None:
+    engine = built.engine
+    out = engine.run("run", "--rm", "--read-only", "--user", str(UID), *engine.limit_flags(),
+                     "--entrypoint", "/opt/webhook-sidecar/bin/python", engine.image, "-c", IMPORT_EVERYTHING)
+    modules, requirements, tops = out.stdout.split(";")
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert int(requirements.split()[0]) == len(required), out.stdout
+    assert int(modules.split()[0]) > 10 and "yaml" in tops.split(), out.stdout
+
+
 def test_a_signed_delivery_runs_both_default_hooks_in_the_read_only_container(container: Container) -> None:
     status, body = container.request("GET", "/readyz")
     assert status == 200, body

@@ -170,17 +170,19 @@ class Writer:
                 self._check_disk()
             self._probe_ok_at = time.monotonic()
 
-    def _check_disk(self) -> None:
+    def _check_disk(self, committed: bool = False) -> None:
         """A probe's write is small and may fit in the WAL's old space on a full disk; a delivery
-        may not. Free space below the reserve is "disk full", so readiness does not flap."""
+        may not. Free space below the reserve is "disk full", so readiness does not flap.
+        `committed`: a commit just succeeded, which clears any other problem in the same step
+        (never a moment of "ready" in between)."""
         try:
             st = os.statvfs(self.path.parent)
+            free = st.f_bavail * st.f_frsize
         except OSError:
-            return
-        free = st.f_bavail * st.f_frsize
+            free = self.reserve_bytes
         if free < self.reserve_bytes:
             self._set_problem("spool disk full", f"{free} bytes free, below the reserve of {self.reserve_bytes}")
-        elif self._problem == "spool disk full":
+        elif committed or self._problem == "spool disk full":
             self._set_problem(None)
 
     def _probe_op(self, db: sqlite3.Connection) -> None:
@@ -276,8 +278,8 @@ class Writer:
             # back, so nothing is lost; the senders are told 503 and their retries dedupe.
             self._file_lost(batch)
             return
-        if self._problem is not None and self._problem != "spool disk full":  # that one is the probe's to clear
-            self._set_problem(None)
+        if self._problem is not None:
+            self._check_disk(committed=True)
         for request, (value, error) in zip(batch, outcomes, strict=True):
             if error is not None:
                 request.future.set_exception(error)

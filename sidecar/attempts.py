@@ -129,12 +129,13 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
         return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
     result = runner.run(route.argv, body, job.env(), route.timeout_s, cwd=row.cwd,
                         cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
-    signum = getattr(result, "signal", None)
+    signum = result.signal
     fields.update(exit_code=result.exit_code, signal=signum, duration_ms=round(result.duration_s * 1000, 1),
-                  output_tail=result.output_tail or None, error=result.error or None)
+                  output_tail=result.output_tail or None, error=result.error or None,
+                  leftovers=result.leftovers or None)
     if result.cancelled:
         return Attempt(job_id, job, result, "interrupted", 0.0, "interrupted", fields)
-    transient = bool(getattr(result, "transient", False))
+    transient = result.transient
     if result.ok:
         outcome = "ok"
     elif result.timed_out:

@@ -56,6 +56,7 @@ class _Held:
         self.cancel = threading.Event()
         self.fenced = False
         self.attempt: Attempt | None = None  # set when the run ended and its record is pending
+        self.recording = False  # a record is in flight (the worker's, or housekeeping's retry)
 
 
 class SharedWorkers:
@@ -233,12 +234,17 @@ class SharedWorkers:
         """Commit the attempt's outcome, then log it; on failure keep it for the next try."""
         a = held.attempt
         assert a is not None
+        with self._lock:
+            if held.recording:
+                return
+            held.recording = True
         result = a.result
         try:
             ours = self.spool.finish(a.job_id, held.claimed.claim, a.state, a.job.attempt, a.next_at,
                                      result.exit_code if result else None, a.outcome,
                                      result.output_tail if result else "", held.claimed.row.route.concurrency)
         except DB_ERRORS as e:
+            held.recording = False
             metrics.DATABASE_ERRORS.labels("record").inc()
             if not a.warned:
                 a.warned = True
@@ -266,7 +272,8 @@ class SharedWorkers:
                 held = {i: h.claimed.claim for i, h in self._held.items()}
             started = time.monotonic()
             try:
-                kept = self.spool.renew(held)
+                # A draining replica keeps its leases but no longer heartbeats: it stays out of new broadcasts.
+                kept = self.spool.renew(held, heartbeat=not self._stopping.is_set())
             except DB_ERRORS as e:
                 self._db_failed("renew", e)
                 continue

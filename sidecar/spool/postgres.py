@@ -247,13 +247,16 @@ class Store:
             conn.commit()
         return claimed, (due[0] - now + time.time()) if due and due[0] is not None else None
 
-    def renew(self, held: dict[int, int]) -> set[int]:
+    def renew(self, held: dict[int, int], heartbeat: bool = True) -> set[int]:
         """Extend the leases of the jobs this replica holds ({id: claim}); the ids still ours.
 
-        Also the heartbeat that keeps this replica live (and in every broadcast)."""
+        Also, with `heartbeat`, what keeps this replica live (and in every broadcast)."""
         with self.pool.connection() as conn:
-            conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
-                         f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}", (self.replica,))
+            if heartbeat:
+                conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
+                             f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}", (self.replica,))
+            else:
+                conn.execute("SELECT 1")  # still a round trip: health is this call's outcome
             kept: set[int] = set()
             if held:
                 kept = {r[0] for r in conn.execute(

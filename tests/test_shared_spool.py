@@ -435,3 +435,35 @@ def test_a_takeover_of_the_last_attempt_is_a_dead_letter(tmp_path: Path, sidecar
     assert sorted((j["delivery"], j["outcome"], j["replica"]) for j in failed) == \
         [("x-1", "taken_over", "f1"), ("x-2", "taken_over", "f1")]
     assert sorted(lines(out / "started")) == ["x-1", "x-2"]  # not run again
+
+
+def test_a_draining_replica_gets_no_new_broadcasts_and_hands_its_queue_back(tmp_path: Path, sidecars,
+                                                                           pg_url: str) -> None:
+    config = write_config(tmp_path, shared_table("""
+- event: push
+  name: everywhere
+  broadcast: true
+  run: [sh, -c, 'cat >/dev/null; echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA" >> "$OUT/ran"']
+  env: {{OUT: {out}}}
+- event: deploy
+  name: slow
+  run: [sh, -c, 'cat >/dev/null; echo "$WEBHOOK_DELIVERY $WEBHOOK_REPLICA" >> "$OUT/slow"; sleep 1.5']
+  env: {{OUT: {out}}}
+""", "max_workers: 1\n").replace("lease_s: 2", "lease_s: 30"))  # only a hand-back lets the others run at once
+    out = tmp_path / "out"
+    a, b = start_replicas(sidecars, config, pg_url, ["a", "b"], "--grace", "10")
+    assert a.deliver(b"{}", delivery="before").status == 200
+    wait_for(lambda: sorted(lines(out / "ran")) == ["before a", "before b"], timeout=10)
+    for i in range(4):  # one worker each: b runs s-0 and claims s-1 in reserve; a takes the others
+        assert b.deliver(b"{}", event="deploy", delivery=f"s-{i}").status == 200
+    wait_for(lambda: any(line.endswith(" b") for line in lines(out / "slow")), timeout=10)
+    b.proc.send_signal(signal.SIGTERM)
+    b.wait_log(lambda e: e.get("msg") == "server.draining")
+    assert a.deliver(b"{}", delivery="during").json()["routes"] == ["everywhere"]
+    assert b.proc.wait(20) == 0
+    jobs = [json.loads(line) for line in spool_cli(config, pg_url, "list", "--json").stdout.splitlines()]
+    assert [j["replica"] for j in jobs if j["delivery"] == "during"] == ["a"]  # b was draining: not live
+    assert b.find_logs("spool.handed_back")[0]["jobs"] >= 1
+    # Every deploy ran once in all; what b held ran on a without waiting for b's lease to run out (30 s).
+    wait_for(lambda: sorted(line.split()[0] for line in lines(out / "slow")) == [f"s-{i}" for i in range(4)],
+             timeout=15, interval=0.1)

@@ -293,9 +293,6 @@ FIGURES = [  # key, label, format
     ("paced_hook_cpu_ms", "at a fixed --rate: the hook's processes, CPU per run (ms)", ".3f"),
     ("paced_p99_ms", "at a fixed --rate: p99 latency (ms, from each request's due time)", ".1f"),
 ]
-LOWER_IS_BETTER = {"p99_ms", "idle_rss_mib", "sidecar_cpu_ms_per_delivery", "hook_cpu_ms_per_delivery",
-                   "total_cpu_ms_per_delivery", "rejected_cpu_ms", "paced_sidecar_cpu_ms", "paced_hook_cpu_ms",
-                   "paced_p99_ms"}
 
 
 def table(res: dict) -> str:

@@ -33,6 +33,7 @@ on core 0, wrk on core 1, optionally A/B against a checkout of --baseline REF, -
 delivery by stage (bench/stages.py):
 
     python bench/run.py --cpus 1 [--baseline 652c911] [--stages] [--rounds 3] [--seconds 5]
+                        [--tree DIR] [--also DIR ...] [--rate 200] [--paced-seconds 5] [--budget 900]
 
 Where things are: servers.py (the sidecar and the ceilings as processes, /proc readings), load.py
 (load generation), figures.py (the default bench's measurements), onecore.py (the one-core mode),
@@ -56,7 +57,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5, help="seconds of load per throughput run, default 5")
     ap.add_argument("--connections", type=int, default=4, help="keep-alive connections, default 4")
     ap.add_argument("--rate", type=float, default=200, help="paced rate for (4), default 200 req/s")
-    ap.add_argument("--paced-seconds", type=float, default=10, help="length of the paced run, default 10 s")
+    ap.add_argument("--paced-seconds", type=float, default=None,
+                    help="length of the paced run, default 10 s (5 s with --cpus 1)")
     ap.add_argument("--starts", type=int, default=5, help="starts timed for (6), default 5")
     ap.add_argument("--workers", type=int, default=4, help="max_workers of the sidecar and of the spawn pool")
     ap.add_argument("--spawn-count", type=int, default=1000, help="hook runs per spawn-ceiling round")
@@ -70,7 +72,8 @@ def main() -> int:
     ap.add_argument("--log-beside-config", action="store_true",
                     help="diagnostic: write the sidecar's log into its config directory (watched for reloads)")
     ap.add_argument("--profile-top", type=int, default=25)
-    ap.add_argument("--budget", type=float, default=285, help="stop within this many seconds, default 285")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="stop within this many seconds, default 285 (900 with --cpus 1)")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     ap.add_argument("--cpus", type=int, choices=[1], help="1: issue 14's one-core figures (bench/onecore.py)")
@@ -83,11 +86,14 @@ def main() -> int:
     ap.add_argument("--stages", action="store_true", help="with --cpus 1: CPU per delivery by stage")
     args = ap.parse_args()
     if args.cpus == 1:
+        args.budget = 900 if args.budget is None else args.budget
+        args.paced_seconds = 5 if args.paced_seconds is None else args.paced_seconds
         return onecore.run_onecore(args)
+    args.budget = 285 if args.budget is None else args.budget
+    args.paced_seconds = 10 if args.paced_seconds is None else args.paced_seconds
     if args.baseline or args.stages or args.tree or args.also:
         ap.error("--baseline, --tree, --also and --stages go with --cpus 1")
     return figures.run_default(args)
-
 
 
 if __name__ == "__main__":

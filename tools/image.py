@@ -125,11 +125,20 @@ class Engine:
         return ["build", "--quiet", f"--pull={pull}", *self.build_flags(), "--tag", self.image,
                 "--file", str(self.context / "Dockerfile"), str(self.context)]
 
+    def image_id(self, image: str) -> str:
+        out = self.run("image", "inspect", "--format", "{{.Id}}", image, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
     def build(self, timeout: float = 900) -> float:
-        """Build the image; seconds taken."""
+        """Build the image; seconds taken. The image it replaces is removed (unless a container uses it), so
+        repeated builds of a changing checkout do not pile up untagged images."""
+        previous = self.image_id(self.image)
         started = time.monotonic()
         self.run(*self.build_args(), timeout=timeout)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        if previous and previous != self.image_id(self.image):
+            self.run("image", "rm", previous, check=False)
+        return seconds
 
 
 def main(argv: list[str]) -> int:

@@ -121,8 +121,9 @@ class SharedWorkers:
             return "spool database not responding"
         return self._problem
 
-    def _db_failed(self, operation: str, error: BaseException) -> None:
-        metrics.DATABASE_ERRORS.labels(operation).inc()
+    def _db_failed(self, operation: str, error: BaseException, counted: bool = False) -> None:
+        if not counted:
+            metrics.DATABASE_ERRORS.labels(operation).inc()
         problem = "spool database unreachable"
         if self._problem != problem:
             self._problem = problem
@@ -147,7 +148,7 @@ class SharedWorkers:
         except QueueFull:
             raise
         except Unavailable as e:
-            self._db_failed("accept", e.__cause__ or e)
+            self._db_failed("accept", e.__cause__ or e, counted=True)  # the store counted it
             raise
         self._depth += len(accepted.job_ids)  # until the next refresh, as the whole spool's count has it
         if accepted.job_ids:

@@ -317,6 +317,7 @@ def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
         print(f"\noutage: ready again {ready_after:.1f} s after the database; answers {dict(stream.statuses)}")
         assert set(stream.statuses) <= {200, 503}, stream.statuses
         assert stream.statuses[503] > 0
+        assert metric(a, "webhook_sidecar_database_errors_total") > 0
         wait_for(lambda: set(stream.acked) <= {line.split()[0] for line in lines(out / "ran")}, timeout=30,
                  interval=0.1)
         # The fenced run was never finished, and it starts again: handed back once the database answered

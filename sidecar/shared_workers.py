@@ -282,8 +282,8 @@ class SharedWorkers:
             with self._lock:
                 for job_id in held:
                     h = self._held.get(job_id)
-                    if h is None:
-                        continue
+                    if h is None or h.claimed.claim != held[job_id]:
+                        continue  # finished meanwhile (and maybe claimed again: a new lease, not this one)
                     if job_id in kept:
                         h.valid_until = started + self.lease_s
                     elif h.attempt is None and not h.cancel.is_set():

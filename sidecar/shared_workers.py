@@ -202,6 +202,12 @@ class SharedWorkers:
                     self._claimed -= 1
                     self._held.pop(c.row.id, None)
                 continue
+            if held.cancel.is_set():  # fenced or its lease lost while it waited: never start it
+                with self._lock:
+                    self._claimed -= 1
+                self._hand_back(held)
+                self._wake.set()
+                continue
             with self._lock:
                 self._running += 1
             try:

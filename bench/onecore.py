@@ -101,9 +101,13 @@ def start(budget: Budget, v: Variant, args: argparse.Namespace, launcher: list[s
     count = count_dir / "count"
     hook = ["/bin/sh", "-c", HOOK_SCRIPT.format(count=count)]
     sc = Sidecar(budget, args.workers, args.log_level, root=v.root, cpus=SERVER_CPU, hook=hook, launcher=launcher)
-    sc.start()
-    sc.wait_port()
-    sc.wait_ready()
+    try:
+        sc.start()
+        sc.wait_port()
+        sc.wait_ready()
+    except BaseException:  # SystemExit with the sidecar's log: leave nothing behind
+        stop(sc, count)
+        raise
     return sc, count
 
 

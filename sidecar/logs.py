@@ -27,6 +27,9 @@ class _Sink:
 
 
 _sink = _Sink()
+# json.dumps with options builds a new encoder for every call; one, built once, writes the same.
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+_second: tuple[int, str] = (-1, "")  # the timestamp up to the seconds, formatted once a second
 
 
 def configure(level: str = "info", stream: IO[str] | None = None) -> None:
@@ -42,9 +45,13 @@ def enabled(level: str) -> bool:
 def _emit(level: str, msg: str, fields: dict[str, Any], exc_info: bool = False) -> None:
     if _RANK[level] < _sink.rank:
         return
+    global _second
     now = time.time()
+    whole, second = int(now), _second
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
     line: dict[str, Any] = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+        "ts": f"{second[1]}.{int(now % 1 * 1000):03d}Z",
         "level": level,
         "msg": msg,
     }
@@ -53,7 +60,7 @@ def _emit(level: str, msg: str, fields: dict[str, Any], exc_info: bool = False) 
             line[key] = value
     if exc_info:
         line["traceback"] = traceback.format_exc()
-    text = json.dumps(line, default=str, separators=(",", ":")) + "\n"
+    text = _encode(line) + "\n"
     stream = _sink.stream or sys.stdout
     with _sink.lock:
         try:

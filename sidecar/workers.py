@@ -25,12 +25,16 @@ from . import attempts, logs, metrics
 from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
 from .errors import QueueFull
-from .spool import Accepted, Delivery
+from .spool import Accepted, Delivery, JobRow
 from .spool.sqlite import Spool
 
 SYNC_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 600.0
 CRASH_RETRY_S = 30.0
+# Fresh jobs reach their worker in memory (delivery and route as accepted, from the loaded table)
+# while their bodies take at most this much; beyond it, after a restart or for a retry, a worker
+# reads the job back from the spool.
+FRESH_BYTES = 8 * 1024 * 1024
 
 
 class Workers:
@@ -49,6 +53,8 @@ class Workers:
         self._running_keys: Counter[tuple[str, str]] = Counter()
         self._parked: dict[tuple[str, str], list[tuple[float, int]]] = {}
         self._cancels: dict[int, threading.Event] = {}
+        self._fresh: dict[int, tuple[Delivery, Route]] = {}
+        self._fresh_bytes = 0
         self._unrecorded: dict[int, Attempt] = {}  # outcomes whose record did not commit yet
         self._reserved = 0  # queue slots held by deliveries being committed
         self._stopping = False
@@ -114,8 +120,12 @@ class Workers:
             self._reserved -= len(routes)  # in the same breath as the jobs take their places
             by_name = {r.name: r for r in routes}
             runnable = 0
+            keep = accepted.fresh and self._fresh_bytes + len(delivery.body) * len(routes) <= FRESH_BYTES
             for job_id, name in zip(accepted.job_ids, accepted.routes, strict=True):
                 route = by_name.get(name)
+                if keep and route is not None:
+                    self._fresh[job_id] = (delivery, route)
+                    self._fresh_bytes += len(delivery.body)
                 concurrency = route.concurrency if route else self._stored_concurrency(job_id)
                 runnable += self._add(job_id, 0.0, (delivery.endpoint, name), concurrency)
             if runnable:
@@ -127,7 +137,7 @@ class Workers:
         return row.route.concurrency if row else None
 
     # --- running ----------------------------------------------------------------------
-    def _take(self) -> tuple[int, threading.Event] | None:
+    def _take(self) -> tuple[int, threading.Event, tuple[Delivery, Route] | None] | None:
         # Due jobs of a route at its concurrency limit are parked per route, and one
         # is handed back each time a run of that route ends: each job is looked at
         # O(1) times per start, however long the queue behind a serialized route.
@@ -144,7 +154,10 @@ class Workers:
                         continue
                     self._running_keys[key] += 1
                     cancel = self._cancels[item[1]] = threading.Event()
-                    return item[1], cancel
+                    fresh = self._fresh.pop(item[1], None)
+                    if fresh is not None:
+                        self._fresh_bytes -= len(fresh[0].body)
+                    return item[1], cancel, fresh
                 self._cond.wait(self._heap[0][0] - now if self._heap else None)
             return None
 
@@ -160,11 +173,12 @@ class Workers:
 
     def _work(self) -> None:
         while (taken := self._take()) is not None:
-            job_id, cancel = taken
+            job_id, cancel, fresh = taken
             attempt: Attempt | None = None
             gone = False
             try:
-                found = self.spool.job_to_run(job_id)
+                # Just committed by submit(), first attempt: no need to read it back.
+                found = self._fresh_row(job_id, *fresh) if fresh else self.spool.job_to_run(job_id)
                 if found is None or found[0].state != "pending":
                     gone = True  # purged or finished elsewhere (spool CLI)
                 else:
@@ -190,6 +204,14 @@ class Workers:
                 attempts.interrupted(attempt, "stopped at shutdown; runs again at the next start")
             elif attempt is not None:
                 self._record(attempt)
+
+    @staticmethod
+    def _fresh_row(job_id: int, d: Delivery, route: Route) -> tuple[JobRow, bytes]:
+        row = JobRow(id=job_id, state="pending", attempts=0, next_at=0.0, updated_at=0.0, route=route,
+                     endpoint=d.endpoint, delivery=d.delivery, provider=d.provider, event=d.event,
+                     request_id=d.request_id, cwd=d.cwd, received_at=0.0, exit_code=None, outcome=None,
+                     output_tail=None)
+        return row, d.body
 
     def _record(self, a: Attempt) -> None:
         with self._cond:

@@ -15,6 +15,7 @@ several replicas). `Spool` below is what the server, the workers and the CLI use
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ class Accepted:
     status: str  # "accepted" or "duplicate"
     job_ids: tuple[int, ...]
     routes: tuple[str, ...]
+    fresh: bool = False  # new jobs of the routes given, in their order (not failed ones put back)
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,29 @@ class JobRow:
     replica: str | None = None  # shared spool: the replica holding the job, or that ran it last
 
 
+_specs: dict[Route, str] = {}  # a route's spec, written into every job of it: made once per route
+
+
 def route_spec(route: Route) -> str:
+    """The stored form of a route (what a job runs), as JSON; cached per route."""
+    try:
+        spec = _specs.get(route)
+    except TypeError:  # an `if` value that cannot be hashed
+        return _route_spec(route)
+    if spec is None:
+        if len(_specs) > 1024:  # routes of tables long replaced
+            _specs.clear()
+        spec = _specs[route] = _route_spec(route)
+    return spec
+
+
+def _route_spec(route: Route) -> str:
     return json.dumps({"name": route.name, "event": route.event, "argv": list(route.argv),
                        "timeout_s": route.timeout_s, "concurrency": route.concurrency,
                        "retries": route.retries, "env": dict(route.env)})
 
 
+@functools.lru_cache(maxsize=1024)
 def route_from_spec(spec: str) -> Route:
     d = json.loads(spec)
     return Route(name=d["name"], event=d["event"], when=(), argv=tuple(d["argv"]), timeout_s=d["timeout_s"],

@@ -203,9 +203,15 @@ class Spool:
 
         def op(db: sqlite3.Connection) -> Accepted:
             now = time.time()
-            row = db.execute("SELECT id FROM deliveries WHERE endpoint = ? AND delivery = ?",
-                             (delivery.endpoint, delivery.delivery)).fetchone()
-            if row is not None:
+            # The insert checks the (endpoint, delivery) key anyway: a redelivery inserts nothing.
+            cur = db.execute(
+                "INSERT INTO deliveries (endpoint, delivery, provider, event, request_id, cwd, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, delivery) DO NOTHING",
+                (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
+                 delivery.cwd, delivery.body, now))
+            if cur.rowcount == 0:
+                row = db.execute("SELECT id FROM deliveries WHERE endpoint = ? AND delivery = ?",
+                                 (delivery.endpoint, delivery.delivery)).fetchone()
                 failed = db.execute("SELECT id, route FROM jobs WHERE delivery_id = ? AND state = 'failed'",
                                     (row[0],)).fetchall()
                 if not failed:
@@ -213,18 +219,13 @@ class Spool:
                 db.executemany("UPDATE jobs SET state = 'pending', attempts = 0, next_at = 0, updated_at = ?"
                                " WHERE id = ?", [(now, j[0]) for j in failed])
                 return Accepted("accepted", tuple(j[0] for j in failed), tuple(j[1] for j in failed))
-            cur = db.execute(
-                "INSERT INTO deliveries (endpoint, delivery, provider, event, request_id, cwd, body, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
-                 delivery.cwd, delivery.body, now))
             ids = []
             for route in routes:
                 job = db.execute("INSERT INTO jobs (delivery_id, route, spec, updated_at) VALUES (?, ?, ?, ?)",
                                  (cur.lastrowid, route.name, route_spec(route), now))
                 ids.append(int(job.lastrowid or 0))
             self.used_bytes += len(delivery.body) + 256 * (1 + len(routes))  # until the probe measures it
-            return Accepted("accepted", tuple(ids), tuple(r.name for r in routes))
+            return Accepted("accepted", tuple(ids), tuple(r.name for r in routes), fresh=True)
 
         return self.write(op)
 

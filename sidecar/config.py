@@ -1,8 +1,7 @@
 """config.yaml: load once, check everything, report every error with file, line and key.
 
-PyYAML's safe_load silently keeps the last of duplicated keys and gives no line
-numbers, so the file is composed into nodes and walked here: duplicates are
-errors, and each value remembers the line it came from.
+The file is read by yamldoc.py (duplicates are errors, every value keeps its line);
+this module checks what the values mean.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from dotenv import dotenv_values
 
 from .errors import ConfigError
 from .providers import PROVIDERS, Provider
+from .yamldoc import Doc as _Doc
+from .yamldoc import Path_, _describe
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 3
@@ -36,7 +37,6 @@ TOP_KEYS = {
 ENDPOINT_KEYS = {"path", "provider", "secret_env", "secret_file", "routes"}
 ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
 
-Path_ = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -104,101 +104,6 @@ class Config:
     @property
     def secret_files(self) -> tuple[str, ...]:
         return tuple(f for e in self.endpoints.values() for f in e.secret_files)
-
-
-def _key_path(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-class _Doc:
-    """A composed YAML document: plain values plus the line of every key path."""
-
-    def __init__(self, file: Path, text: str) -> None:
-        self.file = file
-        self.lines: dict[Path_, int] = {}
-        self.errors: list[tuple[int, str]] = []
-        self._construct = yaml.constructor.SafeConstructor()
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark else 1
-            problem = getattr(e, "problem", None) or str(e)
-            self.errors.append((line, f"{file}:{line}: (yaml): {problem}"))
-            self.data: Any = None
-            return
-        self.data = self._walk(node, ()) if node is not None else None
-
-    def _walk(self, node: yaml.Node, path: Path_) -> Any:
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._construct.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
-                if not isinstance(key, str):
-                    self.error(path, f"keys must be strings, got {key_node.value!r}", key_node.start_mark.line + 1)
-                    continue
-                if key in out:
-                    self.error(path + (key,), "duplicate key", key_node.start_mark.line + 1)
-                    continue
-                out[key] = self._walk(value_node, path + (key,))
-                self.lines[path + (key,)] = key_node.start_mark.line + 1
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self._walk(item, path + (i,)) for i, item in enumerate(node.value)]
-        return self._construct.construct_object(node, deep=True)
-
-    def line(self, path: Path_) -> int:
-        while path not in self.lines and path:
-            path = path[:-1]
-        return self.lines.get(path, 1)
-
-    def error(self, path: Path_, message: str, line: int | None = None) -> None:
-        line = line or self.line(path)
-        self.errors.append((line, f"{self.file}:{line}: {_key_path(path)}: {message}"))
-
-    # Typed getters: each reports a wrong type and returns the default.
-    def get(self, obj: Mapping[str, Any], path: Path_, key: str, kind: type | tuple[type, ...],
-            default: Any = None, *, required: bool = False, minimum: float | None = None) -> Any:
-        if key not in obj:
-            if required:
-                self.error(path, f"missing required key {key!r}")
-            return default
-        value = obj[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python, and YAML 1.1 turns on/off/yes/no into bools.
-        if isinstance(value, bool) and bool not in kinds:
-            self.error(path + (key,),
-                       f"must be {_kind_name(kinds)}, got boolean {value!r} (quote it if you meant a string)")
-            return default
-        if float in kinds and isinstance(value, int):
-            value = float(value)
-        if not isinstance(value, kinds):
-            self.error(path + (key,), f"must be {_kind_name(kinds)}, got {_describe(value)}")
-            return default
-        if minimum is not None and value < minimum:
-            self.error(path + (key,), f"must be at least {minimum:g}, got {value}")
-            return default
-        return value
-
-    def unknown_keys(self, obj: Mapping[str, Any], path: Path_, allowed: set[str]) -> None:
-        for key in obj:
-            if key not in allowed:
-                self.error(path + (key,), f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a mapping"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _describe(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
-        type(value), f"{type(value).__name__} {value!r}")
 
 
 def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None = None,

@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import posixpath
+import re
 import shutil
 import sys
 import tempfile
@@ -84,6 +85,9 @@ REFUSED = [
     ("both minAvailable and maxUnavailable", {"podDisruptionBudget": {"enabled": True, "minAvailable": 1,
                                                                       "maxUnavailable": 1}}),
     ("secret files without fsGroup (unreadable at mode 0440)", {"podSecurityContext": {"fsGroup": None}}),
+    ("replicaCount above 1 with the SQLite spool (each pod would keep its own queue)", {"replicaCount": 2}),
+    ("a persistent spool and the shared one together",
+     {"spool": {"persistence": {"enabled": True}, "postgres": {"existingSecret": "db"}}}),
     ("secret_env while secrets are files (the sidecar would refuse its table)",
      {"config": "spool_dir: /var/lib/webhook-sidecar\nendpoints:\n- {path: /w, provider: github, secret_env: S,"
                 " routes: []}\n"}),
@@ -409,7 +413,11 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
                    f"{p} config volume defaultMode is {config_volume.get('defaultMode')!r}, not 0755 (493)")
     problems.check("items" not in config_volume, f"{p} config volume lists items: keys added later would not appear")
     data = configmap.get("data") or {}
-    problems.check(data.get("config.yaml") == values["config"], f"{p} ConfigMap config.yaml differs from values.config")
+    shared = (values["spool"].get("postgres") or {}).get("existingSecret")
+    expected = values["config"]
+    if shared and not re.search(r"(?m)^spool_url_env:", expected):  # the shared spool: the URL's variable instead
+        expected = "spool_url_env: SPOOL_DATABASE_URL\n" + re.sub(r"(?m)^spool_dir:.*\n?", "", expected)
+    problems.check(data.get("config.yaml") == expected, f"{p} ConfigMap config.yaml differs from values.config")
     for hook, script in values["hooks"].items():
         problems.check(data.get(hook) == script, f"{p} ConfigMap {hook} differs from values.hooks")
     config = yaml.safe_load(data.get("config.yaml", "")) or {}
@@ -427,8 +435,18 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     for run in run_paths(config):
         key = posixpath.normpath(run)
         problems.check(key in data and "/" not in key, f"{p} config.yaml runs {run}, which is no key of the ConfigMap")
-    spool_dir = posixpath.normpath(posixpath.join(CONFIG_DIR, str(config.get("spool_dir", ".spool"))))
-    problems.check(spool_dir == SPOOL_DIR, f"{p} config.yaml spool_dir resolves to {spool_dir}, not {SPOOL_DIR}")
+    if shared:
+        env = {e["name"]: e for e in sidecar.get("env", [])}
+        problems.check(config.get("spool_url_env") == "SPOOL_DATABASE_URL" and "spool_dir" not in config,
+                       f"{p} with spool.postgres config.yaml must name spool_url_env: SPOOL_DATABASE_URL, no spool_dir")
+        problems.check(((env.get("SPOOL_DATABASE_URL") or {}).get("valueFrom") or {}).get("secretKeyRef")
+                       == {"name": shared, "key": values["spool"]["postgres"]["key"]},
+                       f"{p} SPOOL_DATABASE_URL does not come from spool.postgres's Secret and key")
+        problems.check(((env.get("SIDECAR_REPLICA") or {}).get("valueFrom") or {}).get("fieldRef", {}).get(
+            "fieldPath") == "metadata.name", f"{p} SIDECAR_REPLICA is not the pod's name")
+    else:
+        spool_dir = posixpath.normpath(posixpath.join(CONFIG_DIR, str(config.get("spool_dir", ".spool"))))
+        problems.check(spool_dir == SPOOL_DIR, f"{p} config.yaml spool_dir resolves to {spool_dir}, not {SPOOL_DIR}")
     problems.check(SPOOL_DIR in mounts and "/tmp" in mounts, f"{p} {SPOOL_DIR} or /tmp is not a mounted volume")
     for path in (SPOOL_DIR, "/tmp"):
         problems.check(not mounts.get(path, {}).get("readOnly"), f"{p} {path} is mounted read-only")

@@ -4,6 +4,7 @@ paths and route names, providers, reasons and outcomes; never delivery ids or ra
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -57,6 +58,21 @@ BROADCAST_DROPPED = Counter(f"{PREFIX}_broadcast_jobs_dropped_total",
                             registry=REGISTRY)
 DATABASE_ERRORS = Counter(f"{PREFIX}_database_errors_total",
                           "Failed shared-spool database operations, by operation.", ["operation"], registry=REGISTRY)
+
+
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """metric.labels(*labels), kept: labels() checks its arguments and takes a lock on every call.
+
+    The labels are bounded (see above), and so is what is kept. Only for metrics whose children
+    are never removed (nothing here calls remove() or clear()).
+    """
+    found = _children.get((metric, labels))
+    if found is None:
+        found = _children[(metric, labels)] = metric.labels(*labels)
+    return found
 
 
 def track_queue(depth: Callable[[], int], running: Callable[[], int], limit: int | None = None) -> None:

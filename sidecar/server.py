@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,6 +44,8 @@ DIGITS = re.compile(r"[0-9]+")
 HTTP_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})")
 # A header line: a token, a colon, a value without CR, LF or NUL (so no obs-fold, no bare CR).
 HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*\r?\n")
+# A whole header block of such lines, each ending in CRLF, then the blank line: what senders send.
+HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*\r\n)*\r\n")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_FIELDS = 99  # http.client refuses more than 100 lines, the blank one included
 _BUSY = b'{"error":"too many connections"}'
@@ -54,6 +57,8 @@ ALIVE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 
          b"X-Request-Id: %%s\r\nConnection: close\r\n\r\n%s" % (len(_ALIVE), _ALIVE))
 LIVENESS = re.compile(rb"GET /healthz(?:\?[^ ]*)? HTTP/1\.[01]\r?\n")
 PEEK_S = 0.01  # how long a refused connection may take to show its request line
+_dumps = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds an encoder per call
+_date: tuple[int, str] = (0, "")  # the Date header of the current second
 
 
 class Headers:
@@ -313,18 +318,24 @@ class Handler(BaseHTTPRequestHandler):
     def _count(self, status: HTTPStatus, msg: str) -> None:
         path = self.path.split("?", 1)[0]
         endpoint = self.fields.get("endpoint") or (path if path in HEALTH_PATHS else "other")
-        metrics.REQUESTS.labels(endpoint, str(int(status))).inc()
+        metrics.child(metrics.REQUESTS, endpoint, str(int(status))).inc()
         if status == HTTPStatus.UNAUTHORIZED:
-            metrics.VERIFICATION_FAILURES.labels(self.fields.get("provider", ""), self.fields.get("reason", "")).inc()
+            metrics.child(metrics.VERIFICATION_FAILURES, self.fields.get("provider", ""),
+                          self.fields.get("reason", "")).inc()
         elif msg.startswith("delivery."):
-            metrics.DELIVERIES.labels(endpoint, msg.split(".", 1)[1]).inc()
+            metrics.child(metrics.DELIVERIES, endpoint, msg.split(".", 1)[1]).inc()
 
     def _respond(self, status: HTTPStatus, body: Any, ctype: str, headers: dict[str, str]) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Request-Id", self.request_id)
+        data = body if isinstance(body, bytes) else _dumps(body).encode()
+        code = int(status)
+        # What send_response and these send_header calls would buffer, formatted in one go.
+        if not hasattr(self, "_headers_buffer"):
+            self._headers_buffer = []
+        self._headers_buffer.append(
+            f"{self.protocol_version} {code} {self.responses[code][0] if code in self.responses else ''}\r\n"
+            f"Server: {self.version_string()}\r\nDate: {self.date_time_string()}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\nX-Request-Id: {self.request_id}\r\n"
+            .encode("latin-1", "strict"))
         for name, value in headers.items():
             self.send_header(name, value)
         if self.close_connection:
@@ -487,8 +498,39 @@ class Handler(BaseHTTPRequestHandler):
             return self.handle_expect_100()
         return True
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The stdlib's, formatted once a second rather than per response."""
+        global _date
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        if _date[0] != now:
+            _date = (now, formatdate(now, usegmt=True))
+        return _date[1]
+
     def _read_header_block(self) -> list[bytes] | None:
         """The header lines up to the blank one, each ending in CRLF, or None once an error is answered."""
+        # Fast path: the whole block already buffered (a request's head comes in one segment) and
+        # every line a plain `name: value` CRLF line: one match, one read. Anything else (a bare LF,
+        # CR or NUL, obs-fold, a block not yet all in) goes line by line below, with its limits.
+        try:
+            buffered = self.rfile.peek(MAX_HEADER_BYTES)  # type: ignore[attr-defined,unused-ignore]
+        except TimeoutError:  # the socket timeout fired before the reaper did
+            self.expired = True
+            self._incomplete()
+            return None
+        end = buffered.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES) + 4
+        if end > 3 and HEADER_BLOCK.fullmatch(buffered, 0, end):
+            lines = self.rfile.read(end).split(b"\r\n")[:-2]
+            if len(lines) > MAX_HEADER_FIELDS:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                f"more than {MAX_HEADER_FIELDS} header fields")
+                return None
+            # A field value has no trailing whitespace (RFC 9110 5.5), as below.
+            return [line.rstrip(b" \t") + b"\r\n" for line in lines]
+        return self._read_header_lines()
+
+    def _read_header_lines(self) -> list[bytes] | None:
         lines: list[bytes] = []
         size = 0
         while True:

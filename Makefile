@@ -46,8 +46,10 @@ image-test: $(STAMP)
 
 # Figures against their ceilings (README "Measuring"); installs wrk when missing, stops within 5 minutes.
 # make bench ARGS="--cpus 1 --baseline 652c911 --stages": issue 14's one-core figures, A/B
+# Without ARGS it also puts the two spool backends side by side (sqlite vs a local PostgreSQL, issue 11).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
+	$(if $(ARGS),,$(BIN)/python bench/spool_backends.py --seconds 8)
 
 clean:
 	rm -rf $(VENV) .venv-helm .pytest_cache .ruff_cache .spool

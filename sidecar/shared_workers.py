@@ -346,7 +346,9 @@ class SharedWorkers:
                     unrecorded = [h for h in self._held.values() if h.attempt is not None]
                 for h in unrecorded:
                     self._record(h)
-                self._depth, live = self.spool.stats()
+                depth, live = self.spool.stats()
+                if not self._stopping.is_set():  # stop() counts after its hand-back; a slow read must not undo it
+                    self._depth = depth
                 metrics.LIVE_REPLICAS.set(live)
                 if not analyzed_at / 2 <= self._depth <= analyzed_at * 2 + 100:
                     analyzed_at = self._depth

@@ -20,6 +20,7 @@ from .config import Config, Route
 from .spool import JobRow, route_spec
 
 EX_TEMPFAIL = 75
+CRASH_RETRY_S = 30.0  # an attempt that failed in our code, not the hook's: tried again this much later
 STOP_KILL_GRACE_S = 3.0
 
 

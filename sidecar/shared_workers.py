@@ -29,14 +29,13 @@ from . import attempts, logs, metrics
 from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
 from .errors import QueueFull, Unavailable
-from .spool import Accepted, Delivery
+from .spool import Accepted, Delivery, Retention
 from .spool.postgres import DB_ERRORS, Claimed, Store
 
 POLL_S = 1.0
 PROBE_S = 1.0
 PROBE_STALE_S = 5.0  # no successful round trip for this long: not ready
-CRASH_RETRY_S = 30.0
-PRUNE_INTERVAL_S = 600.0
+CRASH_RETRY_S = attempts.CRASH_RETRY_S
 
 
 def _dead_letter(job_id: int, endpoint: str, route: str, delivery: str, attempt: int, ran_on: str) -> None:
@@ -339,7 +338,7 @@ class SharedWorkers:
 
     def _housekeeping(self) -> None:
         """Retry unrecorded outcomes; refresh depth and live replicas; drop gone replicas' broadcasts; prune."""
-        last_prune, analyzed_at = 0.0, self._depth
+        retention, analyzed_at = Retention(), self._depth
         while not self._closed.wait(PROBE_S):
             try:
                 with self._lock:
@@ -357,12 +356,7 @@ class SharedWorkers:
                     metrics.BROADCAST_DROPPED.inc()
                     logs.warning("job.dropped", job=job_id, route=route, replica=replica, delivery=delivery,
                                  detail=f"broadcast job of a replica not seen for {10 * self.lease_s:g} s (gone)")
-                retention_s = self.config().retention_hours * 3600
-                if time.monotonic() - last_prune > min(PRUNE_INTERVAL_S, retention_s / 10):
-                    last_prune = time.monotonic()
-                    pruned = self.spool.purge(retention_s)
-                    if pruned:
-                        logs.info("spool.pruned", jobs=pruned)
+                retention.prune_if_due(self.spool.purge, self.config().retention_hours)
             except DB_ERRORS as e:
                 self._db_failed("sync", e)
 

@@ -25,12 +25,11 @@ from . import attempts, logs, metrics
 from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
 from .errors import QueueFull
-from .spool import Accepted, Delivery, JobRow
+from .spool import Accepted, Delivery, JobRow, Retention
 from .spool.sqlite import Spool
 
 SYNC_INTERVAL_S = 1.0
-PRUNE_INTERVAL_S = 600.0
-CRASH_RETRY_S = 30.0
+CRASH_RETRY_S = attempts.CRASH_RETRY_S
 # Fresh jobs reach their worker in memory (delivery and route as accepted, from the loaded table)
 # while their bodies take at most this much; beyond it, after a restart or for a retry, a worker
 # reads the job back from the spool.
@@ -247,7 +246,7 @@ class Workers:
     # --- housekeeping -------------------------------------------------------------------
     def _housekeeping(self) -> None:
         """Retry unrecorded outcomes; pick up jobs requeued by `spool retry`; prune old finished jobs."""
-        last_prune, last_sync = 0.0, time.time()
+        retention, last_sync = Retention(), time.time()
         while not self._stopped.wait(SYNC_INTERVAL_S):
             try:
                 with self._cond:
@@ -269,12 +268,7 @@ class Workers:
                         self._add(job_id, next_at, (endpoint, route), concurrency)
                     if fresh:
                         self._cond.notify_all()
-                retention_s = self.config().retention_hours * 3600
-                if time.monotonic() - last_prune > min(PRUNE_INTERVAL_S, retention_s / 10):
-                    last_prune = time.monotonic()
-                    pruned = self.spool.purge(retention_s)
-                    if pruned:
-                        logs.info("spool.pruned", jobs=pruned)
+                retention.prune_if_due(self.spool.purge, self.config().retention_hours)
             except Exception as e:
                 logs.error("spool.sync_failed", error=str(e))
 

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import functools
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import logs
 from ..config import Route
+
+PRUNE_INTERVAL_S = 600.0
 
 
 class SpoolDamaged(Exception):
@@ -77,6 +82,23 @@ class JobRow:
     outcome: str | None
     output_tail: str | None
     replica: str | None = None  # shared spool: the replica holding the job, or that ran it last
+
+
+class Retention:
+    """Prunes finished jobs older than retention_hours, at most every PRUNE_INTERVAL_S (a tenth of
+    the retention when that is shorter): the same for every backend's scheduler."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def prune_if_due(self, purge: Callable[[float], int], retention_hours: float) -> None:
+        """Call the backend's `purge(older_than_s)` when due; log what it removed."""
+        retention_s = retention_hours * 3600
+        if time.monotonic() - self._last > min(PRUNE_INTERVAL_S, retention_s / 10):
+            self._last = time.monotonic()
+            pruned = purge(retention_s)
+            if pruned:
+                logs.info("spool.pruned", jobs=pruned)
 
 
 _specs: dict[Route, str] = {}  # a route's spec, written into every job of it: made once per route

@@ -149,10 +149,6 @@ class Writer:
             return "spool file removed or replaced"  # the next probe restores it
         return self._problem
 
-    @property
-    def writable(self) -> bool:
-        return self.health() is None
-
     def _probe_loop(self) -> None:
         """A write/read round trip through the writer on a timer, so readiness tells the
         truth without traffic and comes back by itself (an unready pod gets no POSTs)."""

@@ -182,6 +182,21 @@ def key_values(value: str, name: str, sep: str = ",") -> list[tuple[str, str]]:
     return [(key, val) for key, _, val in pairs]
 
 
+def verify_listed(headers: HeaderMap, name: str, ts_key: str, sig_key: str, joiner: bytes, body: bytes,
+                  secrets: Sequence[bytes], now: float, tolerance: float, sep: str = ",") -> None:
+    """A header listing one timestamp and one or more hex HMAC-SHA256 signatures of
+    "<timestamp as sent><joiner><body>" (Stripe's "t=..,v1=..", Paddle's "ts=..;h1=.."); other keys ignored."""
+    pairs = key_values(signed_header(headers, name), name, sep=sep)
+    times = [value for key, value in pairs if key == ts_key]
+    signatures = [value for key, value in pairs if key == sig_key]
+    if len(times) != 1 or not signatures:
+        raise SignatureError(f"{name} needs one {ts_key}= and at least one {sig_key}=", reason="malformed")
+    ts = timestamp(times[0], f"{name} {ts_key}")
+    msg = times[0].encode("ascii") + joiner + body
+    require_match([hmac_hex(s, msg) for s in secrets], signatures)
+    check_age(ts, now, tolerance)
+
+
 # --- MACs -------------------------------------------------------------------------
 def hmac_hex(secret: bytes, msg: bytes, digest: str = "sha256") -> str:
     return hmac.new(secret, msg, digest).hexdigest()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SignatureError
-from . import HeaderMap, Timestamped, check_age, hmac_hex, key_values, require_match, signed_header, text, timestamp
+from . import HeaderMap, Timestamped, hmac_hex, text, verify_listed
 
 
 class Paddle(Timestamped):
@@ -23,15 +22,7 @@ class Paddle(Timestamped):
 
     def verify(self, headers: HeaderMap, body: bytes, secrets: Sequence[bytes], now: float,
                target: str = "") -> None:
-        pairs = key_values(signed_header(headers, "Paddle-Signature"), "Paddle-Signature", sep=";")
-        times = [value for key, value in pairs if key == "ts"]
-        signatures = [value for key, value in pairs if key == "h1"]
-        if len(times) != 1 or not signatures:
-            raise SignatureError("Paddle-Signature needs one ts= and an h1=", reason="malformed")
-        ts = timestamp(times[0], "Paddle-Signature ts")
-        msg = times[0].encode("ascii") + b":" + body
-        require_match([hmac_hex(s, msg) for s in secrets], signatures)
-        check_age(ts, now, self.tolerance)
+        verify_listed(headers, "Paddle-Signature", "ts", "h1", b":", body, secrets, now, self.tolerance, sep=";")
 
     def event(self, headers: HeaderMap, payload: Any) -> str:
         return text(payload.get("event_type")) if isinstance(payload, dict) else ""

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SignatureError
-from . import HeaderMap, Timestamped, check_age, hmac_hex, key_values, require_match, signed_header, text, timestamp
+from . import HeaderMap, Timestamped, hmac_hex, text, verify_listed
 
 
 class Stripe(Timestamped):
@@ -21,15 +20,7 @@ class Stripe(Timestamped):
 
     def verify(self, headers: HeaderMap, body: bytes, secrets: Sequence[bytes], now: float,
                target: str = "") -> None:
-        pairs = key_values(signed_header(headers, "Stripe-Signature"), "Stripe-Signature")
-        times = [value for key, value in pairs if key == "t"]
-        signatures = [value for key, value in pairs if key == "v1"]
-        if len(times) != 1 or not signatures:
-            raise SignatureError("Stripe-Signature needs one t= and a v1=", reason="malformed")
-        ts = timestamp(times[0], "Stripe-Signature t")
-        msg = times[0].encode("ascii") + b"." + body
-        require_match([hmac_hex(s, msg) for s in secrets], signatures)
-        check_age(ts, now, self.tolerance)
+        verify_listed(headers, "Stripe-Signature", "t", "v1", b".", body, secrets, now, self.tolerance)
 
     def event(self, headers: HeaderMap, payload: Any) -> str:
         return self.type_field(payload)

@@ -10,9 +10,11 @@ that knows them. Three things close that:
 - Every process of a run carries `WEBHOOK_RUN_ID` in its environment (inherited
   by whatever it starts), so an orphan is attributed to its run even when several
   runs are going at once, and even after the sidecar that started it is gone.
-- Each running hook has a small record file in `run_dir` (written before the
-  spawn, removed after the run's end): at the next start, records and markers
-  whose sidecar is dead are leftovers, killed before any job runs.
+- Each sidecar keeps a journal in `run_dir` (`<its marker prefix>.journal`): a line
+  when a hook starts (its pid, route and delivery) and one when its run ended,
+  appended to one open file, so a run costs two writes and no file of its own.
+  At the next start, runs a dead sidecar's journal left open, and processes
+  whose marker names a dead sidecar, are leftovers, killed before any job runs.
 
 Pids are never trusted alone: a pid is taken for the process it was only while
 /proc/<pid>/stat shows the same start time (pids are reused).
@@ -32,6 +34,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 
 MARKER_VAR = "WEBHOOK_RUN_ID"
@@ -123,10 +126,13 @@ def _orphans() -> list[int]:
     (the first live thread of its group). One read instead of one per thread."""
     me = os.getpid()
     try:
-        with open(f"/proc/{me}/task/{me}/children", "rb") as f:
-            return [int(p) for p in f.read().split()]
+        fd = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return _children(me)
+    try:
+        return [int(p) for p in os.read(fd, 65536).split()]
+    finally:
+        os.close(fd)
 
 
 def _subtree(roots: list[int]) -> list[int]:
@@ -148,21 +154,26 @@ def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+JOURNAL_SUFFIX = ".journal"
+JOURNAL_COMPACT_BYTES = 1 << 20  # rewritten with only its open runs past this size
+JOURNAL_EMPTY_BYTES = 64 << 10  # emptied past this size when no run is open (one write per end below it)
+
+
 @dataclass
 class Run:
-    """One hook run's identity: its marker and its record file."""
+    """One hook run's identity: its marker (inherited by all it starts) and its journal number."""
 
     marker: str
-    record: Path | None  # None: no record kept
+    seq: int
+    facts: dict[str, object]
     pid: int = 0
-    fd: int = -1  # the record, open from begin() to spawned()
 
 
 class Tracker:
-    """Records running hooks in `run_dir` and ends everything each run started."""
+    """Journals running hooks in `run_dir` and ends everything each run started."""
 
     def __init__(self, run_dir: Path | None, subreaper: bool = False, key: str | None = None) -> None:
-        """`run_dir` None keeps no records (markers alone find leftovers); `key` names this
+        """`run_dir` None keeps no journal (markers alone find leftovers); `key` names this
         deployment in the markers (default: run_dir), so a restart recognizes its own."""
         self.run_dir = run_dir
         if run_dir is not None:
@@ -172,29 +183,23 @@ class Tracker:
         key = key if key is not None else os.path.realpath(run_dir or ".")
         self.prefix = hashlib.sha256(os.fsencode(key)).hexdigest()[:10]
         self.instance = f"{self.prefix}.{os.getpid()}-{_start_time(os.getpid())}"
+        self.journal = run_dir / (self.instance + JOURNAL_SUFFIX) if run_dir is not None else None
         self.subreaper = subreaper
         if subreaper:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         self._mains: dict[int, str] = {}  # pid of each running hook -> its marker
+        self._open: dict[int, bytes] = {}  # journal lines of the runs started and not ended
+        self._fd = -1  # the journal, opened at the first run
+        self._size = 0
 
     # --- one run ----------------------------------------------------------------------
     def begin(self, env: Mapping[str, str]) -> Run:
-        """Write the run's record (before the spawn: a crash right after it must not lose the run)."""
-        marker = f"{self.instance}.{next(self._seq)}"
-        if self.run_dir is None:
-            return Run(marker, None)
-        record = self.run_dir / marker
+        """A new run's marker, to put in the hook's environment before it is started."""
+        seq = next(self._seq)
         facts = {"route": env.get("WEBHOOK_ROUTE"), "delivery": env.get("WEBHOOK_DELIVERY")}
-        # No fsync: a record only matters while its processes live, and a power loss ends them too.
-        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(facts).encode() + b"\n")
-        except BaseException:
-            os.close(fd)
-            raise
-        return Run(marker, record, fd=fd)
+        return Run(f"{self.instance}.{seq}", seq, facts)
 
     @contextmanager
     def spawning(self, run: Run) -> Iterator[None]:
@@ -203,22 +208,76 @@ class Tracker:
             yield
 
     def spawned(self, run: Run, pid: int) -> None:
-        """Register the hook's pid (call inside spawning()) and add it to the record.
+        """Register the hook's pid (call inside spawning()) and journal the run.
 
-        The record's mtime stands for the pid's start time: recovery takes the pid for the
-        hook only if the process there started within 2 s of it (pids are reused).
+        The line's time stands for the pid's start time: recovery takes the pid for the
+        hook only if the process there started within 2 s of it (pids are reused). A crash
+        between the spawn and this line leaves the run to its marker alone.
         """
         run.pid = pid
         self._mains[pid] = run.marker
-        if run.fd < 0:
+        if self.journal is None:
+            return
+        line = b'{"run":%d,"pid":%d,"t":%.3f,"route":%s,"delivery":%s}\n' % (
+            run.seq, pid, time.time(), *(_json_str(run.facts.get(k)) for k in ("route", "delivery")))
+        self._open[run.seq] = line
+        self._append(line)
+
+    def _append(self, line: bytes) -> None:
+        """Add a line to the journal (lock held). No fsync: an entry only matters while its
+        processes live, and a power loss ends them too. A failed write is not fatal: the
+        marker still finds the run's processes."""
+        try:
+            if self._fd < 0:
+                assert self.journal is not None
+                self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                self._size = os.fstat(self._fd).st_size
+            os.write(self._fd, line)
+            self._size += len(line)
+        except OSError:
+            pass
+
+    def _ended(self, run: Run) -> None:
+        """Journal the run's end (lock held); empty the journal when nothing runs, compact it when big."""
+        if self._open.pop(run.seq, None) is None or self._fd < 0:
             return
         try:
-            os.write(run.fd, b'{"pid": %d}\n' % pid)
+            if not self._open and self._size > JOURNAL_EMPTY_BYTES:
+                os.ftruncate(self._fd, 0)  # O_APPEND: the next line goes to the start
+                self._size = 0
+            elif self._size > JOURNAL_COMPACT_BYTES:
+                self._compact()
+            else:
+                self._append(b'{"end":%d}\n' % run.seq)
         except OSError:
-            pass  # the marker still finds the run's processes
-        finally:
-            os.close(run.fd)
-            run.fd = -1
+            pass
+
+    def _compact(self) -> None:
+        """Replace the journal by one that holds only the open runs (lock held)."""
+        assert self.journal is not None
+        tmp = self.journal.with_name(self.journal.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            data = b"".join(self._open.values())
+            os.write(fd, data)
+            os.replace(tmp, self.journal)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._fd)
+        self._fd, self._size = fd, len(data)
+
+    def close(self) -> None:
+        """At shutdown, after the last run ended: remove the journal (nothing left to recover)."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            if self.journal is not None and not self._open:
+                try:
+                    self.journal.unlink()
+                except OSError:
+                    pass
 
     def end(self, run: Run, wait_s: float = END_WAIT_S) -> list[int]:
         """After the hook's main process was waited for: kill whatever of the run is left; the pids killed.
@@ -228,26 +287,22 @@ class Tracker:
         """
         killed: list[int] = []
         deadline = time.monotonic() + wait_s
-        try:
-            while True:
+        while True:
+            with self._lock:
+                self._mains.pop(run.pid, None)
+                found = self._leftovers(run.marker)
+                if not found:
+                    self._ended(run)
+            for pid in found:
+                _kill(pid)
+            killed.extend(p for p in found if p not in killed)
+            if not found:
+                return killed
+            if time.monotonic() > deadline:
                 with self._lock:
-                    self._mains.pop(run.pid, None)
-                    found = self._leftovers(run.marker)
-                for pid in found:
-                    _kill(pid)
-                killed.extend(p for p in found if p not in killed)
-                if not found or time.monotonic() > deadline:
-                    return killed
-                time.sleep(0.01)
-        finally:
-            if run.fd >= 0:  # never spawned
-                os.close(run.fd)
-                run.fd = -1
-            try:
-                if run.record is not None:
-                    run.record.unlink()
-            except OSError:
-                pass
+                    self._ended(run)
+                return killed
+            time.sleep(0.01)
 
     def _leftovers(self, marker: str) -> list[int]:
         """Live processes of the run `marker` under the sidecar (lock held); reaps orphans that died."""
@@ -278,26 +333,31 @@ class Tracker:
     def reap_leftovers(self, wait_s: float = 5.0) -> list[dict[str, object]]:
         """At start, before any job runs: kill every process of runs whose sidecar is gone.
 
-        Returns one entry per leftover run (its record's route and delivery, the pids killed).
+        Returns one entry per leftover run (its journal's route and delivery, the pids killed).
         """
         runs: dict[str, dict[str, object]] = {}
-        for record in self.run_dir.iterdir() if self.run_dir is not None else ():
-            owner = self._owner_alive(record.name)
-            if owner:
-                continue  # a live sidecar sharing this directory: its runs are its own
-            facts: dict[str, object] = {"marker": record.name, "pids": []}
-            main: tuple[int, float] | None = None
-            try:
-                written = record.stat().st_mtime
-                for line in record.read_text(encoding="utf-8").splitlines():
-                    d = json.loads(line)
-                    facts.update({k: d[k] for k in ("route", "delivery") if k in d})
-                    if "pid" in d:
-                        main = (int(d["pid"]), written)
-            except (OSError, ValueError):
-                pass
-            facts["_main"] = main
-            runs[record.name] = facts
+        files: list[Path] = []
+        for path in self.run_dir.iterdir() if self.run_dir is not None else ():
+            name = path.name.removesuffix(".new")
+            if name.endswith(JOURNAL_SUFFIX):
+                instance = name[:-len(JOURNAL_SUFFIX)]
+                if self._owner_alive(instance + ".0"):
+                    continue  # a live sidecar sharing this directory: its runs are its own
+                files.append(path)
+                for seq, d in _open_runs(path).items():
+                    t = d.get("t")
+                    started = t if isinstance(t, (int, float)) else 0.0
+                    runs[f"{instance}.{seq}"] = _facts(f"{instance}.{seq}", d, started)
+            elif not self._owner_alive(name):  # a run record of an earlier version: one file per run
+                files.append(path)
+                facts: dict[str, object] = {}
+                try:
+                    written = path.stat().st_mtime
+                    for line in path.read_text(encoding="utf-8").splitlines():
+                        facts.update(json.loads(line))
+                except (OSError, ValueError):
+                    written = 0.0
+                runs[name] = _facts(name, facts, written)
         deadline = time.monotonic() + wait_s
         while True:
             victims = self._scan(runs)
@@ -309,10 +369,9 @@ class Tracker:
             if not victims or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        for name in runs:
+        for path in files:
             try:
-                if self.run_dir is not None:
-                    (self.run_dir / name).unlink()
+                path.unlink()
             except OSError:
                 pass
         return [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs.values()]
@@ -352,6 +411,38 @@ class Tracker:
             elif pid in mains or st[2] in mains or st[3] in mains:
                 victims[pid] = mains.get(pid) or mains.get(st[2]) or mains[st[3]]
         return victims
+
+
+def _open_runs(journal: Path) -> dict[int, dict[str, object]]:
+    """The runs a journal holds as started and not ended: number -> its start line."""
+    runs: dict[int, dict[str, object]] = {}
+    try:
+        lines = journal.read_bytes().splitlines()
+    except OSError:
+        return runs
+    for line in lines:
+        try:
+            d = json.loads(line)
+            if "run" in d:
+                runs[int(d["run"])] = d
+            elif "end" in d:
+                runs.pop(int(d["end"]), None)
+        except (ValueError, TypeError):
+            continue  # a line cut by the crash
+    return runs
+
+
+def _json_str(value: object) -> bytes:
+    return b"null" if value is None else encode_basestring_ascii(str(value)).encode()
+
+
+def _facts(marker: str, d: Mapping[str, object], started: float) -> dict[str, object]:
+    """A leftover run as reap_leftovers reports it; `_main` is (pid, when it started) if known."""
+    facts: dict[str, object] = {"marker": marker, "pids": []}
+    facts.update({k: d[k] for k in ("route", "delivery") if k in d})
+    pid = d.get("pid")
+    facts["_main"] = (int(pid), started) if isinstance(pid, int) else None
+    return facts
 
 
 def transient(e: OSError) -> bool:

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import attempts, isolation, logs, metrics
+from . import attempts, isolation, logs, metrics, procs
 from . import config as config_mod
 from .reload import Reloader, warn_unverified
 from .server import SidecarServer
@@ -86,6 +86,9 @@ class Service:
         self.reloader.stop()
         self.server.server_close()
         self.workers.close()
+        tracker = procs.current()
+        if tracker is not None:
+            tracker.close()  # every run has ended: no journal left to recover from
         logs.info("server.stopped", drained=self._drained, pending=self.workers.depth)
         return 0
 

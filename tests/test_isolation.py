@@ -325,13 +325,16 @@ def test_leftovers_of_a_live_sidecar_sharing_the_directory_are_left_alone(tmp_pa
             tracker.spawned(run, child.pid)
         assert procs.Tracker(tmp_path / "runs").reap_leftovers() == []  # this process is alive
         assert child.poll() is None
-        record = json.loads(run.record.read_text().splitlines()[1])
-        assert record["pid"] == child.pid
+        assert tracker.journal is not None
+        started = json.loads(tracker.journal.read_text().splitlines()[0])
+        assert (started["pid"], started["run"], started["delivery"]) == (child.pid, run.seq, "d")
     finally:
         child.kill()
         child.wait()
         tracker.end(run)
-    assert not run.record.exists()
+    assert procs._open_runs(tracker.journal) == {}  # nothing runs: nothing to recover
+    tracker.close()
+    assert not any((tmp_path / "runs").iterdir())
 
 
 def test_without_records_a_dead_sidecars_leftovers_are_found_by_their_marker(tmp_path: Path) -> None:
@@ -371,3 +374,48 @@ def test_a_hook_killed_by_a_signal_is_logged_with_it(tmp_path: Path, sidecars) -
     assert sidecar.deliver(b"{}", delivery="killed").status == 200
     line = finished(sidecar)[0]
     assert (line.get("exit_code"), line.get("signal"), line["outcome"]) == (None, 9, "signal"), line
+
+
+def test_a_dead_sidecars_journal_gives_its_open_runs_and_only_those(tmp_path: Path) -> None:
+    """A hook that cleared its environment has no marker: the journal's pid still finds it."""
+    from sidecar import procs
+
+    tracker = procs.Tracker(tmp_path / "runs")
+    running, ended = tracker.begin({"WEBHOOK_DELIVERY": "a"}), tracker.begin({"WEBHOOK_DELIVERY": "b"})
+    kids = [subprocess.Popen(["sleep", "30"], env={}) for _ in range(2)]
+    try:
+        for run, child in zip((running, ended), kids, strict=True):
+            with tracker.spawning(run):
+                tracker.spawned(run, child.pid)
+        kids[1].kill()
+        kids[1].wait()
+        assert tracker.end(ended) == []
+        assert tracker.journal is not None
+        dead = f"{tracker.prefix}.{os.getpid()}-1"  # this pid, another start time: a sidecar that is gone
+        tracker.journal.rename(tracker.journal.with_name(dead + procs.JOURNAL_SUFFIX))
+        assert procs.Tracker(tmp_path / "runs").reap_leftovers() == [
+            {"marker": f"{dead}.{running.seq}", "pids": [kids[0].pid], "route": None, "delivery": "a"}]
+        assert kids[0].wait(5) == -9
+        assert not any((tmp_path / "runs").iterdir())
+    finally:
+        for child in kids:
+            child.kill()
+            child.wait()
+
+
+def test_the_journal_stays_small_under_endless_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import procs
+
+    monkeypatch.setattr(procs, "JOURNAL_COMPACT_BYTES", 4096)
+    tracker = procs.Tracker(tmp_path / "runs")
+    held = tracker.begin({"WEBHOOK_DELIVERY": "held"})
+    with tracker.spawning(held):
+        tracker.spawned(held, os.getpid())  # a pid that stays alive: the run stays open
+    for i in range(500):
+        run = tracker.begin({"WEBHOOK_DELIVERY": f"d{i}"})
+        with tracker.spawning(run):
+            tracker.spawned(run, 1 << 22)  # beyond pid_max: never a live process
+        tracker.end(run)
+    assert tracker.journal is not None
+    assert 0 < tracker.journal.stat().st_size <= 4096 + 200
+    assert set(procs._open_runs(tracker.journal)) == {held.seq}

@@ -12,6 +12,7 @@ sidecar exits (SIGTERM).
 
 from __future__ import annotations
 
+import _thread
 import cProfile
 import pstats
 import runpy
@@ -47,10 +48,21 @@ class _Snapshot:
         pass
 
 
+def _profiled(fn: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        _new().enable()
+        return fn(*args, **kwargs)
+    return run
+
+
 def main() -> None:
     out = sys.argv[1]
     sys.argv = ["sidecar", *sys.argv[2:]]
     threading.setprofile(_start_thread)
+    # The server starts its handler threads with _thread.start_new_thread (no threading.Thread,
+    # so no setprofile hook): give each its profiler as it starts.
+    start_new_thread = _thread.start_new_thread
+    _thread.start_new_thread = lambda fn, args, kwargs={}: start_new_thread(_profiled(fn), args, kwargs)
     own = _new()
     own.enable()
     try:

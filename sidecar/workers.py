@@ -245,7 +245,8 @@ class Workers:
 
     # --- housekeeping -------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        """Retry unrecorded outcomes; pick up jobs requeued by `spool retry`; prune old finished jobs."""
+        """Retry unrecorded outcomes; pick up jobs requeued by `spool retry`; drop finished bodies;
+        prune old finished jobs."""
         retention, last_sync = Retention(), time.time()
         while not self._stopped.wait(SYNC_INTERVAL_S):
             try:
@@ -268,6 +269,7 @@ class Workers:
                         self._add(job_id, next_at, (endpoint, route), concurrency)
                     if fresh:
                         self._cond.notify_all()
+                self.spool.drop_bodies(since)
                 retention.prune_if_due(self.spool.purge, self.config().retention_hours)
             except Exception as e:
                 logs.error("spool.sync_failed", error=str(e))

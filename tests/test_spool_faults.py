@@ -210,12 +210,17 @@ def test_finished_deliveries_drop_their_bodies_dead_letters_keep_theirs(tmp_path
     assert sidecar.deliver(body, event="tag", delivery="dead").status == 200
     for d in ("ok", "dead"):
         sidecar.wait_log(lambda e, d=d: e.get("msg") == "hook.finished" and e.get("delivery") == d)
-    db = sqlite3.connect(tmp_path / ".spool" / "spool.db")
-    try:
-        sizes = dict(db.execute("SELECT delivery, length(body) FROM deliveries").fetchall())
-    finally:
-        db.close()
-    assert sizes == {"ok": 0, "dead": len(body)}
+
+    def sizes() -> dict[str, int]:
+        db = sqlite3.connect(tmp_path / ".spool" / "spool.db")
+        try:
+            return dict(db.execute("SELECT delivery, length(body) FROM deliveries").fetchall())
+        finally:
+            db.close()
+
+    # Dropped by the next housekeeping pass (every second), all finished ones in one statement.
+    wait_for(lambda: sizes()["ok"] == 0, timeout=5)
+    assert sizes() == {"ok": 0, "dead": len(body)}
     assert sidecar.deliver(body, delivery="ok").json()["status"] == "duplicate"  # the id stays for dedupe
 
 

@@ -234,19 +234,27 @@ class Spool:
         """Record an attempt: done, failed (dead letter), or pending again for a retry at `next_at`.
 
         Not durable in the fsync sense: if the record is lost (power loss), the job is
-        still pending on disk and runs again, which at-least-once allows. A delivery whose
-        jobs are all done drops its body (its id stays for dedupe; dead letters keep theirs).
+        still pending on disk and runs again, which at-least-once allows. The body of a
+        delivery whose jobs are all done goes at the next drop_bodies().
         """
         def op(db: sqlite3.Connection) -> None:
             db.execute("UPDATE jobs SET state = ?, attempts = ?, next_at = ?, exit_code = ?, outcome = ?,"
                        " output_tail = ?, updated_at = ? WHERE id = ?",
                        (state, attempts, next_at, exit_code, outcome, output_tail, time.time(), job_id))
-            if state == "done":
-                db.execute("UPDATE deliveries SET body = x'' WHERE id = (SELECT delivery_id FROM jobs WHERE id = ?)"
-                           " AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_id = deliveries.id"
-                           " AND state != 'done')", (job_id,))
 
         return self.submit_write(op, durable=False)
+
+    def drop_bodies(self, done_since: float) -> int:
+        """Empty the body of every delivery whose jobs are all done, one of them since `done_since`
+        (its id stays for dedupe; dead letters keep theirs): one statement for all of them,
+        instead of one more per finished job. The number of bodies dropped."""
+        def op(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE deliveries SET body = x'' WHERE id IN (SELECT delivery_id FROM jobs WHERE state = 'done'"
+                " AND updated_at >= ?) AND length(body) > 0 AND NOT EXISTS (SELECT 1 FROM jobs"
+                " WHERE delivery_id = deliveries.id AND state != 'done')", (done_since,)).rowcount
+
+        return int(self.submit_write(op, durable=False).result(30))
 
     def retry(self, job_ids: Sequence[int] | None = None) -> list[int]:
         """Put failed jobs (the given ones, or all) back in the queue; the ids that were requeued."""

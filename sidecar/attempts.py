@@ -161,10 +161,10 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
 def report(a: Attempt) -> None:
     """Metrics and the hook.finished line: call once the attempt's record is committed."""
     if a.result is not None:
-        metrics.HOOK_RUNS.labels(a.job.endpoint, a.job.route.name, a.outcome).inc()
-        metrics.HOOK_DURATION.labels(a.job.endpoint, a.job.route.name).observe(a.result.duration_s)
+        metrics.child(metrics.HOOK_RUNS, a.job.endpoint, a.job.route.name, a.outcome).inc()
+        metrics.child(metrics.HOOK_DURATION, a.job.endpoint, a.job.route.name).observe(a.result.duration_s)
     if a.state == "failed":
-        metrics.DEAD_LETTERS.labels(a.job.endpoint, a.job.route.name).inc()
+        metrics.child(metrics.DEAD_LETTERS, a.job.endpoint, a.job.route.name).inc()
     emit = logs.info if a.state == "done" else (logs.warning if a.state == "pending" else logs.error)
     emit("hook.finished", **a.fields, outcome=a.outcome, state=a.state,
          retry_in_s=round(max(0.0, a.next_at - time.time()), 2) if a.state == "pending" else None,

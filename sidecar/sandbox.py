@@ -17,6 +17,7 @@ two threads. Network (TCP) is not restricted: hooks call APIs.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import errno
 import os
@@ -114,7 +115,8 @@ class Policy:
         self.grants = grants
         self.rules = 0
         fd = self._build(grants, level)
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event] | None]
+        # (what to run, where its result goes, a lock held until it is there)
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], Any] | None]
         self._jobs = queue.SimpleQueue()
         self._state = threading.Lock()
         self._replacement: Callable[[], Policy | None] | None = None  # set when retired
@@ -198,12 +200,13 @@ class Policy:
                 box.append((True, fn()))
             except BaseException as e:  # handed to the caller's thread
                 box.append((False, e))
-            done.set()
+            done.release()
 
     def spawn(self, fn: Callable[[], T]) -> T:
         """Run `fn` (a Popen) on the sandboxed thread: what it starts inherits the domain."""
         box: list[Any] = []
-        done = threading.Event()
+        done = _thread.allocate_lock()  # a one-shot signal, lighter than an Event's condition
+        done.acquire()
         with self._state:
             replacement = self._replacement
             if replacement is None:
@@ -212,7 +215,7 @@ class Policy:
             # Retired by a rebuild between the caller's lookup and now: the rebuilt policy spawns it.
             successor = replacement()
             return successor.spawn(fn) if successor is not None else fn()
-        done.wait()
+        done.acquire()
         ok, value = box[0]
         if not ok:
             raise value

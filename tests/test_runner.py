@@ -154,3 +154,36 @@ def test_server_times_out_a_stubborn_hook_and_logs_it(tmp_path: Path, sidecars) 
     assert 5000 <= line["duration_ms"] < 8000
     for name in ("parent.pid", "child.pid"):
         assert not alive(int((tmp_path / "out" / name).read_text()))
+
+
+def test_a_hook_starts_in_its_directory_without_moving_the_sidecar(tmp_path: Path) -> None:
+    """posix_spawn has no cwd: the spawning thread enters the route's directory alone, and leaves it."""
+    here = os.getcwd()
+    for argv0 in ("/bin/sh", "sh"):  # a path: posix_spawn; a name to look up in PATH: Popen
+        result = runner.run([argv0, "-c", "pwd"], b"", runner.hook_env({}), timeout_s=5, cwd=str(tmp_path),
+                            tracker=None, sandbox=None)
+        assert result.ok and result.output_tail == f"{tmp_path}\n", (argv0, result)
+        assert os.getcwd() == here
+    missing = runner.run(["/bin/true"], b"", runner.hook_env({}), timeout_s=5, cwd=str(tmp_path / "gone"),
+                         tracker=None, sandbox=None)
+    assert missing.error == "cannot start: No such file or directory" and os.getcwd() == here
+
+
+def test_a_hook_gets_no_inherited_descriptor_and_no_ignored_signal(tmp_path: Path) -> None:
+    """What Popen's close_fds and restore_signals did: a descriptor a library opened without
+    O_CLOEXEC stays out of the hook, and SIGPIPE (ignored by Python) is at its default there."""
+    leaky = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(leaky, True)
+    try:
+        script = f"ls /proc/self/fd >/dev/null; [ -e /proc/$$/fd/{leaky} ] && echo leaked; grep SigIgn /proc/$$/status"
+        result = runner.run(["/bin/sh", "-c", script], b"", runner.hook_env({}), timeout_s=5, tracker=None,
+                            sandbox=None)
+        assert result.ok, result
+        assert "leaked" not in result.output_tail
+        ignored = int(result.output_tail.split()[-1], 16)
+        assert not ignored & (1 << (13 - 1)), result.output_tail  # SIGPIPE is 13
+        assert not os.get_inheritable(leaky)  # made close-on-exec: not even a window for later spawns
+    finally:
+        os.close(leaky)
+    gone = runner.run([str(tmp_path / "nope")], b"", runner.hook_env({}), timeout_s=5, tracker=None, sandbox=None)
+    assert gone.error == "cannot start: No such file or directory" and not gone.transient

@@ -11,8 +11,10 @@ the same work for a hook, given three things Popen did:
   descriptor close-on-exec and also closes it in the child: a descriptor made
   after that listing, by another thread, without O_CLOEXEC, is the one gap.
 - Start in the route's directory. glibc has posix_spawn_file_actions_addchdir_np,
-  Python does not offer it; the spawning thread gets a working directory of its
-  own (unshare(CLONE_FS)), enters the route's directory for the spawn and leaves it.
+  Python does not offer it. Where the sidecar already runs in that directory (the
+  image's WORKDIR is the config directory) nothing is needed; elsewhere the spawning
+  thread gets a working directory of its own (unshare(CLONE_FS), which a container's
+  seccomp profile may refuse: then Popen), enters the route's directory and leaves it.
 - Signals at their defaults (Python ignores SIGPIPE and SIGXFSZ), none blocked,
   and a session of its own (setsid), so the group kill reaches all it starts.
 
@@ -94,6 +96,8 @@ def start(argv: list[str], env: dict[str, str], cwd: str | None, stdin: int, out
     None when this way cannot start it (the caller uses Popen); OSError when the program
     cannot be started at all, as Popen raises it.
     """
+    if cwd is not None and cwd == os.getcwd():
+        cwd = None  # the image's case: the sidecar runs in the config directory, where hooks start
     if "/" not in argv[0] or (cwd is not None and not _own_directory()):
         return None
     try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import _thread
 import io
 import json
+import os
 import re
 import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -73,11 +73,19 @@ class Headers:
     __slots__ = ("_fields",)
 
     def __init__(self, lines: list[bytes]) -> None:
+        # Each line ends in CRLF and holds no other CR (see _read_header_block): one decode for all
+        # of them (names are ASCII, so ISO-8859-1 reads them alike), then plain str work per line.
         fields: dict[str, list[str]] = {}
-        for line in lines:
-            name, _, value = line.partition(b":")
-            fields.setdefault(name.decode("ascii").lower(), []).append(
-                value.strip(b" \t\r\n").decode("iso-8859-1"))
+        for line in b"".join(lines).decode("iso-8859-1").split("\r\n"):
+            if not line:
+                continue
+            name, _, value = line.partition(":")
+            key = name.lower()
+            found = fields.get(key)
+            if found is None:
+                fields[key] = [value.strip(" \t")]
+            else:
+                found.append(value.strip(" \t"))
         self._fields = fields
 
     def get(self, name: str, default: Any = None) -> Any:
@@ -152,7 +160,7 @@ class SidecarServer(ThreadingHTTPServer):
         (/readyz gets the 503) without the kubelet restarting it. The accept thread waits at most
         PEEK_S for a request line and reads only what already came.
         """
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()
         answer, alive = TOO_MANY_CONNECTIONS, False
         try:
             request.settimeout(PEEK_S)
@@ -250,7 +258,7 @@ class Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         # The deadline covers waiting for the request line, headers and body.
         self.server.set_deadline(self, self.server.config.request_timeout_s)
-        self.request_id = uuid.uuid4().hex
+        self.request_id = os.urandom(16).hex()  # 32 hex digits, as uuid4().hex without its object
         self.started = time.monotonic()
         self.fields: dict[str, Any] = {}
         self.body_read = False
@@ -390,7 +398,7 @@ class Handler(BaseHTTPRequestHandler):
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in event):
             raise BadRequest("event type holds control characters", reason="invalid_event")
         given = provider.delivery(self.headers, payload)
-        delivery = given if isinstance(given, str) and SAFE_DELIVERY.match(given) else uuid.uuid4().hex
+        delivery = given if isinstance(given, str) and SAFE_DELIVERY.match(given) else os.urandom(16).hex()
         self.fields.update(event=event, delivery=delivery)
 
         reply = provider.reply(event, payload)

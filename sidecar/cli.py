@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
-
 from . import __version__, logs
 from . import config as config_mod
 from .errors import ConfigError
@@ -140,7 +138,7 @@ def _secret(args: argparse.Namespace) -> bytes:
     # A provider whose endpoint holds a public key signs with a private key from its own variable.
     name = (args.private_key_env or cls.signing_key_env) if cls.signing_key_env else args.secret_env
     env_file = _env_file(args.env_file)
-    value = os.environ.get(name) or (dotenv_values(env_file).get(name) if env_file.is_file() else None)
+    value = os.environ.get(name) or (config_mod.read_env_file(env_file).get(name) if env_file.is_file() else None)
     if not value:
         raise SystemExit(f"webhook-sidecar: secret {name} is not set in the environment or the env file")
     return value.encode()
@@ -270,7 +268,7 @@ def _spool_url(args: argparse.Namespace) -> tuple[str, str] | None:
     if name is None:
         return None
     env_file = _env_file(args.env_file)
-    url = os.environ.get(name) or (dotenv_values(env_file).get(name) if env_file.is_file() else None)
+    url = os.environ.get(name) or (config_mod.read_env_file(env_file).get(name) if env_file.is_file() else None)
     if not url:
         raise ConfigError([f"{args.config}: spool_url_env: {name} is not set in the environment or the env file"])
     return name, url

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dotenv import dotenv_values
 
 from .errors import ConfigError
 from .providers import PROVIDERS, Provider
@@ -115,7 +114,7 @@ def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None =
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{file}:1: (file): cannot read: {e}"]) from e
     environ = os.environ if environ is None else environ
-    dotenv = _read_env_file(Path(env_file)) if env_file else {}
+    dotenv = read_env_file(Path(env_file)) if env_file else {}
     doc = _Doc(file, text)
     # Build even after YAML-level errors (duplicate keys) so every problem is reported at once.
     config = _build(doc, file, text, environ, dotenv) if doc.data is not None else None
@@ -125,9 +124,11 @@ def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None =
     return config
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
+def read_env_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
+    from dotenv import dotenv_values  # here: most deployments have no .env, and idle RSS counts
+
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 

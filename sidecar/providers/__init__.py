@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import json
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -338,6 +337,9 @@ def dig(payload: Any, dotted: str) -> Any:
 
 
 def new_id() -> str:
+    """A new delivery id for a signed request (uuid4 text); uuid is imported here, off the serving path."""
+    import uuid
+
     return str(uuid.uuid4())
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -141,7 +140,7 @@ class Unverified(Provider):
         return headers.get("X-Webhook-Delivery")
 
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
-        headers = {"X-Webhook-Delivery": delivery or str(uuid.uuid4())}
+        headers = {"X-Webhook-Delivery": delivery or new_id()}
         if event:
             headers["X-Webhook-Event"] = event
         return headers

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from . import (
     check_age,
     header_text,
     hmac_b64,
+    new_id,
     require_match,
     signed_header,
     timestamp,
@@ -99,4 +99,4 @@ class StandardWebhooks(Timestamped):
         key = whsec_key(secret)
         if key is None:
             raise ValueError("the secret is not a Standard Webhooks secret (whsec_ followed by base64)")
-        return sign_standard(body, key, now, delivery or "msg_" + uuid.uuid4().hex)
+        return sign_standard(body, key, now, delivery or "msg_" + new_id().replace("-", ""))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +17,7 @@ from . import (
     dig,
     header_text,
     hmac_hex,
+    new_id,
     require_match,
     signed_header,
     strip_prefix,
@@ -90,7 +90,7 @@ class Twitch(Timestamped):
         return Reply(challenge.encode("utf-8"), "text/plain")
 
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
-        msg_id = delivery or str(uuid.uuid4())
+        msg_id = delivery or new_id()
         whole = int(now)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((now - whole) * 1e9):09d}Z"
         kind = event if event in (VERIFICATION, "revocation") else "notification"

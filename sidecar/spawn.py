@@ -6,10 +6,12 @@ clone(CLONE_VM|CLONE_VFORK), no copy of the interpreter's page tables either) do
 the same work for a hook, given three things Popen did:
 
 - Close every other descriptor. Our own are close-on-exec (Python's, sqlite's,
-  libpq's), but not all a library opens (watchdog's inotify descriptor) or that
-  the sidecar inherited. Each spawn lists /proc/self/fd, marks any inheritable
-  descriptor close-on-exec and also closes it in the child: a descriptor made
-  after that listing, by another thread, without O_CLOEXEC, is the one gap.
+  libpq's), but not all a library opens (watchdog's inotify descriptors) or that
+  the sidecar inherited. seal() marks every descriptor close-on-exec: at the first
+  spawn, after the config watcher adds a watch, and again when a spawn comes more
+  than SEAL_EVERY_S after the last sweep (listing /proc/self/fd costs about 60 us
+  with 50 descriptors open, more than the rest of a spawn). The one gap: a
+  descriptor a C library opens without O_CLOEXEC less than a second before a spawn.
 - Start in the route's directory. glibc has posix_spawn_file_actions_addchdir_np,
   Python does not offer it. Where the sidecar already runs in that directory (the
   image's WORKDIR is the config directory) nothing is needed; elsewhere the spawning
@@ -28,6 +30,7 @@ import ctypes
 import os
 import signal
 import threading
+import time
 
 CLONE_FS = 0x00000200
 _DEFAULT_SIGNALS = tuple(s for s in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None)) if s is not None)
@@ -73,21 +76,26 @@ def _own_directory() -> bool:
     return bool(own)
 
 
-def _close_inheritable(keep: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Close actions for every inheritable descriptor but `keep` (each also made close-on-exec)."""
-    actions = []
+SEAL_EVERY_S = 1.0
+_sealed_at = 0.0  # monotonic time of the last seal(); 0: never
+
+
+def seal() -> int:
+    """Mark every descriptor above 2 close-on-exec; the number that were not. OSError without /proc."""
+    global _sealed_at
+    _sealed_at = time.monotonic()
+    count = 0
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd <= 2 or fd in keep:
+        if fd <= 2:
             continue
         try:
-            if not os.get_inheritable(fd):
-                continue
-            os.set_inheritable(fd, False)
+            if os.get_inheritable(fd):
+                os.set_inheritable(fd, False)
+                count += 1
         except OSError:
-            continue  # the directory's own descriptor, or closed since
-        actions.append((os.POSIX_SPAWN_CLOSE, fd))
-    return actions
+            continue  # the listing's own descriptor, or closed since
+    return count
 
 
 def start(argv: list[str], env: dict[str, str], cwd: str | None, stdin: int, output: int) -> Child | None:
@@ -100,11 +108,12 @@ def start(argv: list[str], env: dict[str, str], cwd: str | None, stdin: int, out
         cwd = None  # the image's case: the sidecar runs in the config directory, where hooks start
     if "/" not in argv[0] or (cwd is not None and not _own_directory()):
         return None
-    try:
-        actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, output, 1),
-                   (os.POSIX_SPAWN_DUP2, output, 2), *_close_inheritable((stdin, output))]
-    except OSError:
-        return None  # no /proc
+    if time.monotonic() - _sealed_at > SEAL_EVERY_S:
+        try:
+            seal()
+        except OSError:
+            return None  # no /proc: Popen closes what it cannot list
+    actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, output, 1), (os.POSIX_SPAWN_DUP2, output, 2)]
     here = None
     if cwd is not None:
         here = os.open(".", os.O_PATH | os.O_CLOEXEC)

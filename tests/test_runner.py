@@ -171,9 +171,13 @@ def test_a_hook_starts_in_its_directory_without_moving_the_sidecar(tmp_path: Pat
 
 def test_a_hook_gets_no_inherited_descriptor_and_no_ignored_signal(tmp_path: Path) -> None:
     """What Popen's close_fds and restore_signals did: a descriptor a library opened without
-    O_CLOEXEC stays out of the hook, and SIGPIPE (ignored by Python) is at its default there."""
+    O_CLOEXEC stays out of the hook, once the next sweep has marked it (spawn.SEAL_EVERY_S after
+    the last), and SIGPIPE (ignored by Python) is at its default there."""
+    from sidecar import spawn
+
     leaky = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(leaky, True)
+    spawn._sealed_at = 0.0  # as at start, or a second after the last sweep
     try:
         script = f"ls /proc/self/fd >/dev/null; [ -e /proc/$$/fd/{leaky} ] && echo leaked; grep SigIgn /proc/$$/status"
         result = runner.run(["/bin/sh", "-c", script], b"", runner.hook_env({}), timeout_s=5, tracker=None,
@@ -182,7 +186,7 @@ def test_a_hook_gets_no_inherited_descriptor_and_no_ignored_signal(tmp_path: Pat
         assert "leaked" not in result.output_tail
         ignored = int(result.output_tail.split()[-1], 16)
         assert not ignored & (1 << (13 - 1)), result.output_tail  # SIGPIPE is 13
-        assert not os.get_inheritable(leaky)  # made close-on-exec: not even a window for later spawns
+        assert not os.get_inheritable(leaky)  # made close-on-exec: for every later spawn too
     finally:
         os.close(leaky)
     gone = runner.run([str(tmp_path / "nope")], b"", runner.hook_env({}), timeout_s=5, tracker=None, sandbox=None)

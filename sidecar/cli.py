@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import __version__, logs
+from . import __version__, logs, procs
 from . import config as config_mod
 from .errors import ConfigError
 from .providers import PROVIDERS, Signed
@@ -172,6 +172,7 @@ def _signed(args: argparse.Namespace, body: bytes, target: str = "/") -> Signed:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    procs.few_arenas()  # before any thread starts
     logs.configure(args.log_level)
     try:
         service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch,

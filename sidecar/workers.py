@@ -160,8 +160,10 @@ class Workers:
                 self._cond.wait(self._heap[0][0] - now if self._heap else None)
             return None
 
-    def _release(self, job_id: int) -> None:
-        """A run ended (lock held): free its route's slot and unpark the next due job of that route."""
+    def _release(self, job_id: int) -> bool:
+        """A run ended (lock held): free its route's slot and unpark the next due job of that route.
+
+        True when a job was unparked (a waiting worker has something to take)."""
         key = self._meta[job_id][0]
         self._running_keys[key] -= 1
         parked = self._parked.get(key)
@@ -169,6 +171,16 @@ class Workers:
             heapq.heappush(self._heap, heapq.heappop(parked))
             if not parked:
                 del self._parked[key]
+            return True
+        return False
+
+    def _wake(self, runnable: bool) -> None:
+        """After a change (lock held): one waiting worker when there is something new to take,
+        everyone when stop() may be waiting for the last run; never all idle workers for nothing."""
+        if self._stopping:
+            self._cond.notify_all()
+        elif runnable:
+            self._cond.notify()
 
     def _work(self) -> None:
         while (taken := self._take()) is not None:
@@ -186,19 +198,20 @@ class Workers:
             except Exception:
                 logs.error("hook.crashed", exc_info=True, job=job_id, retry_in_s=CRASH_RETRY_S)
             with self._cond:
-                self._release(job_id)
+                runnable = self._release(job_id)
                 del self._cancels[job_id]
                 if gone:
                     del self._meta[job_id]
                 elif attempt is None:  # our bug, not the hook's: try again later, never forget it
                     heapq.heappush(self._heap, (time.time() + CRASH_RETRY_S, job_id))
+                    runnable = True  # a waiting worker's timeout may need to be shorter
                 elif attempt.state == "interrupted":
                     pass  # a shutdown: stays pending on disk and on the books
                 else:
                     # Not runnable until its record is in: a retry must read this attempt's count,
                     # and the sync must not mistake a finished job for a pending one.
                     self._unrecorded[job_id] = attempt
-                self._cond.notify_all()
+                self._wake(runnable)
             if attempt is not None and attempt.state == "interrupted":
                 attempts.interrupted(attempt, "stopped at shutdown; runs again at the next start")
             elif attempt is not None:
@@ -241,7 +254,7 @@ class Workers:
                 heapq.heappush(self._heap, (a.next_at, a.job_id))
             else:
                 self._meta.pop(a.job_id, None)
-            self._cond.notify_all()
+            self._wake(a.state == "pending")
 
     # --- housekeeping -------------------------------------------------------------------
     def _housekeeping(self) -> None:

@@ -30,7 +30,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from . import config as config_mod
-from . import isolation, logs, metrics, spawn
+from . import isolation, logs, metrics
 from .config import Config
 from .errors import ConfigError
 
@@ -73,14 +73,6 @@ def _fingerprint(paths: list[Path]) -> str:
             h.update(f"<{type(e).__name__}>".encode())
         h.update(b"\0")
     return h.hexdigest()
-
-
-def _seal() -> None:
-    """watchdog's inotify descriptors (made as a watch starts) are inheritable: keep them from hooks."""
-    try:
-        spawn.seal()
-    except OSError:
-        pass
 
 
 class _Kick(FileSystemEventHandler):
@@ -131,7 +123,6 @@ class Reloader:
             self._watch_dirs()
             observer.daemon = True
             observer.start()
-            _seal()
         self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
         self._thread.start()
         # The file may have changed between load and the watch being in place.
@@ -156,7 +147,6 @@ class Reloader:
                                         event_filter=CHANGE_EVENTS)
             except OSError as e:  # the 30 s resync still sees it
                 logs.warning("config.watch_failed", directory=directory, error=str(e))
-        _seal()
 
     def stop(self) -> None:
         self._stop.set()

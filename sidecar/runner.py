@@ -10,11 +10,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from . import procs
 from . import sandbox as _sandbox
-from . import spawn as _spawn_mod
 
 TAIL_BYTES = 4096
 KILL_GRACE_S = 5.0
@@ -50,10 +49,7 @@ def hook_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None) ->
     return env
 
 
-Process = Union[_spawn_mod.Child, "subprocess.Popen[bytes]"]
-
-
-def _signal_group(proc: Process, sig: int) -> None:
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     # Kill the process group, not just the shell: scripts start children
     # (curl, git) that would outlive the timeout and hold the stdout pipe open.
     try:
@@ -67,7 +63,7 @@ _INSTALLED: Any = object()  # "whatever the service installed at start" (procs.c
 
 def _spawn(argv: tuple[str, ...] | list[str], env: Mapping[str, str], cwd: str | None,
            tracker: procs.Tracker | None, box: _sandbox.Policy | None
-           ) -> tuple[Process, int, int, procs.Run | None]:
+           ) -> tuple[subprocess.Popen[bytes], int, int, procs.Run | None]:
     """Start the hook (sandboxed and tracked when given): (process, stdin fd, output fd, run)."""
     # Our own pipes, given to Popen as plain fds: Popen's PIPE would wrap each end in a
     # buffered file object we never use (about a fifth of the parent's cost of a spawn).
@@ -87,15 +83,11 @@ def _spawn(argv: tuple[str, ...] | list[str], env: Mapping[str, str], cwd: str |
     if run_rec is not None:
         env = {**env, procs.MARKER_VAR: run_rec.marker}
 
-    def start() -> Process:
-        args, environ = list(argv), dict(env)
-        child = _spawn_mod.start(args, environ, cwd, child_in, child_out)
-        if child is not None:
-            return child
-        return subprocess.Popen(args, stdin=child_in, stdout=child_out, stderr=child_out,
-                                env=environ, cwd=cwd, start_new_session=True, close_fds=True)
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), stdin=child_in, stdout=child_out, stderr=child_out,
+                                env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
 
-    launch: Callable[[], Process] = start if box is None else lambda: box.spawn(start)
+    launch: Callable[[], subprocess.Popen[bytes]] = popen if box is None else lambda: box.spawn(popen)
     try:
         if tracker is None or run_rec is None:
             proc = launch()

@@ -157,9 +157,8 @@ def test_server_times_out_a_stubborn_hook_and_logs_it(tmp_path: Path, sidecars) 
 
 
 def test_a_hook_starts_in_its_directory_without_moving_the_sidecar(tmp_path: Path) -> None:
-    """posix_spawn has no cwd: the spawning thread enters the route's directory alone, and leaves it."""
     here = os.getcwd()
-    for argv0 in ("/bin/sh", "sh"):  # a path: posix_spawn; a name to look up in PATH: Popen
+    for argv0 in ("/bin/sh", "sh"):  # a path, and a name looked up in PATH
         result = runner.run([argv0, "-c", "pwd"], b"", runner.hook_env({}), timeout_s=5, cwd=str(tmp_path),
                             tracker=None, sandbox=None)
         assert result.ok and result.output_tail == f"{tmp_path}\n", (argv0, result)
@@ -170,14 +169,10 @@ def test_a_hook_starts_in_its_directory_without_moving_the_sidecar(tmp_path: Pat
 
 
 def test_a_hook_gets_no_inherited_descriptor_and_no_ignored_signal(tmp_path: Path) -> None:
-    """What Popen's close_fds and restore_signals did: a descriptor a library opened without
-    O_CLOEXEC stays out of the hook, once the next sweep has marked it (spawn.SEAL_EVERY_S after
-    the last), and SIGPIPE (ignored by Python) is at its default there."""
-    from sidecar import spawn
-
+    """A descriptor a library opened without O_CLOEXEC stays out of the hook, and SIGPIPE
+    (ignored by Python) is at its default there."""
     leaky = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(leaky, True)
-    spawn._sealed_at = 0.0  # as at start, or a second after the last sweep
     try:
         script = f"ls /proc/self/fd >/dev/null; [ -e /proc/$$/fd/{leaky} ] && echo leaked; grep SigIgn /proc/$$/status"
         result = runner.run(["/bin/sh", "-c", script], b"", runner.hook_env({}), timeout_s=5, tracker=None,
@@ -186,7 +181,6 @@ def test_a_hook_gets_no_inherited_descriptor_and_no_ignored_signal(tmp_path: Pat
         assert "leaked" not in result.output_tail
         ignored = int(result.output_tail.split()[-1], 16)
         assert not ignored & (1 << (13 - 1)), result.output_tail  # SIGPIPE is 13
-        assert not os.get_inheritable(leaky)  # made close-on-exec: for every later spawn too
     finally:
         os.close(leaky)
     gone = runner.run([str(tmp_path / "nope")], b"", runner.hook_env({}), timeout_s=5, tracker=None, sandbox=None)

@@ -63,7 +63,9 @@ ARENAS = 2
 def few_arenas() -> None:
     """At most ARENAS malloc arenas: glibc gives each new thread its own (up to 8 per core), a few
     hundred KiB of a sidecar's idle RSS for threads that take turns at the GIL anyway."""
-    _libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(ARENAS))
+    mallopt = getattr(_libc, "mallopt", None)  # glibc's; another libc may not have it
+    if mallopt is not None:
+        mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(ARENAS))
 
 
 def harden() -> None:

@@ -261,6 +261,7 @@ class Workers:
         """Retry unrecorded outcomes; pick up jobs requeued by `spool retry`; drop finished bodies;
         prune old finished jobs."""
         retention, last_sync = Retention(), time.time()
+        dropped_to = 0.0  # the first pass looks at every finished job (those of an earlier run too)
         while not self._stopped.wait(SYNC_INTERVAL_S):
             try:
                 with self._cond:
@@ -282,7 +283,7 @@ class Workers:
                         self._add(job_id, next_at, (endpoint, route), concurrency)
                     if fresh:
                         self._cond.notify_all()
-                self.spool.drop_bodies(since)
+                dropped_to = self.spool.drop_bodies(dropped_to)
                 retention.prune_if_due(self.spool.purge, self.config().retention_hours)
             except Exception as e:
                 logs.error("spool.sync_failed", error=str(e))

@@ -131,6 +131,11 @@ def _env_file(value: str | None) -> Path:
     return Path(value or ".env")
 
 
+def _from_env(name: str, env_file: Path) -> str | None:
+    """A variable from the real environment first, then from the env file (read only if it exists)."""
+    return os.environ.get(name) or config_mod.read_env_file(env_file).get(name)
+
+
 def _secret(args: argparse.Namespace) -> bytes:
     cls = PROVIDERS[args.provider]
     if not cls.needs_secret:
@@ -138,7 +143,7 @@ def _secret(args: argparse.Namespace) -> bytes:
     # A provider whose endpoint holds a public key signs with a private key from its own variable.
     name = (args.private_key_env or cls.signing_key_env) if cls.signing_key_env else args.secret_env
     env_file = _env_file(args.env_file)
-    value = os.environ.get(name) or (config_mod.read_env_file(env_file).get(name) if env_file.is_file() else None)
+    value = _from_env(name, env_file)
     if not value:
         raise SystemExit(f"webhook-sidecar: secret {name} is not set in the environment or the env file")
     return value.encode()
@@ -269,7 +274,7 @@ def _spool_url(args: argparse.Namespace) -> tuple[str, str] | None:
     if name is None:
         return None
     env_file = _env_file(args.env_file)
-    url = os.environ.get(name) or (config_mod.read_env_file(env_file).get(name) if env_file.is_file() else None)
+    url = _from_env(name, env_file)
     if not url:
         raise ConfigError([f"{args.config}: spool_url_env: {name} is not set in the environment or the env file"])
     return name, url

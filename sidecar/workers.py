@@ -55,6 +55,7 @@ class Workers:
         self._fresh: dict[int, tuple[Delivery, Route]] = {}
         self._fresh_bytes = 0
         self._unrecorded: dict[int, Attempt] = {}  # outcomes whose record did not commit yet
+        self._done_count = 0  # jobs recorded done: housekeeping drops bodies only when it moved
         self._reserved = 0  # queue slots held by deliveries being committed
         self._stopping = False
         self._stopped = threading.Event()
@@ -254,6 +255,8 @@ class Workers:
                 heapq.heappush(self._heap, (a.next_at, a.job_id))
             else:
                 self._meta.pop(a.job_id, None)
+                if a.state == "done":
+                    self._done_count += 1
             self._wake(a.state == "pending")
 
     # --- housekeeping -------------------------------------------------------------------
@@ -261,7 +264,9 @@ class Workers:
         """Retry unrecorded outcomes; pick up jobs requeued by `spool retry`; drop finished bodies;
         prune old finished jobs."""
         retention, last_sync = Retention(), time.time()
-        dropped_to = 0.0  # the first pass looks at every finished job (those of an earlier run too)
+        # The first pass looks at every finished job (those of an earlier run too); later ones only
+        # when a job was recorded done since, so an idle sidecar adds no write transaction.
+        dropped_to, dropped_at = 0.0, -1
         while not self._stopped.wait(SYNC_INTERVAL_S):
             try:
                 with self._cond:
@@ -283,8 +288,10 @@ class Workers:
                         self._add(job_id, next_at, (endpoint, route), concurrency)
                     if fresh:
                         self._cond.notify_all()
-                dropped_to = self.spool.drop_bodies(dropped_to)
                 retention.prune_if_due(self.spool.purge, self.config().retention_hours)
+                done = self._done_count
+                if done != dropped_at:
+                    dropped_to, dropped_at = self.spool.drop_bodies(dropped_to), done
             except Exception as e:
                 logs.error("spool.sync_failed", error=str(e))
 

@@ -209,12 +209,7 @@ class Sidecar:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
 
     def cleanup(self) -> None:
         self.stop()
@@ -222,6 +217,16 @@ class Sidecar:
 
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM (a sidecar drains), then SIGKILL if it is not gone within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cpu_of(pid: int) -> tuple[float, float]:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 import load  # noqa: E402
 import workload  # noqa: E402
+from servers import terminate  # noqa: E402
 
 from tests.pg import Postgres  # noqa: E402
 
@@ -67,12 +67,7 @@ class Server:
         return self.log.read_bytes().count(b'"hook.finished"')
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
 
 
 def measure(servers: list[Server], seconds: int, connections: int, tool: str) -> dict:

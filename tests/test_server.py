@@ -143,6 +143,14 @@ def test_invalid_json_is_400_after_verification(basic: tuple[Sidecar, Path]) -> 
     assert sidecar.post("/webhook", b"{not json", {"X-GitHub-Event": "push"}).status == 401
 
 
+@pytest.mark.parametrize("body", [b'{"n": NaN}', b'{"n": Infinity}', b'[-Infinity]'])
+def test_nan_and_infinity_are_not_json(basic: tuple[Sidecar, Path], body: bytes) -> None:
+    # Python's decoder takes them by default; RFC 8259 and every other parser refuse them.
+    sidecar, _ = basic
+    resp = sidecar.deliver(body)
+    assert resp.status == 400 and resp.json() == {"error": "body is not valid JSON"}
+
+
 def test_deeply_nested_json_is_400(basic: tuple[Sidecar, Path]) -> None:
     sidecar, _ = basic
     body = b"[" * 3000 + b"]" * 3000

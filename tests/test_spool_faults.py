@@ -287,3 +287,23 @@ def test_a_stored_route_no_loaded_table_has_is_never_run_as_stored(tmp_path: Pat
     assert dead["state"] == "failed" and dead["outcome"] == "route_unknown"
     wait_for(lambda: "tampered" in ran(out))
     assert not pwned.exists()
+
+
+def test_a_spool_directory_made_unreadable_is_restored_with_the_true_reason(tmp_path: Path, sidecars) -> None:
+    # A hook may chmod the spool directory (Landlock does not cover chmod): the sidecar that owns it
+    # puts the mode back at its next probe and says so, instead of "file removed or replaced".
+    config = write_config(tmp_path, hold_table())
+    sidecar = sidecars(config)
+    spool = tmp_path / ".spool"
+    os.chmod(spool, 0)
+    try:
+        line = sidecar.wait_log(lambda e: e.get("msg") == "spool.mode_restored")
+    finally:
+        if spool.stat().st_mode & 0o700 != 0o700:
+            os.chmod(spool, 0o700)
+    assert line["path"] == str(spool) and line["was"] == "0o0" and line["now"] == "0o700"
+    assert spool.stat().st_mode & 0o777 == 0o700
+    assert not msgs(sidecar, "spool.restored") and not msgs(sidecar, "spool.unavailable")
+    assert sidecar.deliver(b"{}", delivery="after-chmod").status == 200
+    (tmp_path / "out" / "release").touch()
+    wait_for(lambda: "after-chmod" in ran(tmp_path / "out"), timeout=10)

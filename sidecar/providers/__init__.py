@@ -270,10 +270,15 @@ def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return True
 
 
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259); Python's decoder takes them by default."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json(body: bytes | str) -> Any:
     """Decode a JSON payload; BadRequest for invalid or absurdly nested documents."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest("body is not valid JSON", reason="invalid_json") from e
     # Fewer brackets than the limit cannot nest deeper than it: skip the walk.

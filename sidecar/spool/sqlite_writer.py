@@ -81,6 +81,17 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _locked_out(path: Path) -> bool:
+    """Whether the spool file is there but its directory's or its own mode keeps us out."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return not os.access(path, os.R_OK | os.W_OK)
+
+
 def _companions(path: Path) -> list[Path]:
     return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
 
@@ -146,13 +157,31 @@ class Writer:
         if self._serving and time.monotonic() - self._probe_ok_at > PROBE_TIMEOUT_S + PROBE_INTERVAL_S:
             return "spool not responding"
         if self._problem is None and _identity(self.path) != self._ident:
+            if _locked_out(self.path):
+                return "spool directory or file mode changed"  # the next probe restores it
             return "spool file removed or replaced"  # the next probe restores it
         return self._problem
+
+    def _restore_modes(self) -> None:
+        """The spool directory and files are ours (0700/0600): a mode someone changed (chmod is
+        not covered by Landlock) is put back, with the true reason logged, before the probe."""
+        for path, want in ((self.path.parent, 0o700), *((p, 0o600) for p in _companions(self.path))):
+            try:
+                st = os.stat(path)
+                if st.st_uid != os.geteuid() or st.st_mode & want == want:
+                    continue
+                os.chmod(path, (st.st_mode & 0o7777) | want)
+            except OSError:
+                continue
+            logs.error("spool.mode_restored", path=str(path), was=oct(st.st_mode & 0o7777),
+                       now=oct((st.st_mode & 0o7777) | want),
+                       detail="someone removed the owner's access to the spool; the sidecar restored it")
 
     def _probe_loop(self) -> None:
         """A write/read round trip through the writer on a timer, so readiness tells the
         truth without traffic and comes back by itself (an unready pod gets no POSTs)."""
         while not self._closing.wait(PROBE_INTERVAL_S):
+            self._restore_modes()
             future = self.submit_write(self._probe_op, durable=False)
             try:
                 future.result(PROBE_TIMEOUT_S)

@@ -40,6 +40,9 @@ POLL_INTERVAL_S = 0.5
 # With inotify the loop still re-hashes now and then: events can be lost (inotify
 # limits on busy nodes, a watch on a directory that was replaced).
 RESYNC_INTERVAL_S = 30.0
+# A rejected table is loaded again this often (and at every event): what made it invalid may be a
+# hook script created or made executable later, which no watched file's content shows.
+REJECTED_RETRY_S = 1.0
 # What can only change with a restart: the listening socket and what was built
 # from these at start.
 RESTART_KEYS = ("listen", "spool_dir", "spool_url_env", "spool_url", "spool_max_bytes", "lease_s", "max_workers",
@@ -107,6 +110,7 @@ class Reloader:
         self._kicks: dict[str, _Kick] = {}  # watched directory -> its handler
         self.last_fingerprint = _fingerprint(self.paths)
         self.last_result = "loaded"
+        self._rejected: list[str] = []  # the errors of the last rejection, logged once
         metrics.LAST_RELOAD.set_to_current_time()  # the table loaded at start
         self._force = False
         self._kick = threading.Event()
@@ -163,7 +167,8 @@ class Reloader:
         interval = {"poll": POLL_INTERVAL_S, "native": RESYNC_INTERVAL_S}.get(self.mode)
         last_retry = time.monotonic()
         while not self._stop.is_set():
-            kicked = self._kick.wait(interval)
+            rejected = interval is not None and self.last_result == "rejected"
+            kicked = self._kick.wait(min(interval, REJECTED_RETRY_S) if rejected and interval else interval)
             if self._stop.is_set():
                 return
             if kicked:
@@ -172,14 +177,14 @@ class Reloader:
                     self._kick.clear()
                     if not self._kick.wait(self.debounce_s):
                         break
-            # A rejected table may become valid without a change to config.yaml
-            # (a missing hook script appears): retry it now and then.
+            # A rejected table may become valid without a change to config.yaml (a missing hook
+            # script appears, or is made executable): while rejected, every turn loads it again.
             retry = interval is not None and time.monotonic() - last_retry >= RESYNC_INTERVAL_S
             if retry:
                 last_retry = time.monotonic()
             force, self._force = self._force, False
             try:
-                self.check(force=force or (retry and self.last_result == "rejected"))
+                self.check(force=force or (interval is not None and self.last_result == "rejected"))
             except Exception:  # never let the watcher die; the next event retries
                 logs.error("config.reload_failed", exc_info=True)
 
@@ -193,10 +198,16 @@ class Reloader:
             try:
                 new = config_mod.load(self.current.file, self.env_file)
             except ConfigError as e:
-                self.last_result = "rejected"
+                again = self.last_result == "rejected" and e.errors == self._rejected
+                self.last_result, self._rejected = "rejected", e.errors
+                if again:
+                    return "rejected"  # the same errors as a second ago: said once
                 metrics.CONFIG_RELOADS.labels("rejected").inc()
+                retried = ("loaded again every second and at every change of config.yaml, the env file"
+                           " and the secret files" if self.mode != "off" else "loaded again at the next SIGHUP")
                 logs.error("config.rejected", config=str(self.current.file), errors=e.errors,
-                           config_hash=self.current.digest, detail="still serving the last good table")
+                           config_hash=self.current.digest,
+                           detail=f"still serving the last good table; {retried}")
                 return "rejected"
             self.last_result = "loaded"
             if new.digest == self.current.digest:

@@ -171,6 +171,26 @@ def test_yaml_syntax_error_mid_write_is_rejected_then_recovered(tmp_path: Path, 
     wait_route(sidecar, "later")
 
 
+def test_a_hook_script_created_or_made_executable_later_is_live_within_a_second(tmp_path: Path, sidecars) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(TABLE.format(name="good"))
+    sidecar = sidecars(config)
+    write_by_rename(config, TABLE.format(name="later").replace("run: [/bin/true]", "run: hooks/later.sh"))
+    rejected = sidecar.wait_log(lambda e: e.get("msg") == "config.rejected", timeout=2)
+    assert "loaded again every second" in rejected["detail"]
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    script = hooks / "later.sh"
+    script.write_text("#!/bin/sh\ntrue\n")  # there, but not executable yet: still rejected
+    # Re-checked within a second without any event on config.yaml: now rejected for another reason.
+    again = sidecar.wait_log(lambda e: e.get("msg") == "config.rejected" and "executable" in str(e["errors"]),
+                             timeout=2)
+    assert again["errors"] != rejected["errors"]
+    assert routes_for(sidecar) == ["good"]
+    script.chmod(0o755)
+    wait_route(sidecar, "later", timeout=2.0)
+
+
 def test_env_file_change_rotates_the_secret(tmp_path: Path, sidecars) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(TABLE.format(name="r").replace("WEBHOOK_SECRET", "ROTATING_SECRET"))

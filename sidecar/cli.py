@@ -105,11 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     retry = spool_sub.add_parser("retry", help="put dead letters back in the queue")
     retry.add_argument("ids", type=int, nargs="*")
     retry.add_argument("--all-failed", action="store_true")
-    spool_sub.add_parser("check", help="sqlite's integrity check of the spool file (exit 1 when damaged)")
+    spool_check = spool_sub.add_parser("check", help="sqlite's integrity check of the spool file (exit 1 when damaged)")
     purge = spool_sub.add_parser("purge", help="delete finished jobs older than a duration")
     purge.add_argument("--older-than", required=True, type=_duration, help="e.g. 90s, 30m, 12h, 7d")
     purge.add_argument("--failed-too", action="store_true", help="also delete dead letters (default: done only)")
-    for action in (listing, show, retry, purge):
+    for action in (listing, show, retry, spool_check, purge):
         spool_flags(action, after=True)
     return p
 
@@ -124,11 +124,18 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d)") from None
 
 
-def _env_file(value: str | None) -> Path:
-    # An explicit path, never find_dotenv(): an installed console script would
-    # search from its own location, not the working directory. A missing file
-    # is no error (secrets may all be in the environment), and may appear later.
-    return Path(value or ".env")
+def _env_file(value: str | None, config: str | None = None) -> Path:
+    """The env file: the one named (--env-file, SIDECAR_ENV_FILE), which must exist, else `.env` beside
+    the config (like every other relative path of it), or in the working directory without a config.
+
+    An explicit path, never find_dotenv(): an installed console script would search from its own
+    location. The default may be missing (secrets may all be in the environment) and appear later."""
+    if value:
+        if not os.path.isfile(value):
+            raise SystemExit(f"webhook-sidecar: env file {value} does not exist (--env-file / SIDECAR_ENV_FILE);"
+                             " leave the option out to use .env beside the config when there is one")
+        return Path(os.path.abspath(value))
+    return Path(os.path.abspath(os.path.join(os.path.dirname(config) if config else "", ".env")))
 
 
 def _from_env(name: str, env_file: Path) -> str | None:
@@ -145,7 +152,9 @@ def _secret(args: argparse.Namespace) -> bytes:
     env_file = _env_file(args.env_file)
     value = _from_env(name, env_file)
     if not value:
-        raise SystemExit(f"webhook-sidecar: secret {name} is not set in the environment or the env file")
+        flag = "--private-key-env" if cls.signing_key_env else "--secret-env"
+        raise SystemExit(f"webhook-sidecar: secret {name} is not set in the environment or in {env_file}:"
+                         f" export it, put it in the env file (--env-file), or name another variable with {flag}")
     return value.encode()
 
 
@@ -180,8 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     procs.few_arenas()  # before any thread starts
     logs.configure(args.log_level)
     try:
-        service = Service(Path(args.config), _env_file(args.env_file), args.listen, args.grace, args.watch,
-                          replica=args.replica, sandbox=args.sandbox == "on")
+        service = Service(Path(args.config), _env_file(args.env_file, args.config), args.listen, args.grace,
+                          args.watch, replica=args.replica, sandbox=args.sandbox == "on")
     except ConfigError as e:
         for line in e.errors:
             logs.error("config.invalid", detail=line)
@@ -207,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        cfg = config_mod.load(args.config, _env_file(args.env_file))
+        cfg = config_mod.load(args.config, _env_file(args.env_file, args.config))
     except ConfigError as e:
         print("\n".join(e.errors))
         print(f"{args.config}: {len(e.errors)} error(s)")
@@ -273,7 +282,7 @@ def _spool_url(args: argparse.Namespace) -> tuple[str, str] | None:
     name = config_mod.spool_url_env_of(args.config)
     if name is None:
         return None
-    env_file = _env_file(args.env_file)
+    env_file = _env_file(args.env_file, args.config)
     url = _from_env(name, env_file)
     if not url:
         raise ConfigError([f"{args.config}: spool_url_env: {name} is not set in the environment or the env file"])
@@ -334,9 +343,9 @@ def _spool_action(args: argparse.Namespace, spool: Spool) -> int:
         print(f"{'ID':>6}  {'STATE':8} {'TRY':>3}  {'UPDATED':20} {'ENDPOINT':16} {'ROUTE':16} {'EVENT':16} "
               + (f"{'REPLICA':20} " if shared else "") + "DELIVERY")
         for j in jobs:
-            print(f"{j.id:>6}  {j.state:8} {j.attempts:>3}  {_when(j.updated_at):20} {j.endpoint[:16]:16} "
-                  f"{j.route.name[:16]:16} {j.event[:16]:16} " + (f"{(j.replica or '-')[:20]:20} " if shared else "")
-                  + j.delivery)
+            print(f"{j.id:>6}  {j.state:8} {j.attempts:>3}  {_when(j.updated_at):20} {_cut(j.endpoint, 16)} "
+                  f"{_cut(j.route.name, 16)} {_cut(j.event, 16)} "
+                  + (f"{_cut(j.replica or '-', 20)} " if shared else "") + j.delivery)
         return 0
     if args.spool_command == "show":
         job = spool.job(args.id)
@@ -359,6 +368,11 @@ def _spool_action(args: argparse.Namespace, spool: Spool) -> int:
     states = ("done", "failed") if args.failed_too else ("done",)
     print(f"purged {spool.purge(args.older_than, states)} job(s)")
     return 0
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` in a column of `width`, a cut one marked with '~' (the full value is in `--json`)."""
+    return f"{text[:width - 1]}~" if len(text) > width else f"{text:{width}}"
 
 
 def main(argv: list[str] | None = None) -> int:

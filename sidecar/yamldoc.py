@@ -24,6 +24,32 @@ def _key_path(path: Path_) -> str:
     return out or "(top level)"
 
 
+# The parser's words for the mistakes people make, and what to do about them.
+_PLAIN = (
+    ("mapping values are not allowed here", "a ': ' where a value was expected: quote a value that holds ': ',"
+                                            " or check the indentation of this key"),
+    ("found character '\\t'", "a tab: YAML is indented with spaces only"),
+    ("could not find expected ':'", "a key without ':' after it, or a line indented wrongly"),
+    ("did not find expected key", "this line's indentation does not match the keys above it"),
+    ("expected <block end>", "this line's indentation does not match the keys above it"),
+    ("expected ',' or ']'", "a '[' list that is not closed with ']'"),
+    ("expected ',' or '}'", "a '{' mapping that is not closed with '}'"),
+    ("found unexpected end of stream", "a quote that is not closed"),
+    ("expected the node content, but found '<stream end>'",
+     "the file ends where a value was expected (an unclosed '[' or '{', or a key with nothing after it)"),
+    ("found undefined alias", "a '*name' alias with no '&name' anchor before it"),
+    ("while scanning a quoted scalar", "a quote that is not closed"),
+)
+
+
+def plain_yaml_problem(problem: str) -> str:
+    """The parser's message in plain words (with the parser's own, for searching), or as it is."""
+    for words, plain in _PLAIN:
+        if words in problem:
+            return f"{plain} (YAML: {problem})"
+    return f"YAML: {problem}"
+
+
 class Doc:
     """A composed YAML document: plain values plus the line of every key path."""
 
@@ -36,9 +62,9 @@ class Doc:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark else 1
+            line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             problem = getattr(e, "problem", None) or str(e)
-            self.errors.append((line, f"{file}:{line}: (yaml): {problem}"))
+            self.errors.append((line, f"{file}:{line}: (yaml): column {column}: {plain_yaml_problem(problem)}"))
             self.data: Any = None
             return
         self.data = self._walk(node, ()) if node is not None else None

@@ -56,7 +56,28 @@ def test_secret_from_the_env_file_in_the_working_directory(tmp_path: Path) -> No
     config = tmp_path / "config.yaml"
     config.write_text("endpoints:\n  - {path: /x, provider: github, secret_env: ONLY_IN_FILE, routes: []}\n")
     assert cli("check", "--config", "config.yaml", cwd=tmp_path).returncode == 0
-    assert cli("check", "--config", "config.yaml", "--env-file", "other.env", cwd=tmp_path).returncode == 1
+    missing = cli("check", "--config", "config.yaml", "--env-file", "other.env", cwd=tmp_path)
+    assert missing.returncode != 0
+    assert b"env file other.env does not exist" in missing.stderr
+
+
+def test_the_default_env_file_is_the_one_beside_the_config(tmp_path: Path) -> None:
+    # Like every other relative path of the config: not the working directory's.
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / ".env").write_text("ONLY_IN_FILE=abc\n")
+    config = tmp_path / "conf" / "config.yaml"
+    config.write_text("endpoints:\n  - {path: /x, provider: github, secret_env: ONLY_IN_FILE, routes: []}\n")
+    assert cli("check", "--config", "conf/config.yaml", cwd=tmp_path).returncode == 0
+    (tmp_path / "conf" / ".env").rename(tmp_path / ".env")
+    assert cli("check", "--config", "conf/config.yaml", cwd=tmp_path).returncode == 1
+
+
+def test_send_without_a_secret_says_how_to_give_one(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text("{}")
+    result = cli("send", "http://127.0.0.1:9/webhook", "p.json", "--provider", "github",
+                 "--secret-env", "NOT_SET_ANYWHERE", cwd=tmp_path)
+    assert result.returncode != 0
+    assert b"NOT_SET_ANYWHERE is not set" in result.stderr and b"--secret-env" in result.stderr
 
 
 def test_sign_prints_the_github_headers() -> None:
@@ -168,3 +189,37 @@ def test_spool_flags_before_or_after_the_action(tmp_path: Path, sidecars) -> Non
     missing = cli("spool", "--config", str(other), "list", "--failed")
     assert missing.returncode == 1 and f"no spool at {other.parent / 'elsewhere'}" in missing.stderr.decode()
     assert cli("spool", "--spool-dir", str(tmp_path / "from_config"), "list").returncode == 0
+    assert cli("spool", "check", "--config", str(config)).returncode == 0  # after the action too
+
+
+def test_spool_list_marks_cut_values(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, """
+        endpoints:
+          - path: /webhook
+            provider: github
+            secret_env: WEBHOOK_SECRET
+            routes: [{{event: "*", run: {scripts}/record.sh, env: {{OUT: {out}}}}}]
+    """)
+    sidecar = sidecars(config)
+    assert sidecar.deliver(b"{}", event="repository_vulnerability_alert").status == 200
+    sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")
+    rows = cli("spool", "list", "--config", str(config)).stdout.decode().splitlines()
+    assert "repository_vuln~ " in rows[1] and "repository_vulnerability_alert" not in rows[1]
+
+
+def test_send_writes_stripes_event_and_id_into_the_body(tmp_path: Path, sidecars) -> None:
+    config = write_config(tmp_path, """
+        endpoints:
+          - path: /stripe
+            provider: stripe
+            secret_env: STRIPE_SECRET
+            routes: [{{event: "invoice.paid", run: {scripts}/record.sh, env: {{OUT: {out}}}}}]
+    """)
+    env = {"STRIPE_SECRET": "whsec_test"}
+    sidecar = sidecars(config, env=env)
+    (tmp_path / "p.json").write_text('{"object": "event", "type": "charge.succeeded"}')
+    result = cli("send", f"http://127.0.0.1:{sidecar.port}/stripe", str(tmp_path / "p.json"), "--provider", "stripe",
+                 "--secret-env", "STRIPE_SECRET", "--event", "invoice.paid", "--delivery", "evt_cli_1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert b'"delivery":"evt_cli_1","routes":["record"]' in result.stdout  # routed by the type written in
+    assert b"id set to 'evt_cli_1' in the body" in result.stderr

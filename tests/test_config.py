@@ -96,7 +96,13 @@ def test_digest_changes_with_the_secret(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("endpoints: [\n", ["2: (yaml): expected the node content, but found '<stream end>'"]),
+    ("endpoints: [\n", ["2: (yaml): column 1: the file ends where a value was expected (an unclosed '[' or '{',"
+                        " or a key with nothing after it)"
+                        " (YAML: expected the node content, but found '<stream end>')"]),
+    ("endpoints:\n\t- path: /x\n", ["2: (yaml): column 1: a tab: YAML is indented with spaces only"
+                                     " (YAML: found character '\\t' that cannot start any token)"]),
+    ("a: b: c\n", ["1: (yaml): column 5: a ': ' where a value was expected: quote a value that holds ': ',"
+                   " or check the indentation of this key (YAML: mapping values are not allowed here)"]),
     ("- a\n- b\n", ["1: (top level): the file must be a mapping with an 'endpoints' list, got a list"]),
     ("listen: 8080\nendpoints: []\n", [
         "1: listen: must be a string, got int 8080", "2: endpoints: needs at least one endpoint"]),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from . import HeaderMap, Timestamped, hmac_hex, text, verify_listed
+from . import HeaderMap, Signed, Timestamped, hmac_hex, text, verify_listed
 
 
 class Stripe(Timestamped):
@@ -31,3 +32,21 @@ class Stripe(Timestamped):
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
         t = str(int(now))
         return {"Stripe-Signature": f"t={t},v1={hmac_hex(secret, t.encode() + b'.' + body)}"}
+
+    def request(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "",
+                target: str = "/", content_type: str = "application/json") -> Signed:
+        """Stripe carries the event type and id in the body: `--event`/`--delivery` are written there."""
+        notes: list[str] = []
+        if event or delivery:
+            try:
+                payload = json.loads(body) if body.strip() else {}
+            except ValueError as e:
+                raise ValueError("--event/--delivery for stripe need a JSON object body") from e
+            if not isinstance(payload, dict):
+                raise ValueError("--event/--delivery for stripe need a JSON object body")
+            for key, value in (("type", event), ("id", delivery)):
+                if value:
+                    payload[key] = value
+                    notes.append(f"{key} set to {value!r} in the body (Stripe has no header for it)")
+            body = json.dumps(payload, separators=(",", ":")).encode()
+        return Signed(target, self.sign(body, secret, now), body, notes)

@@ -14,15 +14,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# `make run` needs only the runtime dependencies (the dev tools come with `make test`).
+RUN_STAMP := $(VENV)/.installed-runtime
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 # A development secret, so `make run` works out of the box. Never commit .env.
 .env:
 	@printf 'WEBHOOK_SECRET=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(20))')" > .env
 	@echo "wrote .env with a new development WEBHOOK_SECRET"
 
-run: $(STAMP) .env
+run: $(RUN_STAMP) .env
 	$(BIN)/webhook-sidecar serve --config config.yaml --listen 127.0.0.1:8080 --env-file .env
 
-check: $(STAMP) .env
+check: $(RUN_STAMP) .env
 	$(BIN)/webhook-sidecar check --config config.yaml --env-file .env
 
 lint: $(STAMP)

@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     procs.few_arenas()  # before any thread starts
     logs.configure(args.log_level)
     try:
-        service = Service(Path(args.config), _env_file(args.env_file, args.config), args.listen, args.grace,
+        service = Service(Path(args.config).absolute(), _env_file(args.env_file, args.config), args.listen, args.grace,
                           args.watch, replica=args.replica, sandbox=args.sandbox == "on")
     except ConfigError as e:
         for line in e.errors:
@@ -207,11 +207,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"webhook-sidecar: {e}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:
-        logs.error("server.failed", error=str(e))
-        print(f"webhook-sidecar: cannot listen: {e}", file=sys.stderr)
+        problem = _start_problem(e, args)
+        logs.error("server.failed", error=str(e), detail=problem)
+        print(f"webhook-sidecar: {problem}", file=sys.stderr)
         return 1
     service.install_signal_handlers()
     return service.run()
+
+
+def _start_problem(e: OSError | ValueError, args: argparse.Namespace) -> str:
+    """What failed at start, in words: a file the sidecar must write (the spool), else the listener."""
+    filename = getattr(e, "filename", None)
+    if not isinstance(e, OSError) or not filename:
+        return f"cannot listen: {e}"
+    where = os.path.abspath(os.fsdecode(filename))
+    try:
+        spool = os.path.abspath(config_mod.load(args.config, _env_file(args.env_file, args.config)).spool_dir)
+    except ConfigError:
+        spool = ""
+    if spool and (where == spool or where.startswith(spool + os.sep)):
+        return (f"cannot write the spool at {spool} (spool_dir in {os.path.abspath(args.config)}): {e.strerror}."
+                " Set spool_dir to a writable directory (in a container: a volume such as an emptyDir mounted"
+                " there), or use spool_url_env for a shared PostgreSQL spool")
+    return f"cannot write {where}: {e.strerror}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, SECRET, Sidecar, write_config
 
 GITHUB_VECTOR_BODY = b"Hello, World!"
@@ -223,3 +225,21 @@ def test_send_writes_stripes_event_and_id_into_the_body(tmp_path: Path, sidecars
     assert result.returncode == 0, result.stderr
     assert b'"delivery":"evt_cli_1","routes":["record"]' in result.stdout  # routed by the type written in
     assert b"id set to 'evt_cli_1' in the body" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a read-only tmpfs (needs root)")
+def test_a_read_only_spool_directory_names_spool_dir_and_what_to_set(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text("spool_dir: ro/spool\nendpoints:\n  - {path: /x, provider: github, secret_env: S,"
+                          " routes: []}\n")
+        result = cli("serve", "--config", str(config), "--listen", "127.0.0.1:0", env={"S": "x"})
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert result.returncode == 1
+    assert (f"cannot write the spool at {ro / 'spool'} (spool_dir in {config}): Read-only file system. "
+            "Set spool_dir to a writable directory") in result.stderr.decode()

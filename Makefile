@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench clean packaging image image-test
+.PHONY: run test lint check bench clean packaging chart image image-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ lint: $(STAMP)
 # Dockerfile (hadolint) and Helm chart (helm lint, schema, rendered facts); installs its own tools.
 packaging: $(STAMP)
 	bash tools/check-packaging.sh
+
+# make chart VALUES=my-values.yaml [OUT=build/chart]: render the Helm chart with your values (OUT/manifest.yaml),
+# then `webhook-sidecar check --offline` on the config.yaml of its ConfigMap (OUT/config/). helm: HELM=..., a helm
+# on PATH, or the pinned one tools/check-packaging.sh installs into .venv/bin.
+chart: $(RUN_STAMP)
+	bash tools/check-packaging.sh chart "$(VALUES)" "$(OUT)"
 
 test: lint packaging
 	$(BIN)/python -m pytest -q

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -374,3 +375,73 @@ def test_the_chart_readme_is_generated_from_values_yaml() -> None:
                     ("secrets.values", {}, "Key -> secret, continued."), ("secrets.asEnv", False, ""),
                     ("probes", {"startup": {"periodSeconds": 2}}, "A documented map is one row."),
                     ("list", [{"name": "x", "nested": 1}], "")]
+
+
+# --- the packaging checks and `make chart`, as a newcomer runs them ------------------------------------------
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    """This environment with PATH=/usr/bin:/bin: no pyenv, no virtualenv, no HELM of the user's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYENV", "VIRTUAL_ENV", "HELM", "REQUIRE_"))}
+    return {**env, "PATH": "/usr/bin:/bin", **extra}
+
+
+def test_the_packaging_checks_pass_with_debian_python_alone(tmp_path: Path) -> None:
+    """Stock Debian bookworm: /usr/bin/python3 (3.11) and no other Python on PATH. The whole of
+    tools/check-packaging.sh runs from a fresh venv of that Python, helm included where a pinned binary exists."""
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import sys, venv, ensurepip; print(*sys.version_info[:2], sep='.')"],
+                           capture_output=True, text=True, check=False) if os.path.exists(DEBIAN_PYTHON) else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip(f"{DEBIAN_PYTHON} is missing or has no venv module (Debian: apt-get install python3-venv)")
+    version = probe.stdout.strip()
+    if tuple(map(int, version.split("."))) < (3, 11):
+        pytest.skip(f"{DEBIAN_PYTHON} is Python {version}; the project needs 3.11 or later")
+    with_helm = (platform.system(), platform.machine()) == ("Linux", "x86_64")  # where the pinned helm exists
+    env = plain_env(VENV=str(tmp_path / "venv"), HELM_VENV=str(tmp_path / "venv-helm"),
+                    REQUIRE_HELM="1" if with_helm else "")
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", str(tmp_path / "venv")], env=env, check=True, timeout=120)
+    out = subprocess.run(["bash", "tools/check-packaging.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"setting up {tmp_path / 'venv-helm'} with Python {version}" in out.stdout, out.stdout
+    if with_helm:
+        assert "check_chart: helm/webhook-sidecar: ok with helm v4.3.1" in out.stdout, out.stdout
+    else:
+        assert "helm checks skipped: no helm for" in out.stdout, out.stdout
+    assert out.stdout.rstrip().endswith("check-packaging: ok"), out.stdout
+
+
+def make_chart(tmp_path: Path, values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`make chart VALUES=my-values.yaml OUT=...` as a user runs it."""
+    if not shutil.which("make"):
+        pytest.skip("make is not installed (Debian: apt-get install make)")
+    (tmp_path / "my-values.yaml").write_text(yaml.safe_dump(values))
+    return subprocess.run(["make", "--no-print-directory", "chart", f"VALUES={tmp_path / 'my-values.yaml'}",
+                           f"OUT={tmp_path / 'out'}"], cwd=ROOT, env=plain_env(), capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+MY_CONFIG = """\
+spool_dir: /var/lib/webhook-sidecar
+endpoints:
+  - path: /hooks/github
+    provider: github
+    secret_file: /run/secrets/webhook-sidecar/GITHUB_SECRET
+    routes:
+      - event: release
+        if: {action: published}
+        run: ./on_release.sh
+"""
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"replicas": 2}, ["replicas"]),  # the schema refuses it: Helm says so before anything is checked
+], ids=["a misspelt value"])
+def test_make_chart_fails_on_broken_values_and_says_where(tmp_path: Path, values: dict[str, Any],
+                                                           expected: list[str]) -> None:
+    out = make_chart(tmp_path, values)
+    assert out.returncode != 0, out.stdout
+    for needle in expected:
+        assert needle in out.stdout + out.stderr, out.stdout + out.stderr
+

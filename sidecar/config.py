@@ -19,6 +19,9 @@ import yaml
 
 from .errors import ConfigError
 from .providers import PROVIDERS, Provider
+from .tls import Files as TLSFiles
+from .tls import TLSError
+from .tls import load as load_tls
 from .yamldoc import Doc as _Doc
 from .yamldoc import Path_, _describe
 
@@ -32,6 +35,7 @@ TOP_KEYS = {
     "listen", "max_body_bytes", "spool_dir", "endpoints", "max_workers", "max_queue",
     "request_timeout_s", "retry_backoff_s", "retry_backoff_max_s", "retention_hours",
     "max_connections", "max_connections_per_client", "spool_max_bytes", "spool_url_env", "lease_s",
+    "tls",
 }
 ENDPOINT_KEYS = {"path", "provider", "secret_env", "secret_file", "routes"}
 ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
@@ -89,6 +93,7 @@ class Config:
     spool_url_env: str | None = None
     spool_url: str | None = field(default=None, repr=False)
     lease_s: float = 30.0
+    tls: TLSFiles | None = None  # HTTPS on the listener: certificate and key, re-read when they change
     endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
     digest: str = ""
 
@@ -102,7 +107,9 @@ class Config:
 
     @property
     def secret_files(self) -> tuple[str, ...]:
-        return tuple(f for e in self.endpoints.values() for f in e.secret_files)
+        """Every file holding a secret: the endpoints' and the TLS key (hidden from hooks, watched)."""
+        key = (self.tls.key_file,) if self.tls else ()
+        return tuple(f for e in self.endpoints.values() for f in e.secret_files) + key
 
 
 def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None = None,
@@ -165,6 +172,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
             spool_url = environ.get(spool_url_env) or dotenv.get(spool_url_env)
             if not spool_url:
                 doc.error(("spool_url_env",), f"{spool_url_env} is not set in the environment or the env file")
+    tls = _tls(doc, top, file.parent)
     raw_endpoints = doc.get(top, (), "endpoints", list, [], required=True)
     if "endpoints" in top and isinstance(top["endpoints"], list) and not top["endpoints"]:
         doc.error(("endpoints",), "needs at least one endpoint")
@@ -191,8 +199,32 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
         max_connections=max_connections, max_connections_per_client=per_client,
         retry_backoff_s=backoff, retry_backoff_max_s=backoff_max, retention_hours=retention,
         spool_max_bytes=spool_max_bytes, spool_url_env=spool_url_env, spool_url=spool_url, lease_s=lease_s,
-        endpoints=endpoints, digest=digest[:16],
+        tls=tls, endpoints=endpoints, digest=digest[:16],
     )
+
+
+def _tls(doc: _Doc, top: dict[str, Any], base: Path) -> TLSFiles | None:
+    """tls: {cert_file, key_file}, relative to the config file; the pair must load now."""
+    value = doc.get(top, (), "tls", dict, None)
+    if value is None:
+        return None
+    doc.unknown_keys(value, ("tls",), {"cert_file", "key_file"})
+    paths = {}
+    for key in ("cert_file", "key_file"):
+        name = doc.get(value, ("tls",), key, str, None, required=True)
+        if name == "":
+            doc.error(("tls", key), "must be a file path")
+        elif name is not None:
+            # abspath, not resolve(): a Secret volume's file is a symlink through ..data, which moves.
+            paths[key] = os.path.abspath(base / name)
+    if len(paths) < 2:
+        return None
+    files = TLSFiles(**paths)
+    try:
+        load_tls(files)
+    except TLSError as e:
+        doc.error(("tls", e.key), e.reason)
+    return files
 
 
 def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str, str],

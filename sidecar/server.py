@@ -21,7 +21,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import logs, metrics, router
+from . import logs, metrics, router, tls
 from .config import Config
 from .connections import Connection, Connections, RequestReader, raise_nofile
 from .errors import (
@@ -119,7 +119,9 @@ class SidecarServer(ThreadingHTTPServer):
         self._deadlines: dict[Handler, float] = {}
         self._deadline_lock = threading.Lock()
         self.connections = Connections()  # admitted connections, each with a handler thread
-        raise_nofile(2 * config.max_connections + 128)  # connections, those closing, and the spool's
+        raise_nofile(_descriptors(config))
+        # HTTPS when the config has `tls`: the context of each new connection, renewed when the files change.
+        self.tls = tls.Certificates(config.tls) if config.tls else None
         super().__init__(address, Handler)
         threading.Thread(target=self._reap, name="deadlines", daemon=True).start()
 
@@ -171,7 +173,8 @@ class SidecarServer(ThreadingHTTPServer):
             alive = LIVENESS.match(head) is not None
             answer = ALIVE if alive else TOO_MANY_CONNECTIONS
             request.setblocking(False)
-            request.send(answer % request_id.encode())
+            if self.tls is None:  # to a TLS client, plain text is a broken record: the close alone says it
+                request.send(answer % request_id.encode())
         except OSError:
             pass
         self.shutdown_request(request)
@@ -189,7 +192,8 @@ class SidecarServer(ThreadingHTTPServer):
         return self._config
 
     def swap(self, config: Config) -> None:
-        raise_nofile(2 * config.max_connections + 128)  # max_connections may have grown
+        raise_nofile(_descriptors(config))  # max_connections may have grown
+        self.tls = tls.follow(self.tls, config.tls)
         self._config = config
 
     @property
@@ -224,6 +228,11 @@ class SidecarServer(ThreadingHTTPServer):
                 h.expire()
 
 
+def _descriptors(config: Config) -> int:
+    """Connections, those closing, and the spool's; with TLS, each connection's TLS socket holds a second one."""
+    return (3 if config.tls else 2) * config.max_connections + 128
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "webhook-sidecar"
@@ -235,9 +244,13 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         # Above the deadline, so that the reaper (not a recv timeout) ends a slow request.
         self.timeout = self.server.config.request_timeout_s + 1.0
+        self.conn: Connection = self.server.connections.get(self.request)
+        certificates = self.server.tls
+        if certificates is not None:  # here, in the connection's thread: a slow client never holds up accept
+            self.request = tls.accept(certificates.context, self.request, self.server.config.request_timeout_s,
+                                      self.client_address[0])
         super().setup()
         self.expired = False
-        self.conn: Connection = self.server.connections.get(self.request)
         # The same buffering as makefile("rb"), over a reader that tells idle from reading.
         self.rfile.close()
         self.reader = RequestReader(self.connection, self.server.connections, self.conn)
@@ -245,13 +258,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server.set_deadline(self, None)
-        super().finish()
+        try:
+            super().finish()
+        finally:
+            if self.request is not self.conn.sock:
+                self.request.close()  # the TLS socket's own descriptor; the server closes the raw one
 
     def expire(self) -> None:
         """Called by the reaper: the request missed its deadline; unblock the read."""
         self.expired = True
         try:
-            self.connection.shutdown(socket.SHUT_RD)
+            # The raw socket: with TLS, the SSLSocket's shutdown() would drop its TLS state, and the
+            # 408 that follows would go out in plain text.
+            self.conn.sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass
 

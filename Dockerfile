@@ -24,10 +24,11 @@ WORKDIR /src
 # .dockerignore lets in only what the wheel is built from: pyproject.toml, README.md and sidecar/.
 COPY pyproject.toml README.md ./
 COPY sidecar/ sidecar/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+# With the [postgres] extra: the image serves both spools (psycopg is imported only for a shared one).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[postgres]' \
  && python -m venv --without-pip /opt/webhook-sidecar \
  && pip --python /opt/webhook-sidecar/bin/python install --no-cache-dir --no-index --find-links /wheels \
-        /wheels/webhook_sidecar-*.whl \
+        'webhook-sidecar[postgres]' \
  && /opt/webhook-sidecar/bin/webhook-sidecar --version
 
 # ---- runtime: the same base, tini, the virtual environment from the build stage, nothing else

@@ -28,7 +28,7 @@ COPY sidecar/ sidecar/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[postgres]' \
  && python -m venv --without-pip /opt/webhook-sidecar \
  && pip --python /opt/webhook-sidecar/bin/python install --no-cache-dir --no-index --find-links /wheels \
-        'webhook-sidecar[postgres]' \
+        /wheels/*.whl \
  && /opt/webhook-sidecar/bin/webhook-sidecar --version
 
 # ---- runtime: the same base, tini, the virtual environment from the build stage, nothing else

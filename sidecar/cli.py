@@ -294,17 +294,26 @@ def _when(ts: float) -> str:
 
 
 def _spool_url(args: argparse.Namespace) -> tuple[str, str] | None:
-    """(variable, URL) when the config names a shared spool (`spool_url_env`) and no --spool-dir is given."""
+    """(where the URL is, the URL) when the config names a shared spool (`spool_url_env` or
+    `spool_url_file`) and no --spool-dir is given."""
     if args.spool_dir:
         return None
-    name = config_mod.spool_url_env_of(args.config)
-    if name is None:
+    source = config_mod.spool_source_of(args.config)
+    if source is None:
         return None
-    env_file = _env_file(args.env_file, args.config)
-    url = _from_env(name, env_file)
+    key, where = source
+    if key == "spool_url_file":
+        try:
+            url = config_mod.read_spool_url_file(where)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError([f"{args.config}: spool_url_file: cannot read {where}: {e}"]) from e
+        if not url:
+            raise ConfigError([f"{args.config}: spool_url_file: {where} is empty"])
+        return f"spool_url_file {where}", url
+    url = _from_env(where, _env_file(args.env_file, args.config))
     if not url:
-        raise ConfigError([f"{args.config}: spool_url_env: {name} is not set in the environment or the env file"])
-    return name, url
+        raise ConfigError([f"{args.config}: spool_url_env: {where} is not set in the environment or the env file"])
+    return where, url
 
 
 def _shared_spool(args: argparse.Namespace, name: str, url: str) -> int:
@@ -315,6 +324,7 @@ def _shared_spool(args: argparse.Namespace, name: str, url: str) -> int:
         return 2
     try:
         store = Store(url, name, "spool-cli", 30.0, pool_size=2, serving=False)
+        store.open()  # the CLI does not wait for the database: it says why it cannot
     except SpoolUnreachable as e:
         print(f"webhook-sidecar: {e}", file=sys.stderr)
         return 1

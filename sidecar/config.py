@@ -34,7 +34,7 @@ ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TOP_KEYS = {
     "listen", "max_body_bytes", "spool_dir", "endpoints", "max_workers", "max_queue",
     "request_timeout_s", "retry_backoff_s", "retry_backoff_max_s", "retention_hours",
-    "max_connections", "max_connections_per_client", "spool_max_bytes", "spool_url_env", "lease_s",
+    "max_connections", "max_connections_per_client", "spool_max_bytes", "spool_url_env", "spool_url_file", "lease_s",
     "tls",
 }
 ENDPOINT_KEYS = {"path", "provider", "secret_env", "secret_file", "routes"}
@@ -89,8 +89,10 @@ class Config:
     retry_backoff_max_s: float = 300.0
     retention_hours: float = 168.0
     spool_max_bytes: int = 512 * 1024 * 1024
-    # The shared (PostgreSQL) spool: the variable's name, and its value (a libpq URL, never logged).
+    # The shared (PostgreSQL) spool: the variable's name or the file's path (absolute), and the value
+    # found there (a libpq URL, never logged).
     spool_url_env: str | None = None
+    spool_url_file: str | None = None
     spool_url: str | None = field(default=None, repr=False)
     lease_s: float = 30.0
     tls: TLSFiles | None = None  # HTTPS on the listener: certificate and key, re-read when they change
@@ -107,9 +109,10 @@ class Config:
 
     @property
     def secret_files(self) -> tuple[str, ...]:
-        """Every file holding a secret: the endpoints' and the TLS key (hidden from hooks, watched)."""
+        """Every file holding a secret: the endpoints', the spool URL's, the TLS key (hidden from hooks, watched)."""
+        spool = (self.spool_url_file,) if self.spool_url_file else ()
         key = (self.tls.key_file,) if self.tls else ()
-        return tuple(f for e in self.endpoints.values() for f in e.secret_files) + key
+        return tuple(f for e in self.endpoints.values() for f in e.secret_files) + spool + key
 
 
 def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None = None,
@@ -160,18 +163,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     retention = doc.get(top, (), "retention_hours", float, Config.retention_hours, minimum=0.0001)
     spool_max_bytes = doc.get(top, (), "spool_max_bytes", int, Config.spool_max_bytes, minimum=0)
     lease_s = doc.get(top, (), "lease_s", float, Config.lease_s, minimum=1)
-    spool_url_env = doc.get(top, (), "spool_url_env", str, None)
-    spool_url = None
-    if spool_url_env is not None:
-        if "spool_dir" in top:
-            doc.error(("spool_url_env",), "spool_dir and spool_url_env exclude each other: the spool is either"
-                      " the embedded file or a shared PostgreSQL database")
-        if not ENV_NAME.match(spool_url_env):
-            doc.error(("spool_url_env",), f"not a valid environment variable name: {spool_url_env!r}")
-        else:
-            spool_url = environ.get(spool_url_env) or dotenv.get(spool_url_env)
-            if not spool_url:
-                doc.error(("spool_url_env",), f"{spool_url_env} is not set in the environment or the env file")
+    spool_url_env, spool_url_file, spool_url = _spool_url(doc, top, file.parent, environ, dotenv)
     tls = _tls(doc, top, file.parent)
     raw_endpoints = doc.get(top, (), "endpoints", list, [], required=True)
     if "endpoints" in top and isinstance(top["endpoints"], list) and not top["endpoints"]:
@@ -198,7 +190,8 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
         max_workers=max_workers, max_queue=max_queue, request_timeout_s=request_timeout,
         max_connections=max_connections, max_connections_per_client=per_client,
         retry_backoff_s=backoff, retry_backoff_max_s=backoff_max, retention_hours=retention,
-        spool_max_bytes=spool_max_bytes, spool_url_env=spool_url_env, spool_url=spool_url, lease_s=lease_s,
+        spool_max_bytes=spool_max_bytes, spool_url_env=spool_url_env, spool_url_file=spool_url_file,
+        spool_url=spool_url, lease_s=lease_s,
         tls=tls, endpoints=endpoints, digest=digest[:16],
     )
 
@@ -428,14 +421,75 @@ def _route_env(doc: _Doc, path: Path_, raw: dict[str, Any]) -> tuple[tuple[str, 
     return tuple(out)
 
 
-def spool_url_env_of(path: str | os.PathLike[str]) -> str | None:
-    """The variable naming a shared spool's URL (`spool_url_env`), without validating the rest."""
+SPOOL_KEYS = ("spool_dir", "spool_url_env", "spool_url_file")  # the spool: exactly one of them, or none
+
+
+def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str, str],
+               dotenv: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
+    """The shared spool's (spool_url_env, spool_url_file as an absolute path, the URL found there)."""
+    given = [k for k in SPOOL_KEYS if k in top]
+    if len(given) > 1:
+        doc.error((given[1],), f"{' and '.join(given)} exclude each other: the spool is either the embedded file"
+                  " (spool_dir) or a shared PostgreSQL database whose URL is in a variable (spool_url_env)"
+                  " or a file (spool_url_file)")
+    env = doc.get(top, (), "spool_url_env", str, None)
+    name = doc.get(top, (), "spool_url_file", str, None)
+    if env is not None:
+        if not ENV_NAME.match(env):
+            doc.error(("spool_url_env",), f"not a valid environment variable name: {env!r}")
+            return env, None, None
+        url = environ.get(env) or dotenv.get(env)
+        if not url:
+            doc.error(("spool_url_env",), f"{env} is not set in the environment or the env file")
+        return env, None, _checked_url(doc, "spool_url_env", env, url)
+    if name is None:
+        return None, None, None
+    if not name:
+        doc.error(("spool_url_file",), "must be a file path")
+        return None, None, None
+    # abspath, not resolve(): a Secret volume's file is a symlink through ..data, which moves.
+    path = os.path.abspath(base / name)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        url = read_spool_url_file(path)
+    except (OSError, UnicodeDecodeError) as e:
+        doc.error(("spool_url_file",), f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+        return None, path, None
+    if not url:
+        doc.error(("spool_url_file",), f"{path} is empty")
+    return None, path, _checked_url(doc, "spool_url_file", path, url)
+
+
+def _checked_url(doc: _Doc, key: str, where: str, url: str | None) -> str | None:
+    """`url` when it is a libpq URL (the only start error of a shared spool); its value is never shown."""
+    if not url:
+        return None
+    from .spool.pg_schema import url_problem  # only with a shared spool: sqlite users never load the driver
+    problem = url_problem(url)
+    if problem:
+        doc.error((key,), f"{where}: {problem}")
+        return None
+    return url
+
+
+def read_spool_url_file(path: str | os.PathLike[str]) -> str:
+    """A spool URL file's content (a Kubernetes Secret key) without surrounding whitespace."""
+    return Path(path).read_text(encoding="utf-8").strip()
+
+
+def spool_source_of(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """Where a config's shared spool URL is, without validating the rest: ("spool_url_env", the
+    variable) or ("spool_url_file", its absolute path); None for the embedded spool."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError([f"{path}:1: (file): cannot read: {e}"]) from e
-    value = data.get("spool_url_env") if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    data = data if isinstance(data, dict) else {}
+    if isinstance(data.get("spool_url_env"), str):
+        return "spool_url_env", data["spool_url_env"]
+    if isinstance(data.get("spool_url_file"), str) and data["spool_url_file"]:
+        return "spool_url_file", os.path.abspath(file.parent / data["spool_url_file"])
+    return None
 
 
 def spool_dir_of(path: str | os.PathLike[str]) -> Path:

@@ -36,8 +36,12 @@ def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config]
         # Imported here: sqlite users never load the database driver (idle memory).
         from .shared_workers import SharedWorkers
         from .spool.postgres import Store
-        store = Store(cfg.spool_url, cfg.spool_url_env or "", replica, cfg.lease_s, pool_size=cfg.max_workers + 16)
-        return SharedWorkers(store, cfg.max_workers, cfg.max_queue, config, known, replica)  # type: ignore[return-value]
+        # Named in messages by where the URL comes from, never by its value.
+        source = cfg.spool_url_env or f"spool_url_file {cfg.spool_url_file}"
+        store = Store(cfg.spool_url, source, replica, cfg.lease_s, pool_size=cfg.max_workers + 16)
+        # Serves at once, the database reachable or not: unready (POSTs 503) until it can be used.
+        return SharedWorkers(store, cfg.max_workers, cfg.max_queue, config, known, replica,  # type: ignore[return-value]
+                             max_bytes=cfg.spool_max_bytes)
     spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536)
     return Workers(spool, cfg.max_workers, cfg.max_queue, config, known, replica)
 

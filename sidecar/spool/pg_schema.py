@@ -3,20 +3,40 @@
 Versioned in sidecar_schema_version. Each replica runs the migrations it is missing at start, under a
 session advisory lock, so replicas starting together never race; a database migrated by a newer
 release is refused (its code may rely on what this one does not know).
+
+Additions that older releases tolerate (a nullable column, an index) are made by every release that
+needs them, when missing, without a version bump: a rollout runs old and new replicas side by side on
+one database, and a version bump would make the old ones refuse it. SCHEMA_VERSION moves only for a
+change older code cannot work with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from . import SpoolUnreachable
+from . import JobRow, SpoolUnreachable, route_from_spec
 
 SCHEMA_VERSION = 1
 MIGRATION_LOCK = 0x5EB400C  # pg_advisory_lock key: one replica migrates at a time
+NOW = "EXTRACT(EPOCH FROM now())::float8"  # the database's clock: replicas' clocks may differ
+NOTIFY_CHANNEL = "sidecar_jobs"
+
+JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
+    d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail,
+    COALESCE(j.owner, j.ran_on, j.replica)"""
+
+
+def job_row(r: Sequence[Any]) -> JobRow:
+    """A JobRow from the JOB_COLUMNS of a row."""
+    return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
+                  endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
+                  received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], replica=r[16])
 
 MIGRATIONS = {1: """
 CREATE TABLE sidecar_deliveries (
@@ -63,26 +83,114 @@ CREATE TABLE sidecar_replicas (
 );
 """}
 
+# (what must exist, the statement that adds it when it does not). Each is additive and older releases
+# ignore it: a job's route by content (what a replica must have loaded to run it as stored), when it was
+# first found runnable by no live replica, and each replica's route set (NULL: an older release, which
+# runs anything).
+ADDITIONS = (
+    ("sidecar_jobs.skey", "ALTER TABLE sidecar_jobs ADD COLUMN skey text"),
+    ("sidecar_jobs.stranded_since", "ALTER TABLE sidecar_jobs ADD COLUMN stranded_since float8"),
+    ("sidecar_replicas.routes", "ALTER TABLE sidecar_replicas ADD COLUMN routes text[]"),
+)
+
+
+class Unusable(SpoolUnreachable):
+    """The database cannot be used now. `reason` is short and safe to show anyone (/readyz): no host,
+    user or password; the message (for logs) names the variable and the redacted URL."""
+
+    def __init__(self, message: str, reason: str = "spool database unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SchemaTooNew(Unusable):
+    """The database was migrated by a newer release: no retry helps, run that release."""
+
+
+def reason_of(error: psycopg.Error) -> str:
+    """What /readyz may say about a failed connection (libpq's text names the host and the user): by
+    SQLSTATE once connected, by libpq's words while connecting (it has no SQLSTATE then)."""
+    state, text = error.sqlstate or "", str(error)
+    if state.startswith("28") or any(w in text for w in ("authentication failed", "no pg_hba.conf entry",
+                                                         "no password supplied")):
+        return "spool database refused the credentials"
+    if state == "3D000" or ("database" in text and "does not exist" in text):
+        return "spool database does not exist"
+    if state.startswith("42"):
+        return "spool database refused this role the schema"
+    return "spool database unreachable"
+
 
 def migrate(conn: psycopg.Connection[Any], variable: str, location: str) -> None:
     """Create or migrate the schema to SCHEMA_VERSION; one replica at a time (a session advisory lock).
 
-    SpoolUnreachable when the database holds a newer schema than this code knows."""
+    SchemaTooNew when the database holds a newer schema than this code knows."""
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS sidecar_schema_version (version int NOT NULL)")
         row = conn.execute("SELECT max(version) FROM sidecar_schema_version").fetchone()
         current = row[0] if row and row[0] is not None else 0
         if current > SCHEMA_VERSION:
-            raise SpoolUnreachable(
+            raise SchemaTooNew(
                 f"{variable}: the spool database {location} has schema version {current}, newer than"
-                f" this sidecar knows ({SCHEMA_VERSION}): a newer release migrated it; run that release")
+                f" this sidecar knows ({SCHEMA_VERSION}): a newer release migrated it; run that release",
+                "spool database schema is newer than this release")
         for version in range(current + 1, SCHEMA_VERSION + 1):
             with conn.transaction():
                 conn.execute(MIGRATIONS[version])
                 conn.execute("INSERT INTO sidecar_schema_version (version) VALUES (%s)", (version,))
+        _add_missing(conn)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+def _add_missing(conn: psycopg.Connection[Any]) -> None:
+    """Make the ADDITIONS that are missing. Looked up first: an ALTER of a present column would still
+    take the table's exclusive lock, at every replica's start, behind the claims in flight."""
+    missing = [(name, statement) for name, statement in ADDITIONS if not _present(conn, name)]
+    for name, statement in missing:
+        conn.execute(statement)
+        if name == "sidecar_jobs.skey":  # queued jobs of an older release get theirs
+            conn.execute(f"UPDATE sidecar_jobs SET skey = {SPEC_KEY} WHERE state = 'pending'")
+
+
+def _present(conn: psycopg.Connection[Any], name: str) -> bool:
+    table, _, column = name.partition(".")
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema ="
+                       " current_schema() AND table_name = %s AND column_name = %s)", (table, column)).fetchone()
+    return bool(row and row[0])
+
+
+# A job's route by content: its spec's MD5 (of the UTF-8 bytes, whatever the database's encoding), the
+# same as spec_key() computes in Python for the routes a replica has loaded.
+SPEC_KEY = "md5(convert_to(spec, 'UTF8'))"
+
+
+def spec_key(spec: str) -> str:
+    return hashlib.md5(spec.encode(), usedforsecurity=False).hexdigest()
+
+
+def connect_options(url: str, application_name: str, *, connect_timeout: int = 5,
+                    user_timeout_ms: int = 5000) -> dict[str, Any]:
+    """libpq options for every connection, unless the URL sets them: a bound on connecting, and on data
+    the network no longer acknowledges (a partition that drops packets is otherwise noticed only after
+    TCP's retransmissions give up, some 15 minutes). Keepalives find an idle connection's peer gone."""
+    options: dict[str, Any] = {"connect_timeout": connect_timeout, "application_name": application_name[:63],
+                               "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                               "keepalives_count": 2, "tcp_user_timeout": user_timeout_ms}
+    given = conninfo_to_dict(url)
+    return {k: v for k, v in options.items() if k not in given}
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be a libpq URL or key=value string, or None. Never quotes it (a password)."""
+    try:
+        d = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "not a libpq URL (postgresql://user:password@host:port/dbname) nor a key=value string"
+    if any(not p.strip().isdigit() for p in str(d.get("port") or "5432").split(",")):
+        return "its port is not a number"
+    return None
 
 
 def redact(url: str) -> str:

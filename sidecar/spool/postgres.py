@@ -5,7 +5,12 @@ Same policy as the embedded spool (see the package docstring), plus what sharing
 - A job is claimed as a lease (owner, lease_until) with FOR UPDATE SKIP LOCKED; the owner
   renews it while the hook runs. An expired lease may be taken over by another replica.
 - Time is the database's (`now()`): replicas' clocks may differ, the database has one.
-- A broadcast route becomes one job per live replica (`replica` set: only it may claim it).
+- A broadcast route becomes one job per live replica that has it (`replica` set: only it may claim it).
+- Each replica registers the routes it can run (its table's, by name, and every route it loaded, by
+  content) with its heartbeat, and claims only those: during a rollout with two tables, a replica never
+  takes a job of a route only the other table has. A job no live replica can run waits; after
+  STRANDED_LEASES x lease_s of that it is a dead letter (`route_unknown`).
+- Nothing here connects before open(): a replica starts while the database is down and opens later.
 
 Only this module and its schema (pg_schema.py) import psycopg, and only a config with
 `spool_url_env` imports them, so sqlite users never load the driver.
@@ -25,23 +30,25 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .. import metrics
 from ..config import Route
 from ..errors import QueueFull, Unavailable
-from . import Accepted, Delivery, JobRow, SpoolUnreachable, route_from_spec, route_spec
-from .pg_schema import migrate, redact, scrub
+from . import Accepted, Delivery, JobRow, SpoolUnreachable, route_spec
+from .pg_deadlines import Deadlines
+from .pg_schema import (
+    JOB_COLUMNS,
+    NOTIFY_CHANNEL,
+    NOW,
+    Unusable,
+    connect_options,
+    job_row,
+    migrate,
+    reason_of,
+    redact,
+    scrub,
+    spec_key,
+    url_problem,
+)
+from .pg_upkeep import Upkeep
 
-NOW = "EXTRACT(EPOCH FROM now())::float8"
-NOTIFY_CHANNEL = "sidecar_jobs"
-GONE_LEASES = 10  # a replica not seen for this many lease_s is gone
-
-JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
-    d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail,
-    COALESCE(j.owner, j.ran_on, j.replica)"""
 DB_ERRORS = (psycopg.Error, TimeoutError)  # PoolTimeout is a psycopg.OperationalError
-
-
-def _job_row(r: Sequence[Any]) -> JobRow:
-    return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
-                  endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
-                  received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], replica=r[16])
 
 
 @dataclass(frozen=True)
@@ -54,48 +61,90 @@ class Claimed:
     taken_from: str | None  # the replica whose expired lease this claim replaced
 
 
-class Store:
+class Store(Upkeep):
     """The PostgreSQL spool: every query the server, the scheduler and the CLI make."""
+
+    pool: ConnectionPool[psycopg.Connection[Any]]  # from open() on
 
     def __init__(self, url: str, variable: str, replica: str, lease_s: float, pool_size: int = 4,
                  *, serving: bool = True) -> None:
-        """Connect, create or migrate the schema (under an advisory lock) and, when serving,
-        register this replica, so it is part of every broadcast from its first answer on.
-
-        SpoolUnreachable names `variable` (never the URL) when the database cannot be used."""
+        """No I/O: open() connects. SpoolUnreachable (naming `variable`, never the URL) only when
+        the URL is malformed, the one problem no retry can mend."""
+        problem = url_problem(url)
+        if problem:
+            raise SpoolUnreachable(f"{variable}: {problem}")
         self.url, self.variable, self.replica, self.lease_s = url, variable, replica, lease_s
         self.location = redact(url)
-        self._kwargs = {"connect_timeout": 5, "application_name": f"webhook-sidecar {replica}"[:63]}
+        self.serving, self.pool_size = serving, pool_size
+        self._kwargs = connect_options(url, f"webhook-sidecar {replica}")
+        self.reclaimed: list[tuple[int, str, str, str, str, int]] = []
+        # The routes this replica can run: its table's by name ("endpoint\nroute\n", as the jobs' rkey
+        # begins) and every route it loaded by content (spec keys). None: any (the CLI claims nothing).
+        self.names: list[str] | None = None
+        self.skeys: list[str] = []
+        self._claim_keys: list[str] = []
+        self.deadlines = Deadlines()
+
+    def open(self) -> None:
+        """Connect, create or migrate the schema and, when serving, register this replica (part of
+        every broadcast from then on) and take back its previous life's leases; then the pool.
+
+        Unusable (SchemaTooNew) when the database cannot be used now."""
         try:
-            with psycopg.connect(url, autocommit=True, **self._kwargs) as conn:
-                migrate(conn, variable, self.location)
-                self.reclaimed: list[tuple[int, str, str, str, str, int]] = []
-                if serving:
-                    conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
-                                 f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}", (replica,))
-                    # Leases under our own name are a previous life's (names are unique among live replicas):
-                    # take them over now rather than after lease_s. It counts an attempt, as any takeover.
-                    # As any takeover, its last attempt makes it a dead letter (see claim()).
-                    self.reclaimed = [tuple(r) for r in conn.execute(  # type: ignore[misc]
-                        "UPDATE sidecar_jobs j SET owner = NULL, lease_until = NULL, attempts = attempts + 1,"
-                        " state = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'failed' ELSE state END,"
-                        " outcome = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'taken_over'"
-                        f" ELSE outcome END, ran_on = owner, updated_at = {NOW}"
-                        " FROM sidecar_deliveries d WHERE d.id = j.delivery_id AND j.owner = %s"
-                        " AND j.state = 'pending' RETURNING j.id, j.route, d.delivery, j.state, d.endpoint, j.attempts",
-                        (replica,))]
+            with psycopg.connect(self.url, autocommit=True, **self._kwargs) as conn:
+                migrate(conn, self.variable, self.location)
+                if self.serving:
+                    self._heartbeat(conn)
+                    self.reclaimed = self._reclaim(conn)
         except psycopg.Error as e:
-            raise SpoolUnreachable(f"{variable}: cannot use the spool database {self.location}: "
-                                   f"{scrub(' '.join(str(e).split()), url)}") from None
+            raise Unusable(f"{self.variable}: cannot use the spool database {self.location}: "
+                           f"{scrub(' '.join(str(e).split()), self.url)}", reason_of(e)) from None
+        if hasattr(self, "pool"):
+            return  # opened before (a later step of the caller's failed and it tries again)
         # psycopg_pool logs each failed reconnect through `logging`; the spool logs its own events.
         logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs=self._kwargs, open=False, timeout=3,
-            reconnect_timeout=5, name="spool")
+        self.pool = ConnectionPool(self.url, min_size=1, max_size=self.pool_size, kwargs=self._kwargs, open=False,
+                                   timeout=3, reconnect_timeout=5, name="spool")
         self.pool.open()
 
+    def _reclaim(self, conn: psycopg.Connection[Any]) -> list[tuple[int, str, str, str, str, int]]:
+        """Leases under our own name are a previous life's (names are unique among live replicas):
+        taken over now rather than after lease_s. It counts an attempt, as any takeover, and as any
+        takeover its last attempt makes it a dead letter (see claim())."""
+        return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            "UPDATE sidecar_jobs j SET owner = NULL, lease_until = NULL, attempts = attempts + 1,"
+            " state = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'failed' ELSE state END,"
+            " outcome = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'taken_over'"
+            f" ELSE outcome END, ran_on = owner, updated_at = {NOW}"
+            " FROM sidecar_deliveries d WHERE d.id = j.delivery_id AND j.owner = %s"
+            " AND j.state = 'pending' RETURNING j.id, j.route, d.delivery, j.state, d.endpoint, j.attempts",
+            (self.replica,))]
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at, routes) VALUES (%s, {NOW}, {NOW}, %s)"
+                     f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}, routes = EXCLUDED.routes",
+                     (self.replica, None if self.names is None else self.names + self.skeys))
+
+    def set_routes(self, names: Sequence[str], skeys: Sequence[str]) -> None:
+        """What this replica can run from now on: claims follow at once, the registration with the
+        next heartbeat. `names`: the table in use's endpoint and route name, each followed by a newline
+        (as the jobs' rkey begins); `skeys`: spec_key() of every route of every table this process loaded."""
+        self.names, self.skeys = list(names), list(skeys)
+        self._claim_keys = [*self.names, *(n + self.replica for n in self.names)]  # and its broadcast jobs
+
+    @property
+    def _runnable(self) -> str:
+        """The claim's condition on routes: those this replica has (none before set_routes(): any)."""
+        return "" if self.names is None else " AND (rkey = ANY(%s) OR skey = ANY(%s))"
+
+    @property
+    def _runnable_args(self) -> tuple[list[str], ...]:
+        return () if self.names is None else (self._claim_keys, self.skeys)
+
     def close(self) -> None:
-        self.pool.close()
+        self.deadlines.close()
+        if hasattr(self, "pool"):
+            self.pool.close()
 
     def connect_listener(self) -> psycopg.Connection[Any]:
         """A connection of its own (autocommit) that LISTENs for new jobs."""
@@ -103,21 +152,31 @@ class Store:
         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return conn
 
+    def connect_probe(self, timeout_ms: int) -> psycopg.Connection[Any]:
+        """A connection of its own (autocommit) for health probes, that gives up on unacknowledged data
+        after `timeout_ms` (a blackholed network is an error soon, not after TCP's 15 minutes)."""
+        kwargs = {**self._kwargs, "connect_timeout": max(2, timeout_ms // 1000)}
+        if "tcp_user_timeout" in kwargs:
+            kwargs["tcp_user_timeout"] = timeout_ms
+        return psycopg.connect(self.url, autocommit=True, **kwargs)
+
     # --- accepting --------------------------------------------------------------------
-    def accept(self, delivery: Delivery, routes: Sequence[Route], max_queue: int, depth_hint: int = 0) -> Accepted:
-        """Commit a delivery and its jobs (a broadcast route: one per live replica), or raise.
+    def accept(self, delivery: Delivery, routes: Sequence[Route], max_queue: int, depth_hint: int = 0,
+               deadline: float | None = None) -> Accepted:
+        """Commit a delivery and its jobs (a broadcast route: one per live replica that has it), or raise.
 
         QueueFull above `max_queue` pending jobs in the whole spool: counted in the transaction
         once `depth_hint` (the last known depth) is past half the bound; below that the count,
         which grows with the queue, is skipped. Concurrent accepts may pass the bound by the
         few jobs they add together.
-        Unavailable for any database failure; also when COMMIT's outcome is unknown,
-        and the sender's retry is then absorbed by the dedupe.
+        Unavailable for any database failure, and when `deadline` (monotonic) passes first; also
+        when COMMIT's outcome is unknown, and the sender's retry is then absorbed by the dedupe.
         """
         for attempt in (1, 2):
             committing = False
             try:
-                with self.pool.connection() as conn:
+                wait = 3.0 if deadline is None else max(0.01, min(3.0, deadline - time.monotonic()))
+                with self.pool.connection(timeout=wait) as conn, self.deadlines.bound(conn, deadline):
                     accepted = self._accept(conn, delivery, routes, max_queue, depth_hint)
                     committing = True
                     conn.commit()
@@ -126,22 +185,33 @@ class Store:
                 raise
             except DB_ERRORS as e:
                 metrics.DATABASE_ERRORS.labels("accept").inc()
+                late = deadline is not None and time.monotonic() >= deadline
                 # A pooled connection the database dropped (a restart) fails its first statement,
                 # before anything was sent to commit: one more try on a fresh connection is safe.
                 retry = isinstance(e, psycopg.OperationalError) and not isinstance(e, PoolTimeout)
-                if committing or attempt == 2 or not retry:
-                    why = "commit outcome unknown" if committing else "database unavailable"
+                if committing or attempt == 2 or not retry or late:
+                    why = "commit outcome unknown" if committing else (
+                        "commit not done within its deadline" if late else "database unavailable")
                     raise Unavailable(f"spool {why}", retry_after=5) from e
         raise AssertionError("unreachable")
 
+    def _broadcast_to(self, conn: psycopg.Connection[Any], endpoint: str,
+                      routes: Sequence[Route]) -> dict[str, list[str]]:
+        """For each broadcast route, the live replicas that have it (this one always: it matched it)."""
+        replicas = conn.execute(f"SELECT name, routes FROM sidecar_replicas WHERE seen_at >= {NOW} - %s",
+                                (self.lease_s,)).fetchall()
+        out: dict[str, list[str]] = {}
+        for r in routes:
+            if r.broadcast:
+                keys = {f"{endpoint}\n{r.name}\n", spec_key(route_spec(r))}
+                names = {name for name, have in replicas if have is None or keys.intersection(have)}
+                out[r.name] = sorted(names | {self.replica})
+        return out
+
     def _accept(self, conn: psycopg.Connection[Any], delivery: Delivery, routes: Sequence[Route],
                 max_queue: int, depth_hint: int) -> Accepted:
-        live = [self.replica]
-        if any(r.broadcast for r in routes):
-            live = [r[0] for r in conn.execute(
-                f"SELECT name FROM sidecar_replicas WHERE seen_at >= {NOW} - %s OR name = %s ORDER BY name",
-                (self.lease_s, self.replica))]
-        jobs = [(r, name if r.broadcast else None) for r in routes for name in (live if r.broadcast else [None])]
+        to = self._broadcast_to(conn, delivery.endpoint, routes) if any(r.broadcast for r in routes) else {}
+        jobs = [(r, name) for r in routes for name in (to[r.name] if r.broadcast else [None])]
         if depth_hint + len(jobs) > max_queue // 2:
             # Near the bound: a redelivery of a queued delivery is a duplicate even when the queue is full.
             row = conn.execute("SELECT id FROM sidecar_deliveries WHERE endpoint = %s AND delivery = %s",
@@ -156,8 +226,9 @@ class Store:
             "WITH d AS (INSERT INTO sidecar_deliveries (endpoint, delivery, provider, event, request_id, cwd, body,"
             f" received_at, accepted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, %s)"
             " ON CONFLICT (endpoint, delivery) DO NOTHING RETURNING id)"
-            " INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at)"
-            f" SELECT d.id, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW} FROM d,"
+            " INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at, skey)"
+            f" SELECT d.id, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW}, md5(convert_to(r.spec, 'UTF8'))"
+            " FROM d,"
             " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) WITH ORDINALITY"
             " AS r(route, spec, rkey, concurrency, replica, n) ORDER BY r.n RETURNING id",
             (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
@@ -186,7 +257,8 @@ class Store:
         `concurrency` is counted over unexpired leases of the route in the whole cluster
         (per replica for broadcast routes), under a per-route advisory lock taken for the
         transaction, so two replicas never both see a free slot. A route whose lock another
-        replica holds right now is skipped this round (no waiting, no deadlock).
+        replica holds right now is skipped this round (no waiting, no deadlock). Only jobs of
+        routes this replica can run (set_routes()) are claimed.
         """
         with self.pool.connection() as conn:
             # The clock, and the routes at their limit (skipped below, so they cannot starve the others).
@@ -197,9 +269,9 @@ class Store:
             candidates = conn.execute(
                 "SELECT id, rkey, concurrency, owner, lease_until FROM sidecar_jobs WHERE state = 'pending'"
                 " AND next_at <= %s AND (lease_until IS NULL OR lease_until < %s)"
-                " AND (replica IS NULL OR replica = %s) AND rkey <> ALL(%s)"
+                f" AND (replica IS NULL OR replica = %s) AND rkey <> ALL(%s){self._runnable}"
                 " ORDER BY next_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (now, now, self.replica, full, limit * 2)).fetchall()
+                (now, now, self.replica, full, *self._runnable_args, limit * 2)).fetchall()
             room: dict[str, int] = {}
             chosen: dict[int, str | None] = {}
             for job_id, rkey, concurrency, owner, lease_until in candidates:
@@ -229,6 +301,7 @@ class Store:
                     "WITH x AS (SELECT id, lease_until IS NOT NULL AS taken, lease_until IS NOT NULL AND"
                     " attempts >= (spec::json->>'retries')::int AS dead FROM sidecar_jobs WHERE id = ANY(%s)),"
                     " j AS (UPDATE sidecar_jobs s SET claim = claim + 1, attempts = attempts + x.taken::int,"
+                    " stranded_since = NULL,"
                     " state = CASE WHEN x.dead THEN 'failed' ELSE state END,"
                     " outcome = CASE WHEN x.dead THEN 'taken_over' ELSE outcome END,"
                     " ran_on = CASE WHEN x.dead THEN owner ELSE ran_on END,"
@@ -238,23 +311,24 @@ class Store:
                     f" FROM x WHERE s.id = x.id RETURNING s.*) SELECT {JOB_COLUMNS}, j.claim, d.body FROM j"
                     " JOIN sidecar_deliveries d ON d.id = j.delivery_id ORDER BY j.next_at, j.id",
                     (list(chosen), self.replica, now + self.lease_s)).fetchall()
-                claimed = [Claimed(_job_row(r), bytes(r[-1]), r[-2], chosen[r[0]]) for r in rows]
+                claimed = [Claimed(job_row(r), bytes(r[-1]), r[-2], chosen[r[0]]) for r in rows]
             due = None
             if len(chosen) < limit:
                 due = conn.execute(
                     "SELECT min(next_at) FROM sidecar_jobs WHERE state = 'pending' AND next_at > %s"
-                    " AND (replica IS NULL OR replica = %s)", (now, self.replica)).fetchone()
+                    f" AND (replica IS NULL OR replica = %s){self._runnable}",
+                    (now, self.replica, *self._runnable_args)).fetchone()
             conn.commit()
         return claimed, (due[0] - now + time.time()) if due and due[0] is not None else None
 
     def renew(self, held: dict[int, int], heartbeat: bool = True) -> set[int]:
         """Extend the leases of the jobs this replica holds ({id: claim}); the ids still ours.
 
-        Also, with `heartbeat`, what keeps this replica live (and in every broadcast)."""
+        Also, with `heartbeat`, what keeps this replica live (and in every broadcast), with the
+        routes it has (set_routes())."""
         with self.pool.connection() as conn:
             if heartbeat:
-                conn.execute(f"INSERT INTO sidecar_replicas (name, seen_at, started_at) VALUES (%s, {NOW}, {NOW})"
-                             f" ON CONFLICT (name) DO UPDATE SET seen_at = {NOW}", (self.replica,))
+                self._heartbeat(conn)
             else:
                 conn.execute("SELECT 1")  # still a round trip: health is this call's outcome
             kept: set[int] = set()
@@ -322,33 +396,6 @@ class Store:
             conn.commit()
         return True
 
-    # --- housekeeping -------------------------------------------------------------------
-    def stats(self) -> tuple[int, int]:
-        """(pending jobs in the whole spool, live replicas)."""
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT (SELECT count(*) FROM sidecar_jobs WHERE state = 'pending'),"
-                               f" (SELECT count(*) FROM sidecar_replicas WHERE seen_at >= {NOW} - %s)",
-                               (self.lease_s,)).fetchone()
-            conn.commit()
-        return (row[0], row[1]) if row else (0, 0)
-
-    def drop_gone(self) -> list[tuple[int, str, str, str]]:
-        """Pending broadcast jobs of replicas not seen for GONE_LEASES x lease_s: deleted, with the replicas.
-
-        In Kubernetes a restarted pod has a new name: without this they would pile up forever."""
-        with self.pool.connection() as conn:
-            gone = [r[0] for r in conn.execute(
-                f"DELETE FROM sidecar_replicas WHERE seen_at < {NOW} - %s RETURNING name",
-                (GONE_LEASES * self.lease_s,))]
-            dropped: list[tuple[int, str, str, str]] = []
-            if gone:
-                dropped = [tuple(r) for r in conn.execute(  # type: ignore[misc]
-                    "DELETE FROM sidecar_jobs j USING sidecar_deliveries d WHERE d.id = j.delivery_id"
-                    " AND j.replica = ANY(%s) AND j.state = 'pending' RETURNING j.id, j.route, j.replica, d.delivery",
-                    (gone,))]
-            conn.commit()
-        return dropped
-
     def notify(self) -> None:
         """Wake every replica's dispatcher. Not inside an accept: NOTIFY takes a database-wide
         lock from its commit's start to its end, which would serialize the accepts' commits
@@ -356,54 +403,3 @@ class Store:
         with self.pool.connection() as conn:
             conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
             conn.commit()
-
-    def analyze(self) -> None:
-        """Fresh planner statistics: a queue grows from empty to thousands within seconds, long before
-        autovacuum looks, and with an empty table's statistics the claim sorts the whole queue."""
-        with self.pool.connection() as conn:
-            conn.execute("ANALYZE sidecar_jobs")
-            conn.commit()
-
-    # --- reads and the CLI ---------------------------------------------------------------
-    def _read(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(query, params).fetchall()  # type: ignore[arg-type]
-            conn.commit()
-        return rows
-
-    def job(self, job_id: int) -> JobRow | None:
-        rows = self._read(f"SELECT {JOB_COLUMNS} FROM sidecar_jobs j JOIN sidecar_deliveries d"
-                          " ON d.id = j.delivery_id WHERE j.id = %s", (job_id,))
-        return _job_row(rows[0]) if rows else None
-
-    def body(self, job_id: int) -> bytes:
-        rows = self._read("SELECT d.body FROM sidecar_jobs j JOIN sidecar_deliveries d ON d.id = j.delivery_id"
-                          " WHERE j.id = %s", (job_id,))
-        return bytes(rows[0][0]) if rows else b""
-
-    def jobs(self, states: Sequence[str] = ("pending", "done", "failed"), limit: int = 1000) -> list[JobRow]:
-        return [_job_row(r) for r in self._read(
-            f"SELECT {JOB_COLUMNS} FROM sidecar_jobs j JOIN sidecar_deliveries d ON d.id = j.delivery_id"
-            " WHERE j.state = ANY(%s) ORDER BY j.id LIMIT %s", (list(states), limit))]
-
-    def retry(self, job_ids: Sequence[int] | None = None) -> list[int]:
-        """Put failed jobs (the given ones, or all) back in the queue; the ids that were requeued."""
-        with self.pool.connection() as conn:
-            ids = [r[0] for r in conn.execute(
-                f"UPDATE sidecar_jobs SET state = 'pending', attempts = 0, next_at = 0, updated_at = {NOW}"
-                " WHERE state = 'failed' AND (%s OR id = ANY(%s)) RETURNING id",
-                (job_ids is None, list(job_ids or [])))]
-            conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
-            conn.commit()
-        return sorted(ids)
-
-    def purge(self, older_than_s: float, states: Sequence[str] = ("done", "failed")) -> int:
-        """Delete finished jobs last updated more than `older_than_s` ago, and deliveries left without jobs."""
-        with self.pool.connection() as conn:
-            n = conn.execute(f"DELETE FROM sidecar_jobs WHERE state = ANY(%s) AND updated_at < {NOW} - %s",
-                             (list(states), older_than_s)).rowcount
-            if n:
-                conn.execute("DELETE FROM sidecar_deliveries d WHERE NOT EXISTS"
-                             " (SELECT 1 FROM sidecar_jobs j WHERE j.delivery_id = d.id)")
-            conn.commit()
-        return n

@@ -1,12 +1,20 @@
-# webhook-sidecar image: a small, non-root image that runs `webhook-sidecar serve`.
+# webhook-sidecar image: a small, non-root image that runs `webhook-sidecar serve` (docs/container.md).
 #
 #   docker build -t webhook-sidecar:0.1.0 .
-#   docker run --rm --read-only -p 8080:8080 \
-#     -v "$PWD/deploy:/etc/webhook-sidecar:ro" -v webhook-spool:/var/lib/webhook-sidecar \
-#     --tmpfs /tmp -e WEBHOOK_SECRET=change-me webhook-sidecar:0.1.0
+#   # a directory holding config.yaml (with `spool_dir: /var/lib/webhook-sidecar`) and its hooks/:
+#   mkdir -p site && cp -r config.yaml hooks site/ \
+#     && sed -i 's|^spool_dir: .*|spool_dir: /var/lib/webhook-sidecar|' site/config.yaml
+#   docker run --rm --read-only --tmpfs /tmp -p 8080:8080 \
+#     --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 \
+#     -v "$PWD/site:/etc/webhook-sidecar:ro" -v webhook-spool:/var/lib/webhook-sidecar \
+#     -e WEBHOOK_SECRET=change-me webhook-sidecar:0.1.0
 #
-# The routing table is expected at /etc/webhook-sidecar/config.yaml (a ConfigMap mount in Kubernetes, see
-# helm/webhook-sidecar); its spool_dir should be /var/lib/webhook-sidecar, the only place the app writes.
+# The --ulimit flags are for engines that cannot raise their default limits for a container (rootless podman,
+# some VMs: `runc create failed: ... error setting rlimit type 7`); elsewhere they can go.
+# The routing table is expected at /etc/webhook-sidecar/config.yaml, with its hook scripts beside it (a
+# ConfigMap mount in Kubernetes, see helm/webhook-sidecar). Its spool_dir must be /var/lib/webhook-sidecar (the
+# volume, the only place the app writes besides /tmp): the config mount is read-only, so the example config's
+# `spool_dir: .spool` stops the start with a message naming spool_dir.
 # To add tools your hooks need (git, curl, jq, kubectl), build FROM this image: see docs/kubernetes.md.
 #
 # BASE_IMAGE: both stages start from it. Any Debian-based image with python3 (3.11+), its venv module and pip

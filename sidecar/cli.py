@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default=_env("CONFIG", "config.yaml"),
                         help="routing table (SIDECAR_CONFIG, default config.yaml)")
         sp.add_argument("--env-file", default=_env("ENV_FILE"),
-                        help="dotenv file with secrets (SIDECAR_ENV_FILE, default ./.env when present)")
+                        help="dotenv file with secrets (SIDECAR_ENV_FILE; default: .env beside the config)")
 
     serve = sub.add_parser("serve", help="receive deliveries and run hooks")
     config_flags(serve)
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and print every error")
     config_flags(check)
+    check.add_argument("--offline", action="store_true",
+                       help="validate a config whose secrets, secret files, scripts and TLS files are elsewhere"
+                            " (a chart's rendered ConfigMap): syntax, keys, types, providers, routes")
 
     def signing_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--provider", required=True, choices=sorted(PROVIDERS))
@@ -87,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
             "CONFIG": _env("CONFIG", "config.yaml"), "ENV_FILE": _env("ENV_FILE"), "SPOOL_DIR": None}
         sp.add_argument("--config", default=defaults["CONFIG"], help="config whose spool_dir to use")
         sp.add_argument("--env-file", default=defaults["ENV_FILE"],
-                        help="dotenv file with secrets (SIDECAR_ENV_FILE, default ./.env when present)")
+                        help="dotenv file with secrets (SIDECAR_ENV_FILE; default: .env beside the config)")
         sp.add_argument("--spool-dir", default=defaults["SPOOL_DIR"],
                         help="the spool directory, instead of the config's spool_dir")
 
@@ -234,12 +237,15 @@ def _start_problem(e: OSError | ValueError, args: argparse.Namespace) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        cfg = config_mod.load(args.config, _env_file(args.env_file, args.config))
+        env_file = None if args.offline and not args.env_file else _env_file(args.env_file, args.config)
+        cfg = config_mod.load(args.config, env_file, environ={} if args.offline else None, offline=args.offline)
     except ConfigError as e:
         print("\n".join(e.errors))
         print(f"{args.config}: {len(e.errors)} error(s)")
         return 1
-    print(f"{args.config}: ok ({len(cfg.endpoints)} endpoint(s), {cfg.route_count} route(s), hash {cfg.digest})")
+    offline = "; offline: secrets, scripts and files not checked" if args.offline else ""
+    print(f"{args.config}: ok ({len(cfg.endpoints)} endpoint(s), {cfg.route_count} route(s), hash {cfg.digest}"
+          f"{offline})")
     return 0
 
 

@@ -116,8 +116,10 @@ class Config:
 
 
 def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None = None,
-         environ: Mapping[str, str] | None = None) -> Config:
-    """Load and check config.yaml; ConfigError lists every problem found."""
+         environ: Mapping[str, str] | None = None, offline: bool = False) -> Config:
+    """Load and check config.yaml; ConfigError lists every problem found.
+
+    `offline`: secrets, secret files, scripts, sandbox paths and TLS files need not exist here."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -126,6 +128,7 @@ def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None =
     environ = os.environ if environ is None else environ
     dotenv = read_env_file(Path(env_file)) if env_file else {}
     doc = _Doc(file, text)
+    doc.offline = offline
     # Build even after YAML-level errors (duplicate keys) so every problem is reported at once.
     config = _build(doc, file, text, environ, dotenv) if doc.data is not None else None
     if doc.errors or config is None:
@@ -213,6 +216,8 @@ def _tls(doc: _Doc, top: dict[str, Any], base: Path) -> TLSFiles | None:
     if len(paths) < 2:
         return None
     files = TLSFiles(**paths)
+    if doc.offline:
+        return files
     try:
         load_tls(files)
     except TLSError as e:
@@ -286,7 +291,7 @@ def _secrets(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | 
             continue
         secret = environ.get(name) or dotenv.get(name)
         if not secret:
-            doc.error(where, f"secret {name} is not set in the environment or the env file")
+            doc.local_error(where, f"secret {name} is not set in the environment or the env file")
             continue
         secret_b = secret.encode("utf-8")
         problem = cls.secret_problem(secret_b) if cls is not None else None
@@ -315,7 +320,9 @@ def _secret_files(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provide
         try:
             secret_b = Path(file).read_bytes()
         except OSError as e:
-            doc.error(where, f"cannot read secret file {file}: {e.strerror}")
+            doc.local_error(where, f"cannot read secret file {file}: {e.strerror}")
+            if doc.offline:
+                files.append(file)
             continue
         secret_b = secret_b[:-2] if secret_b.endswith(b"\r\n") else secret_b.removesuffix(b"\n")
         problem = "is empty" if not secret_b else (cls.secret_problem(secret_b) if cls is not None else None)
@@ -394,17 +401,18 @@ def _argv(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[str,
         # the ..data symlink, and the timestamped directory behind it is deleted on
         # the next update. Keep the path that survives updates.
         resolved = Path(os.path.abspath(base / program))
+        argv[0] = str(resolved)
         if not resolved.is_file():
             hint = " (to pass arguments, write run as a list)" if isinstance(run, str) and " " in program else ""
-            doc.error(path + ("run",), f"no such file: {resolved}{hint}")
-            return ()
+            doc.local_error(path + ("run",), f"no such file: {resolved}{hint}")
+            return tuple(argv) if doc.offline else ()
         if not os.access(resolved, os.X_OK):
-            doc.error(path + ("run",), f"not executable: {resolved} (chmod +x it)")
-            return ()
-        argv[0] = str(resolved)
+            doc.local_error(path + ("run",), f"not executable: {resolved} (chmod +x it)")
+            return tuple(argv) if doc.offline else ()
     elif shutil.which(program) is None:
-        doc.error(path + ("run",), f"command not found on PATH: {program!r} (scripts need a path such as hooks/x.sh)")
-        return ()
+        doc.local_error(path + ("run",),
+                        f"command not found on PATH: {program!r} (scripts need a path such as hooks/x.sh)")
+        return tuple(argv) if doc.offline else ()
     return tuple(argv)
 
 
@@ -440,7 +448,7 @@ def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str,
             return env, None, None
         url = environ.get(env) or dotenv.get(env)
         if not url:
-            doc.error(("spool_url_env",), f"{env} is not set in the environment or the env file")
+            doc.local_error(("spool_url_env",), f"{env} is not set in the environment or the env file")
         return env, None, _checked_url(doc, "spool_url_env", env, url)
     if name is None:
         return None, None, None
@@ -452,7 +460,7 @@ def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str,
     try:
         url = read_spool_url_file(path)
     except (OSError, UnicodeDecodeError) as e:
-        doc.error(("spool_url_file",), f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+        doc.local_error(("spool_url_file",), f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
         return None, path, None
     if not url:
         doc.error(("spool_url_file",), f"{path} is empty")

@@ -97,6 +97,15 @@ class Doc:
         line = line or self.line(path)
         self.errors.append((line, f"{self.file}:{line}: {_key_path(path)}: {message}"))
 
+    # Offline (`check --offline`, a chart's rendered ConfigMap): what only this machine's files and
+    # environment can tell (a secret's value, a script's presence) is not checked.
+    offline = False
+
+    def local_error(self, path: Path_, message: str) -> None:
+        """An error about this machine's files or environment: not one when checking offline."""
+        if not self.offline:
+            self.error(path, message)
+
     # Typed getters: each reports a wrong type and returns the default.
     def get(self, obj: Mapping[str, Any], path: Path_, key: str, kind: type | tuple[type, ...],
             default: Any = None, *, required: bool = False, minimum: float | None = None) -> Any:

@@ -243,3 +243,25 @@ def test_a_read_only_spool_directory_names_spool_dir_and_what_to_set(tmp_path: P
     assert result.returncode == 1
     assert (f"cannot write the spool at {ro / 'spool'} (spool_dir in {config}): Read-only file system. "
             "Set spool_dir to a writable directory") in result.stderr.decode()
+
+
+def test_check_offline_skips_what_only_the_target_machine_has(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("tls: {cert_file: /etc/tls/crt.pem, key_file: /etc/tls/key.pem}\n"
+                      "spool_url_file: /etc/spool/url\n"
+                      "endpoints:\n"
+                      "  - {path: /gh, provider: github, secret_env: NOT_HERE,"
+                      " routes: [{event: push, run: hooks/x.sh}]}\n"
+                      "  - {path: /st, provider: stripe, secret_file: /etc/secret/stripe,"
+                      " routes: [{event: '*', run: [deploy-tool, --now]}]}\n")
+    online = cli("check", "--config", str(config))
+    assert online.returncode == 1 and b"NOT_HERE is not set" in online.stdout and b"no such file" in online.stdout
+    offline = cli("check", "--offline", "--config", str(config))
+    assert offline.returncode == 0, offline.stdout
+    assert b"ok (2 endpoint(s), 2 route(s)" in offline.stdout and b"offline" in offline.stdout
+    # What the file itself says is still checked.
+    text = config.read_text().replace("provider: github", "provider: githb")
+    config.write_text(text.replace("event: push", "evnt: push"))
+    broken = cli("check", "--offline", "--config", str(config)).stdout.decode()
+    assert f"{config}:4: endpoints[0].provider: unknown provider 'githb'" in broken
+    assert "evnt: unknown key" in broken and "NOT_HERE" not in broken

@@ -7,6 +7,7 @@ this module checks what the values mean.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -432,6 +433,11 @@ def _route_env(doc: _Doc, path: Path_, raw: dict[str, Any]) -> tuple[tuple[str, 
 SPOOL_KEYS = ("spool_dir", "spool_url_env", "spool_url_file")  # the spool: exactly one of them, or none
 
 
+def _has_postgres_driver() -> bool:
+    """psycopg and its pool are the [postgres] extra: looked up, not imported (idle memory)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("psycopg", "psycopg_pool"))
+
+
 def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str, str],
                dotenv: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
     """The shared spool's (spool_url_env, spool_url_file as an absolute path, the URL found there)."""
@@ -442,6 +448,9 @@ def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str,
                   " or a file (spool_url_file)")
     env = doc.get(top, (), "spool_url_env", str, None)
     name = doc.get(top, (), "spool_url_file", str, None)
+    if (env is not None or name is not None) and not _has_postgres_driver():
+        doc.local_error(("spool_url_env" if env is not None else "spool_url_file",),
+                        "the shared spool needs the PostgreSQL driver: pip install 'webhook-sidecar[postgres]'")
     if env is not None:
         if not ENV_NAME.match(env):
             doc.error(("spool_url_env",), f"not a valid environment variable name: {env!r}")
@@ -469,7 +478,7 @@ def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str,
 
 def _checked_url(doc: _Doc, key: str, where: str, url: str | None) -> str | None:
     """`url` when it is a libpq URL (the only start error of a shared spool); its value is never shown."""
-    if not url:
+    if not url or not _has_postgres_driver():
         return None
     from .spool.pg_schema import url_problem  # only with a shared spool: sqlite users never load the driver
     problem = url_problem(url)

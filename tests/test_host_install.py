@@ -67,6 +67,17 @@ def test_wheel_installs_runtime_dependencies_only(venv: Path) -> None:
     assert "webhook-sidecar 0.1.0" in _run(venv / "bin" / "webhook-sidecar", "--version").stdout
 
 
+def test_a_shared_spool_without_the_postgres_extra_is_a_config_error(venv: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("spool_url_env: DB\nendpoints:\n  - {path: /x, provider: github, secret_env: S, routes: []}\n")
+    env = {"PATH": "/usr/bin:/bin", "S": "x", "DB": "postgresql://u@127.0.0.1/db"}
+    done = subprocess.run([str(venv / "bin" / "webhook-sidecar"), "check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (f"{config}:1: spool_url_env: the shared spool needs the PostgreSQL driver:"
+            " pip install 'webhook-sidecar[postgres]'") in done.stdout
+
+
 def test_installed_command_checks_and_serves_https(venv: Path, tmp_path: Path) -> None:
     (tmp_path / "pki").mkdir()
     pki = PKI(tmp_path / "pki")

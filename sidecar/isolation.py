@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import logs, procs, sandbox
+from . import logs, procs, sandbox, watchdog
 from .config import Config
 
 RUNS_SUBDIR = "runs"  # the run records, inside the spool directory (hidden from hooks with it)
@@ -47,6 +47,7 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
                      pids=run.get("pids"), run=run.get("marker"),
                      detail="processes of a hook run of an earlier sidecar that did not stop cleanly")
     procs.install(tracker)
+    watchdog.start(tracker)  # before any hook runs: its hooks end with this sidecar, however it ends
     box = sandbox.create(hidden_state(cfg, env_file), cfg.base_dir, enabled=sandboxed)
     box.set_table(cfg.endpoints)
     sandbox.install(box)

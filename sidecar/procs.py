@@ -2,7 +2,7 @@
 
 A hook's children can leave its process group (`setsid`), so the group kill of a
 timeout does not reach them, and after a kill -9 of the sidecar nothing is left
-that knows them. Three things close that:
+that knows them. Four things close that:
 
 - The sidecar is a child subreaper: an orphan of a hook (a `setsid` daemon whose
   parent exited) is re-parented to the sidecar instead of PID 1, so it stays
@@ -15,6 +15,8 @@ that knows them. Three things close that:
   appended to one open file, so a run costs two writes and no file of its own.
   At the next start, runs a dead sidecar's journal left open, and processes
   whose marker names a dead sidecar, are leftovers, killed before any job runs.
+- A watchdog process (watchdog.py) is told of each run over a pipe and, when the
+  sidecar dies, kills what is left of its runs at once, not at the next start.
 
 Pids are never trusted alone: a pid is taken for the process it was only while
 /proc/<pid>/stat shows the same start time (pids are reused).
@@ -31,11 +33,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
+
+from .watchdog import start_time as _start_time
+from .watchdog import stat as _stat
 
 MARKER_VAR = "WEBHOOK_RUN_ID"
 PR_SET_DUMPABLE = 4
@@ -71,23 +76,6 @@ def few_arenas() -> None:
 def harden() -> None:
     """Make /proc/<sidecar>/environ, mem and fd unreadable to same-uid processes (the hooks)."""
     prctl(PR_SET_DUMPABLE, 0)
-
-
-def _stat(pid: int) -> tuple[str, int, int, int, int] | None:
-    """(state, ppid, pgid, sid, start time in ticks) of a process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # The name in parentheses may hold spaces and ')': split after its last ')'.
-    fields = raw[raw.rfind(b")") + 2:].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19])
-
-
-def _start_time(pid: int) -> int | None:
-    st = _stat(pid)
-    return st[4] if st else None
 
 
 def _started_near(pid: int, when: float, slack_s: float = 2.0) -> bool:
@@ -205,6 +193,9 @@ class Tracker:
         self._open: dict[int, bytes] = {}  # journal lines of the runs started and not ended
         self._fd = -1  # the journal, opened at the first run
         self._size = 0
+        # watchdog.py's pipe: b"+<run> <pid>\n" when a hook starts, b"-<run>\n" when nothing of it is left.
+        self.notify: Callable[[bytes], None] | None = None
+        self.watchdog_pid = 0  # a child of the main thread like the orphans, never one of a run's
 
     # --- one run ----------------------------------------------------------------------
     def begin(self, env: Mapping[str, str]) -> Run:
@@ -228,6 +219,8 @@ class Tracker:
         """
         run.pid = pid
         self._mains[pid] = run.marker
+        if self.notify is not None:
+            self.notify(b"+%d %d\n" % (run.seq, pid))
         if self.journal is None:
             return
         line = b'{"run":%d,"pid":%d,"t":%.3f,"route":%s,"delivery":%s}\n' % (
@@ -305,6 +298,8 @@ class Tracker:
                 found = self._leftovers(run.marker)
                 if not found:
                     self._ended(run)
+                    if self.notify is not None and run.pid:
+                        self.notify(b"-%d\n" % run.seq)  # not when given up below: the watchdog keeps it
             for pid in found:
                 _kill(pid)
             killed.extend(p for p in found if p not in killed)
@@ -321,8 +316,8 @@ class Tracker:
         others = set(self._mains.values())
         found: list[int] = []
         for pid in _orphans():
-            if pid in self._mains:
-                continue  # another run's hook: its own end() deals with it
+            if pid in self._mains or pid == self.watchdog_pid:
+                continue  # another run's hook (its own end() deals with it), or the watchdog
             st = _stat(pid)
             if st is None:
                 continue

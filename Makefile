@@ -57,9 +57,9 @@ image:
 image-test: $(STAMP)
 	REQUIRE_IMAGE_TEST=1 $(BIN)/python -m pytest -v -rP tests/test_image.py
 
-# Figures against their ceilings (README "Measuring"); installs wrk when missing, stops within 5 minutes.
-# make bench ARGS="--cpus 1 --baseline 652c911 --stages": issue 14's one-core figures, A/B
-# Without ARGS it also puts the two spool backends side by side (sqlite vs a local PostgreSQL, issue 11).
+# Figures against their ceilings (docs/performance.md); installs wrk when missing, stops within 5 minutes.
+# make bench ARGS="--cpus 1 --baseline 652c911 --stages": the one-core figures, A/B against a baseline commit
+# Without ARGS it also puts the two spool backends side by side (sqlite vs a local PostgreSQL).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 	$(if $(ARGS),,$(BIN)/python bench/spool_backends.py --seconds 8)

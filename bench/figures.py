@@ -132,7 +132,7 @@ def measure_reload(sc: Sidecar, args: argparse.Namespace) -> dict:
 
 # --- the default bench (what `make bench` runs) ------------------------------------------
 def run_default(args: argparse.Namespace) -> int:
-    """Figures (1)-(7) of the README's Measuring section, each next to its ceiling."""
+    """Figures (1)-(7) of docs/performance.md, each next to its ceiling."""
     t_begin = time.monotonic()
     budget = Budget(args.budget)
     started = dt.datetime.now(dt.UTC)

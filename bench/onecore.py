@@ -1,4 +1,4 @@
-"""`python bench/run.py --cpus 1 [--baseline REF]`: issue 14's one-core figures, optionally A/B.
+"""`python bench/run.py --cpus 1 [--baseline REF]`: the one-core figures, optionally A/B.
 
 The sidecar and every hook it starts pinned to core 0 (taskset -c 0; children inherit the
 affinity), the load generator and this script on core 1. wrk, 16 keep-alive connections, 2 KB
@@ -47,7 +47,7 @@ LOAD_CPU = "1"
 CONNECTIONS = 16
 DRAIN_WAIT_S = 60.0
 HOOK_SCRIPT = "cat >/dev/null; echo x >> {count}"
-GOALS = {  # issue 14, against the baseline (and the bare handler for bad signatures)
+GOALS = {  # the one-core goals, against the baseline (and the bare handler for bad signatures)
     "hooks_per_s": ("≥ 1.5x baseline", lambda r: r >= 1.5),
     "acknowledged_per_s": ("≥ 1.15x baseline", lambda r: r >= 1.15),
     "p99_ms": ("≤ 100 ms", None),
@@ -308,7 +308,7 @@ def table(res: dict) -> str:
     others = [n for n in names if n != "baseline"]
     if ab:
         head += [f"ratio {n}/baseline" for n in others]
-    head.append("goal (issue 14)")
+    head.append("goal")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, spec in FIGURES:
         row = [label, *[fmt(meds[n].get(key), spec) for n in names]]

@@ -28,7 +28,7 @@ timed by each thread's CPU clock). Stops by itself within --budget seconds (defa
 
     python bench/run.py [--rounds 3] [--seconds 5] [--connections 4] [--profile] [--no-save]
 
---cpus 1 measures issue 14's one-core figures instead (bench/onecore.py): the sidecar and its hooks
+--cpus 1 measures the one-core figures instead (bench/onecore.py): the sidecar and its hooks
 on core 0, wrk on core 1, optionally A/B against a checkout of --baseline REF, --stages for CPU per
 delivery by stage (bench/stages.py):
 
@@ -76,7 +76,7 @@ def main() -> int:
                     help="stop within this many seconds, default 285 (900 with --cpus 1)")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
-    ap.add_argument("--cpus", type=int, choices=[1], help="1: issue 14's one-core figures (bench/onecore.py)")
+    ap.add_argument("--cpus", type=int, choices=[1], help="1: the one-core figures (bench/onecore.py)")
     ap.add_argument("--baseline", metavar="REF", help="with --cpus 1: also measure a git worktree of REF, "
                                                       "interleaved, and report ratios")
     ap.add_argument("--tree", type=Path, metavar="DIR", help="with --cpus 1: measure the sidecar of this checkout "

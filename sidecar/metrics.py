@@ -83,8 +83,8 @@ def track_queue(depth: Callable[[], int], running: Callable[[], int], limit: int
         QUEUE_MAX.set(limit)
 
 
-SPOOL_BYTES = Gauge(f"{PREFIX}_spool_bytes", "Bytes the spool's live records use (sqlite: pages in use).",
-                    registry=REGISTRY)
+SPOOL_BYTES = Gauge(f"{PREFIX}_spool_bytes", "Bytes the spool's live records use (sqlite: pages in use;"
+                    " PostgreSQL: bodies of pending and failed deliveries).", registry=REGISTRY)
 SPOOL_MAX_BYTES = Gauge(f"{PREFIX}_spool_max_bytes", "spool_max_bytes: beyond it new deliveries get 503 (0 = none).",
                         registry=REGISTRY)
 

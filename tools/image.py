@@ -19,7 +19,7 @@ running the image here"). Set a variable to the empty string to drop its option.
     IMAGE              the name given to the image built                                   localhost/webhook-
                                                                                            sidecar:dev
     BUILD_CONTEXT      the directory built (its Dockerfile and .dockerignore)              the repository
-Elsewhere, `docker build -t webhook-sidecar .` needs none of these (README, "Container image").
+Elsewhere, `docker build -t webhook-sidecar .` needs none of these (docs/container.md).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sidecar import procs, runner, sandbox
+from sidecar import procs, runner, sandbox, watchdog
 
 
 def cpu() -> float:
@@ -59,6 +59,7 @@ def main() -> None:
     policy = box.policy()
     assert policy is not None
     tracker = procs.Tracker(state / "runs")
+    watchdog.start(tracker)  # as the service does: its messages are part of a run's cost
     env = runner.hook_env({})
     argv = ["/bin/true"]
     # A sidecar has a dozen threads; fork cost grows with the process, so keep some around.

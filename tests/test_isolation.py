@@ -99,9 +99,11 @@ def test_kill_9_of_the_sidecar_then_restart_kills_the_old_run_before_the_rerun(t
     assert first.deliver(b"{}", delivery="crash").status == 200
     old_hook, old_escaped = read_pid(out / "hook.pid"), read_pid(out / "escaped.pid")
     (out / "hook.pid").unlink()
+    # Its watchdog first (test_watchdog.py: it would end them at once), as a kill of both would.
+    os.kill(first.wait_log(lambda e: e.get("msg") == "hooks.watchdog")["pid"], signal.SIGKILL)
     first.proc.kill()
     first.proc.wait(10)
-    assert alive(old_hook) and alive(old_escaped)  # what kill -9 of the sidecar alone leaves behind
+    assert alive(old_hook) and alive(old_escaped)  # what kill -9 of the sidecar and its watchdog leaves behind
 
     second = sidecars(config)
     killed = second.wait_log(lambda e: e.get("msg") == "hook.leftovers_killed")

@@ -45,8 +45,9 @@ class Stripe(Timestamped):
             if not isinstance(payload, dict):
                 raise ValueError("--event/--delivery for stripe need a JSON object body")
             for key, value in (("type", event), ("id", delivery)):
-                if value:
+                if value and payload.get(key) != value:
                     payload[key] = value
                     notes.append(f"{key} set to {value!r} in the body (Stripe has no header for it)")
-            body = json.dumps(payload, separators=(",", ":")).encode()
+            if notes:  # else the body goes as it was, byte for byte
+                body = json.dumps(payload, separators=(",", ":")).encode()
         return Signed(target, self.sign(body, secret, now), body, notes)

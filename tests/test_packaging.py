@@ -476,3 +476,47 @@ def test_make_chart_fails_on_broken_values_and_says_where(tmp_path: Path, values
     for needle in expected:
         assert needle in out.stdout + out.stderr, out.stdout + out.stderr
 
+
+
+# --- the runbooks the chart's alerts link to ------------------------------------------------------------------
+def _runbooks() -> dict[str, str]:
+    """docs/kubernetes.md's Runbooks section: the text under each "### Runbook: <alert>" heading."""
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    section = docs.split("\n## Runbooks\n", 1)[1].split("\n## ", 1)[0]
+    parts = re.split(r"^### Runbook: (\w+)\n", section, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_each_alert_has_a_runbook_whose_commands_logs_and_metrics_exist() -> None:
+    """The PrometheusRule's runbook_url (values prometheusRule.runbookUrl + #runbook-<alert>, checked rendered by
+    tools/check_chart.py) lands on a runbook that says what the alert means, what to check and what to do, with
+    CLI commands, log events and metrics this sidecar has."""
+    alerts = [r["alert"] for g in yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())["groups"]
+              for r in g["rules"]]
+    runbooks = _runbooks()
+    assert list(runbooks) == alerts, "one runbook per alert of files/alerts.yaml, in its order"
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert VALUES["prometheusRule"]["runbookUrl"] == f"{chart['home']}/blob/main/docs/kubernetes.md"
+
+    sources = "\n".join(p.read_text() for p in (ROOT / "sidecar").rglob("*.py"))
+    metrics = {"webhook_sidecar" + m for m in re.findall(r'f"\{PREFIX\}(_\w+)"', sources)}
+    script = Path(sys.executable).with_name("webhook-sidecar")
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "sidecar"]
+    helps: dict[tuple[str, ...], str] = {}
+    for alert, text in runbooks.items():
+        for part in ("- **Means:**", "- **Check:**", "- **Do:**"):
+            assert part in text, f"runbook {alert} lacks {part}"
+        for command in re.findall(r"`ws\s([^`]+)`", text):  # ws = the sidecar's CLI in its container
+            words = command.split()
+            path = tuple(w for w in words if re.fullmatch(r"[a-z]+", w))
+            if path not in helps:
+                helps[path] = subprocess.run([*cli, *path, "--help"], capture_output=True, text=True, timeout=30,
+                                             check=True).stdout
+            for flag in (w for w in words if w.startswith("--")):
+                assert flag in helps[path], f"runbook {alert}: `webhook-sidecar {command}`: no {flag}"
+        for grep in re.findall(r"`wslogs\s+\|\s+grep\s([^`]+)`", text):
+            for event in re.findall(r"[a-z]+\\?\.[a-z_]*", grep):
+                event = event.replace("\\", "")
+                assert f'"{event}' in sources, f"runbook {alert}: no log event {event} in sidecar/"
+        for metric in re.findall(r"`(webhook_sidecar_\w+)`", text):
+            assert metric in metrics, f"runbook {alert}: no metric {metric} in sidecar/metrics.py"

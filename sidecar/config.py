@@ -131,7 +131,7 @@ def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None =
     doc = _Doc(file, text)
     doc.offline = offline
     # Build even after YAML-level errors (duplicate keys) so every problem is reported at once.
-    config = _build(doc, file, text, environ, dotenv) if doc.data is not None else None
+    config = _build(doc, file, text, environ, dotenv, env_file) if doc.data is not None else None
     if doc.errors or config is None:
         found = [text for _, text in sorted(doc.errors, key=lambda e: e[0])]
         raise ConfigError(found or [f"{file}:1: (file): empty"])
@@ -146,7 +146,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
-def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv: Mapping[str, str]) -> Config | None:
+def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv: Mapping[str, str],
+           env_file: str | os.PathLike[str] | None = None) -> Config | None:
     top = doc.data
     if not isinstance(top, dict):
         doc.error((), f"the file must be a mapping with an 'endpoints' list, got {_describe(top)}")
@@ -175,8 +176,9 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
 
     secrets_used: list[str] = []
     endpoints: dict[str, Endpoint] = {}
+    state = _state(top, file.parent, env_file)
     for i, raw in enumerate(raw_endpoints):
-        ep = _endpoint(doc, ("endpoints", i), raw, file.parent, environ, dotenv)
+        ep = _endpoint(doc, ("endpoints", i), raw, file.parent, environ, dotenv, state)
         if ep is None:
             continue
         if ep.path in endpoints:
@@ -227,7 +229,7 @@ def _tls(doc: _Doc, top: dict[str, Any], base: Path) -> TLSFiles | None:
 
 
 def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str, str],
-              dotenv: Mapping[str, str]) -> Endpoint | None:
+              dotenv: Mapping[str, str], state: State = ()) -> Endpoint | None:
     if not isinstance(raw, dict):
         doc.error(path, f"an endpoint must be a mapping, got {_describe(raw)}")
         return None
@@ -253,7 +255,7 @@ def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str
     routes: list[Route] = []
     names: set[str] = set()
     for j, raw_route in enumerate(raw_routes):
-        route = _route(doc, path + ("routes", j), raw_route, base, j)
+        route = _route(doc, path + ("routes", j), raw_route, base, j, state)
         if route is None:
             continue
         if route.name in names and "name" not in raw_route:
@@ -335,8 +337,53 @@ def _secret_files(doc: _Doc, path: Path_, raw: dict[str, Any], cls: type[Provide
     return tuple(files), tuple(secrets)
 
 
-def _sandbox(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
-    """sandbox: false (no Landlock for this route), or {read: [paths], write: [paths]} added to the default."""
+State = tuple[tuple[str, str], ...]  # (path, what it is): what hooks may never write
+
+
+def _names(value: Any) -> list[str]:
+    return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v]
+
+
+def _state(top: dict[str, Any], base: Path, env_file: str | os.PathLike[str] | None) -> State:
+    """The sidecar's state as this file places it: the config directory, the embedded spool, the env
+    file, secret and TLS files (read from the raw document: every endpoint's, before any is checked)."""
+    state = [(str(base), "the config directory")]
+    if not any(k in top for k in ("spool_url_env", "spool_url_file")):
+        spool = top.get("spool_dir") if isinstance(top.get("spool_dir"), str) else str(Config.spool_dir)
+        state.append((os.path.abspath(base / spool), "the spool"))
+    if env_file:
+        state.append((os.path.abspath(env_file), "the env file"))
+    files = _names(top.get("spool_url_file"))
+    tls = top.get("tls")
+    if isinstance(tls, dict):
+        files += _names(tls.get("key_file")) + _names(tls.get("cert_file"))
+    for ep in top.get("endpoints") if isinstance(top.get("endpoints"), list) else []:
+        if isinstance(ep, dict):
+            files += _names(ep.get("secret_file"))
+    state += [(os.path.abspath(base / f), "a secret file") for f in files]
+    return tuple(state)
+
+
+def _clash(grant: str, state: State) -> str:
+    """Why a write grant may not be given: it contains, or lies inside, the sidecar's state (as given or
+    resolved); "" when it reaches none."""
+    for path, what in state:
+        for g, p in ((grant, path), (os.path.realpath(grant), os.path.realpath(path))):
+            how = "contains" if p == g or p.startswith(g.rstrip("/") + "/") else (
+                "lies inside" if g.startswith(p.rstrip("/") + "/") else "")
+            if how:
+                return (f"{grant} {how} {what} ({path}): hooks may never write the sidecar's state;"
+                        " grant a directory that holds none")
+    return ""
+
+
+def _sandbox(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path,
+             state: State = ()) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """sandbox: false (no Landlock for this route), or {read: [paths], write: [paths]} added to the default.
+
+    A write grant may not reach the sidecar's state: Landlock grants whole hierarchies, so it would
+    open the spool, .env or a secret to the route's hooks, or let them rewrite config.yaml.
+    """
     value = doc.get(raw, path, "sandbox", (bool, dict), True)
     if isinstance(value, bool):
         return value, (), ()
@@ -351,15 +398,20 @@ def _sandbox(doc: _Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[b
                 doc.error(where, f"must be a path, got {_describe(item)}")
                 continue
             full = os.path.abspath(base / item)
-            if not os.path.exists(full):
-                doc.error(where, f"no such file or directory: {full}")
+            clash = _clash(full, state) if kind == "write" else ""
+            if clash:
+                doc.error(where, clash)
                 continue
+            if not os.path.exists(full):
+                doc.local_error(where, f"no such file or directory: {full}")
+                if not doc.offline:
+                    continue
             paths.append(full)
         grants.append(tuple(paths))
     return True, grants[0], grants[1]
 
 
-def _route(doc: _Doc, path: Path_, raw: Any, base: Path, index: int) -> Route | None:
+def _route(doc: _Doc, path: Path_, raw: Any, base: Path, index: int, state: State = ()) -> Route | None:
     if not isinstance(raw, dict):
         doc.error(path, f"a route must be a mapping, got {_describe(raw)}")
         return None
@@ -373,7 +425,7 @@ def _route(doc: _Doc, path: Path_, raw: Any, base: Path, index: int) -> Route | 
     timeout_s = doc.get(raw, path, "timeout_s", float, DEFAULT_TIMEOUT_S, minimum=0.001)
     concurrency = doc.get(raw, path, "concurrency", int, None, minimum=1)
     retries = doc.get(raw, path, "retries", int, DEFAULT_RETRIES, minimum=0)
-    sandboxed, sandbox_read, sandbox_write = _sandbox(doc, path, raw, base)
+    sandboxed, sandbox_read, sandbox_write = _sandbox(doc, path, raw, base, state)
     broadcast = doc.get(raw, path, "broadcast", bool, False)
     env = _route_env(doc, path, raw)
     default_name = Path(argv[0]).stem if argv else f"route{index}"

@@ -1,23 +1,65 @@
 """Hook isolation at start and on reload: the sidecar's /proc closed, leftovers of a crash ended,
-the Landlock sandbox built and announced. The mechanisms are procs.py's and sandbox.py's."""
+the hooks' own HOME and TMPDIR made, the sandbox built and announced. The mechanisms are
+procs.py's, sandbox.py's and landlock.py's."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-from . import logs, procs, sandbox, watchdog
+from . import logs, procs, runner, sandbox, watchdog
 from .config import Config
 
 RUNS_SUBDIR = "runs"  # the run records, inside the spool directory (hidden from hooks with it)
+PRIVATE_PREFIX = "webhook-sidecar-hooks-"
+
+
+def _shared(cfg: Config) -> bool:
+    return bool(cfg.spool_url_env or cfg.spool_url_file)
 
 
 def hidden_state(cfg: Config, env_file: Path | None) -> list[str]:
-    """What hooks must not reach: the spool directory, the env file and the secret files."""
-    paths = [str(cfg.spool_dir), *cfg.secret_files]
+    """What hooks must not reach: the embedded spool's directory, the env file and the secret files (the
+    endpoints', the spool URL's, the TLS key)."""
+    paths = [*cfg.secret_files]
+    if not _shared(cfg):
+        paths.append(str(cfg.spool_dir))
     if env_file is not None:
         paths.append(str(env_file))
     return [os.path.abspath(p) for p in paths]
+
+
+def private_dir(state: Iterable[str]) -> Path | None:
+    """A new directory for the hooks' HOME and TMPDIR (mode 0700, home/ and tmp/ in it), in the system's
+    temp directory or the first other one that lies outside every state path; None if none can be made."""
+    state = [os.path.realpath(s) for s in state]
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm")):
+        real = os.path.realpath(base)
+        if any(real == s or real.startswith(s.rstrip("/") + "/") for s in state):
+            continue
+        try:
+            root = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base))  # 0700, ours alone
+            for sub in ("home", "tmp"):
+                (root / sub).mkdir(mode=0o700)
+        except OSError:
+            continue
+        return root
+    return None
+
+
+def remove_private(root: Path) -> None:
+    """Remove the hooks' directory, whatever modes the hooks left in it."""
+    for path, dirs, _ in os.walk(root):
+        for d in dirs:
+            try:
+                os.chmod(os.path.join(path, d), 0o700, follow_symlinks=False)
+            except OSError:
+                pass
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> sandbox.Sandbox:
@@ -31,7 +73,7 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
     procs.harden()
     # Records live beside the embedded spool (hidden from hooks with it). A shared spool has no
     # directory of ours (a ConfigMap is read-only): then the run markers alone find leftovers.
-    run_dir: Path | None = cfg.spool_dir / RUNS_SUBDIR if getattr(cfg, "spool_url_env", None) is None else None
+    run_dir: Path | None = None if _shared(cfg) else cfg.spool_dir / RUNS_SUBDIR
     try:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -48,22 +90,60 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
                      detail="processes of a hook run of an earlier sidecar that did not stop cleanly")
     procs.install(tracker)
     watchdog.start(tracker)  # before any hook runs: its hooks end with this sidecar, however it ends
-    box = sandbox.create(hidden_state(cfg, env_file), cfg.base_dir, enabled=sandboxed)
+    hidden = hidden_state(cfg, env_file)
+    private = _private_dirs([*hidden, str(cfg.base_dir)])
+    box = sandbox.create(hidden, cfg.base_dir, enabled=sandboxed, private=private or "")
     box.set_table(cfg.endpoints)
     sandbox.install(box)
+    _announce(cfg, box)
+    return box
+
+
+def _private_dirs(state: list[str]) -> Path | None:
+    """Make the hooks' HOME and TMPDIR and hand them to the runner; removed at a clean exit."""
+    private = private_dir(state)
+    if private is None:
+        logs.warning("hooks.no_private_home", detail="no temp directory outside the sidecar's state could be"
+                     " made: hooks get the sidecar's HOME and no TMPDIR, and may write neither")
+        return None
+    runner.use_private_dirs(str(private / "home"), str(private / "tmp"))
+    atexit.register(remove_private, private)
+    return private
+
+
+def _announce(cfg: Config, box: sandbox.Sandbox) -> None:
+    """The start log: what hooks may do, what was narrowed, and every promise that does not hold here."""
     if box.active:
         logs.info("hooks.sandboxed", landlock_abi=box.level, hidden=list(box.hidden), writable=list(box.write),
                   readable="everything else, read and execute", network="unrestricted",
-                  config_dir=str(cfg.base_dir) + " (read-only)", **_route_options(cfg))
+                  config_dir=str(cfg.base_dir) + " (read-only)", home=box.private or None,
+                  scoped=list(box.scoped) or None, capabilities=box.dropped or None, **_route_options(cfg))
+        if not box.scoped:
+            logs.warning("hooks.unscoped", landlock_abi=box.level,
+                         detail="Landlock ABI 6 (Linux 6.12) is needed to keep hooks from signalling the sidecar"
+                                " (SIGSTOP, SIGKILL) and from its abstract unix sockets; this kernel has"
+                                f" ABI {box.level}")
     else:
-        logs.warning("hooks.unsandboxed", reason=box.reason,
+        logs.warning("hooks.unsandboxed", reason=box.reason, capabilities=box.dropped or None,
                      detail="hooks can read and write whatever the sidecar's user can: spool, .env, secrets")
+    if box.enabled and os.geteuid() == 0 and "bounding set emptied" not in box.dropped:
+        logs.warning("hooks.capabilities_kept", capabilities=box.dropped or None,
+                     detail="the sidecar runs as root and hooks keep what the sidecar could not drop")
+    _log_narrowed(box)
     for problem in box.exposed:
         logs.warning("hooks.state_exposed", problem=problem,
                      detail="Landlock can only grant: state inside a directory hooks may use cannot be hidden;"
                             " move it out (see README, Hooks)")
     _warn_route_grants(cfg, box)
-    return box
+
+
+def _log_narrowed(box: sandbox.Sandbox) -> None:
+    if not box.active:
+        return
+    for path, why in box.narrowed:
+        logs.warning("hooks.narrowed", path=path, reason=why,
+                     detail=f"hooks may not write {path}; they get their own $TMPDIR and $HOME ({box.private}),"
+                            " and a route's sandbox.write grants more")
 
 
 def _warn_route_grants(cfg: Config, box: sandbox.Sandbox) -> None:
@@ -76,15 +156,19 @@ def _warn_route_grants(cfg: Config, box: sandbox.Sandbox) -> None:
 
 
 def reload(cfg: Config, env_file: Path | None) -> None:
-    """A new table is live: hide its secret files too, and say which routes leave the default sandbox."""
+    """A new table is live: the sandbox is walked and built again (secret files and the config directory's
+    entries may have moved), and which routes leave the default sandbox is said again."""
     box = sandbox.installed()
-    if box is None or not box.active:
+    if box is None or not box.enabled:
         return
     box.set_table(cfg.endpoints)
-    if box.refresh(hidden_state(cfg, env_file)):
+    narrowed = list(box.narrowed)
+    if box.rebuild(hidden_state(cfg, env_file)):
         logs.info("hooks.sandbox_rebuilt", hidden=list(box.hidden))
         for problem in box.exposed:
             logs.warning("hooks.state_exposed", problem=problem)
+    if box.narrowed != narrowed:
+        _log_narrowed(box)
     options = _route_options(cfg)
     if options:
         logs.info("hooks.sandbox_routes", **options)

@@ -21,6 +21,9 @@ KILL_GRACE_S = 5.0
 # what they write for this long, then stop waiting for them.
 DRAIN_S = 0.5
 PASSED_THROUGH = ("PATH", "HOME", "LANG")
+# The hooks' own HOME and TMPDIR (a private directory of the sidecar's, isolation.start): in place
+# of the sidecar's HOME, which hooks may not write.
+_private: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,19 @@ class Result:
         return self.exit_code == 0 and not self.timed_out
 
 
+def use_private_dirs(home: str, tmpdir: str) -> None:
+    """Give every hook this HOME and TMPDIR from now on."""
+    _private.clear()
+    _private.update(HOME=home, TMPDIR=tmpdir)
+
+
 def hook_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """PATH, HOME and LANG from the sidecar, then `extra`; nothing else leaks (no secrets)."""
+    """PATH and LANG from the sidecar, HOME and TMPDIR the hooks' own (else the sidecar's HOME), then
+    `extra`; nothing else leaks (no secrets)."""
     base = os.environ if base is None else base
     env = {k: base[k] for k in PASSED_THROUGH if k in base}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(_private)
     env.update(extra)
     return env
 

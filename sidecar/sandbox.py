@@ -1,102 +1,44 @@
-"""Landlock for hooks: read the system, write /tmp, $HOME and /dev, never see the sidecar's state.
+"""The hook sandbox: read the system, write the hooks' own directory, /dev and (where no state lies
+beneath them) /tmp and /var/tmp; never see the sidecar's state; no capabilities, no signals to it.
 
-Landlock is an allow-list that a process applies to itself and passes on to all it
-starts. Nothing can be carved out of a grant, so "read everything but the spool,
-.env and the secret files" is built as: walk from / down the directories that lead
-to hidden state, grant every other entry on the way whole, and grant nothing on
-the way itself. Entries created later in those directories are not granted until
-the ruleset is rebuilt (at a reload that changes what is hidden).
+What is granted is grants.py's walk. An entry created later in a directory the walk listed (a
+ConfigMap's new `..<timestamp>` directory) is not in a ruleset built before it, so every spawn first
+re-checks those directories (a few stat calls): a change rebuilds the rulesets before the hook
+starts. A spawn refused with EACCES anyway (it raced the change) rebuilds once and is tried again.
 
-How a hook gets into it: a Landlock domain and no_new_privs belong to a thread.
-Each policy has one thread that restricts itself once, and hooks are started
-from that thread, so they inherit the domain. subprocess keeps its cheap
-vfork path (a preexec_fn would force a full fork of the sidecar, and run Python
-in the child of a threaded process); the cost per spawn is a hand-off between
-two threads. Network (TCP) is not restricted: hooks call APIs.
+How a hook gets into it: a Landlock domain, no_new_privs and capabilities belong to a thread.
+Each policy has one thread that drops its capabilities and restricts itself once; hooks are
+started from threads it starts (with scopes, one per spawn, one domain further down), so they
+inherit all of it. subprocess keeps its cheap vfork path (a preexec_fn would force a full fork of
+the sidecar, and run Python in the child of a threaded process); the cost per spawn is a hand-off
+between threads. Network (TCP) is not restricted: hooks call APIs.
 """
 
 from __future__ import annotations
 
 import _thread
-import ctypes
 import errno
 import os
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import procs
+from . import landlock, logs
+from .grants import TEMP_DIRS, View, default_writes, exposed, walk
+from .landlock import SYS_RESTRICT_SELF  # noqa: F401  (bench.spawn_cost applies a ruleset in a preexec_fn)
 
 T = TypeVar("T")
 
-SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446
-CREATE_RULESET_VERSION = 1
-RULE_PATH_BENEATH = 1
-
-EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR, MAKE_REG = 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
-MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 9, 1 << 10, 1 << 11, 1 << 12
-REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
-FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
-READ = EXECUTE | READ_FILE | READ_DIR
-
-
-def _handled(abi: int) -> int:
-    """Every filesystem right the kernel's ABI knows: all of them are denied unless granted."""
-    rights = (1 << 13) - 1
-    if abi >= 2:
-        rights |= REFER
-    if abi >= 3:
-        rights |= TRUNCATE
-    if abi >= 5:
-        rights |= IOCTL_DEV
-    return rights
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-
-
-def _call(*args: Any) -> int:
-    ret = int(_syscall(*args))
-    if ret < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return ret
+DENIED_REBUILD_S = 1.0  # an EACCES spawn rebuilds at most this often (a script that is simply not executable)
 
 
 def abi() -> int:
     """The kernel's Landlock ABI version; 0 when it has none or it is disabled."""
-    return _probe()[0]
-
-
-def _probe() -> tuple[int, str]:
-    """(ABI version, why there is none)."""
-    try:
-        return _call(ctypes.c_long(SYS_CREATE_RULESET), None, ctypes.c_size_t(0),
-                     ctypes.c_uint32(CREATE_RULESET_VERSION)), ""
-    except OSError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            return 0, "Landlock is built into the kernel but not enabled (add landlock to the lsm= boot parameter)"
-        if e.errno == errno.ENOSYS:
-            return 0, "the kernel has no Landlock (needs Linux 5.13+), or a seccomp profile blocks its system calls"
-        return 0, f"Landlock is not available: {e.strerror}"
-
-
-def _real(path: str | os.PathLike[str]) -> str:
-    return os.path.realpath(os.fspath(path))
-
-
-def _within(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
+    return landlock.probe()[0]
 
 
 @dataclass(frozen=True)
@@ -109,12 +51,22 @@ class Grants:
 
 
 class Policy:
-    """A built ruleset, applied by its own thread to itself; spawn() starts a process from that thread."""
+    """A built ruleset, applied by its own thread to itself; spawn() starts a process from that thread.
 
-    def __init__(self, grants: Grants, level: int) -> None:
+    `level` 0: no Landlock, the thread only drops capabilities and sets no_new_privs.
+    """
+
+    def __init__(self, grants: Grants, level: int, view: View | None = None, owner: Sandbox | None = None) -> None:
         self.grants = grants
         self.rules = 0
-        fd = self._build(grants, level)
+        self.dropped = ""  # what the thread did to its capabilities
+        self._owner = owner  # checked before each spawn, asked again after an EACCES
+        fd = self._build(grants, level, view) if level else -1
+        # With scopes, each spawn gets a thread of its own one domain below this policy's: a hook may
+        # signal only its own domain, so not this thread, and its own spawner only until it ends.
+        self._layer = landlock.create_layer(level) if level and landlock.scopes(level) else -1
+        if self._layer >= 0:
+            weakref.finalize(self, os.close, self._layer)
         # (what to run, where its result goes, a lock held until it is there)
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], Any] | None]
         self._jobs = queue.SimpleQueue()
@@ -126,68 +78,35 @@ class Policy:
                                         daemon=True)
         self._thread.start()
         applied.wait()
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         if ready[0] is not None:
             raise ready[0]
 
-    def _build(self, grants: Grants, level: int) -> int:
-        handled = _handled(level)
-        attr = ctypes.c_uint64(handled)  # only filesystem rights: network and scopes stay unrestricted
-        fd = _call(ctypes.c_long(SYS_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(8), ctypes.c_uint32(0))
+    def _build(self, grants: Grants, level: int, view: View | None = None) -> int:
+        handled = landlock.handled(level)
+        fd = landlock.create_ruleset(level)
         try:
-            self._grant_all_but(fd, "/", {_real(h) for h in grants.hidden}, READ & handled)
+            view = walk(grants.hidden) if view is None else view
+            for path in view.paths:
+                self.rules += landlock.add_rule(fd, path, landlock.READ & handled)
             for path in grants.read:  # a route's own widening: granted as asked
-                self._rule(fd, path, READ & handled)
+                self.rules += landlock.add_rule(fd, path, landlock.READ & handled)
             for path in grants.write:
-                self._rule(fd, path, handled)
+                self.rules += landlock.add_rule(fd, path, handled)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _rule(self, ruleset: int, path: str, access: int) -> None:
-        try:
-            target = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            return  # gone, or not ours to open: nothing to grant
-        try:
-            if not os.path.isdir(f"/proc/self/fd/{target}"):
-                access &= FILE_RIGHTS
-            rule = _PathBeneath(access, target)
-            _call(ctypes.c_long(SYS_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH),
-                  ctypes.byref(rule), ctypes.c_uint32(0))
-            self.rules += 1
-        except OSError:
-            pass  # a kind of file Landlock has no rule for: it stays denied
-        finally:
-            os.close(target)
-
-    def _grant_all_but(self, ruleset: int, top: str, hidden: set[str], access: int) -> None:
-        real_top = _real(top)
-        if real_top in hidden or any(_within(real_top, h) for h in hidden):
-            return
-        if not any(_within(h, real_top) for h in hidden):
-            self._rule(ruleset, top, access)
-            return
-        # A directory on the way to hidden state: grant its other entries, not itself.
-        try:
-            entries = list(os.scandir(top))
-        except OSError:
-            return
-        for entry in entries:
-            real = _real(entry.path)
-            if real in hidden:
-                continue
-            if any(_within(h, real) for h in hidden):
-                if entry.is_dir(follow_symlinks=False):
-                    self._grant_all_but(ruleset, entry.path, hidden, access)
-                continue  # a symlink to a directory on the way: reached through its real path
-            self._rule(ruleset, entry.path, access)
-
     def _serve(self, fd: int, ready: list[BaseException | None], applied: threading.Event) -> None:
         try:
-            procs.prctl(procs.PR_SET_NO_NEW_PRIVS, 1)  # this thread only, as the domain below
-            _call(ctypes.c_long(SYS_RESTRICT_SELF), ctypes.c_int(fd), ctypes.c_uint32(0))
+            # This thread only: the sidecar's other threads keep their capabilities and no domain.
+            self.dropped = landlock.drop_capabilities()
+            if fd >= 0:
+                landlock.restrict_self(fd)
+            else:
+                landlock.no_new_privs()
             ready.append(None)
         except OSError as e:
             ready.append(e)
@@ -195,15 +114,32 @@ class Policy:
         finally:
             applied.set()
         while (job := self._jobs.get()) is not None:
-            fn, box, done = job
+            if self._layer < 0:
+                _serve_one(job)
+                continue
             try:
-                box.append((True, fn()))
-            except BaseException as e:  # handed to the caller's thread
-                box.append((False, e))
-            done.release()
+                _thread.start_new_thread(self._layered, (job,))
+            except RuntimeError:  # no thread to be had: as a spawn that found no process (retried)
+                job[1].append((False, OSError(errno.EAGAIN, "cannot start a thread to spawn from")))
+                job[2].release()
 
-    def spawn(self, fn: Callable[[], T]) -> T:
-        """Run `fn` (a Popen) on the sandboxed thread: what it starts inherits the domain."""
+    def _layered(self, job: tuple[Callable[[], Any], list[Any], Any]) -> None:
+        try:
+            landlock.restrict_self(self._layer, first=False)
+        except OSError as e:
+            job[1].append((False, e))
+            job[2].release()
+            return
+        _serve_one(job)
+
+    def spawn(self, fn: Callable[[], T], retry_denied: bool = True) -> T:
+        """Run `fn` (a Popen) on the sandboxed thread: what it starts inherits the domain.
+
+        Refused with EACCES (the script, or the directory it runs in, is not in this ruleset): the
+        sandbox rebuilds once and `fn` is tried again under the new ruleset.
+        """
+        if self._owner is not None:
+            self._owner.check()  # a changed directory retires this policy: the spawn goes to its successor
         box: list[Any] = []
         done = _thread.allocate_lock()  # a one-shot signal, lighter than an Event's condition
         done.acquire()
@@ -214,12 +150,16 @@ class Policy:
         if replacement is not None:
             # Retired by a rebuild between the caller's lookup and now: the rebuilt policy spawns it.
             successor = replacement()
-            return successor.spawn(fn) if successor is not None else fn()
+            return successor.spawn(fn, retry_denied) if successor is not None else fn()
         done.acquire()
         ok, value = box[0]
-        if not ok:
-            raise value
-        return value  # type: ignore[no-any-return]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        if retry_denied and isinstance(value, PermissionError) and self._owner is not None:
+            successor = self._owner.denied(self)
+            if successor is not None:
+                return successor.spawn(fn, retry_denied=False)
+        raise value
 
     def retire(self, replacement: Callable[[], Policy | None]) -> None:
         """Let the thread end once the spawns handed to it are done; later ones go to `replacement()`."""
@@ -228,34 +168,66 @@ class Policy:
             self._jobs.put(None)
 
 
+def _serve_one(job: tuple[Callable[[], Any], list[Any], Any]) -> None:
+    fn, box, done = job
+    try:
+        box.append((True, fn()))
+    except BaseException as e:  # handed to the caller's thread
+        box.append((False, e))
+    done.release()
+
+
+Key = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass
 class Sandbox:
-    """The service's sandbox: default grants, per-route widenings, what cannot be hidden."""
+    """The service's sandbox: default grants, per-route widenings, what was narrowed or cannot be hidden."""
 
     level: int
-    reason: str  # why not sandboxed ("" when sandboxed)
+    reason: str  # why Landlock is not applied ("" when it is)
     hidden: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
+    config_dir: str = ""
+    private: str = ""  # the hooks' own HOME and TMPDIR live here (write-granted)
+    enabled: bool = True  # False: --sandbox off, hooks start as the sidecar's other children
+    narrowed: list[tuple[str, str]] = field(default_factory=list)  # (default grant left out, why)
     exposed: list[str] = field(default_factory=list)
-    _policies: dict[tuple[tuple[str, ...], tuple[str, ...]], Policy | None] = field(default_factory=dict)
+    dropped: str = ""  # what the spawn threads did to their capabilities
+    denied_rebuild_s: float = DENIED_REBUILD_S
+    _view: View | None = None
+    _built_at: float = 0.0
+    _policies: dict[Key, Policy | None] = field(default_factory=dict)
     # The loaded table's routes that leave the default: (endpoint, route name) -> route.
     _routes: dict[tuple[str, str], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def active(self) -> bool:
+        """Landlock applies (else hooks at most lose their capabilities)."""
         return not self.reason
+
+    @property
+    def scoped(self) -> tuple[str, ...]:
+        """What hooks may not reach outside their domain (signals, abstract sockets): ABI 6+."""
+        bits = landlock.scopes(self.level) if self.active else 0
+        return tuple(name for name, bit in landlock.SCOPES.items() if bits & bit)
 
     def policy(self, read: Iterable[str] = (), write: Iterable[str] = ()) -> Policy | None:
         """The policy for the default grants plus `read`/`write` (built once, then cached)."""
-        if not self.active:
+        if not self.enabled:
             return None
         key = (tuple(sorted(read)), tuple(sorted(write)))
         with self._lock:
-            if key not in self._policies:
-                grants = Grants(read=key[0], write=(*self.write, *key[1]), hidden=self.hidden)
-                self._policies[key] = Policy(grants, self.level)
-            return self._policies[key]
+            return self._policy(key)
+
+    def _policy(self, key: Key) -> Policy | None:
+        if key not in self._policies:
+            if self.active and self._view is None:
+                self._view, self._built_at = walk(self.hidden), time.monotonic()
+            grants = Grants(read=key[0], write=(*self.write, *key[1]), hidden=self.hidden)
+            self._policies[key] = Policy(grants, self.level if self.active else 0, self._view, self)
+        return self._policies[key]
 
     def for_route(self, route: Any) -> Policy | None:
         """A route's policy: None for `sandbox: false`, widened by its `sandbox: {read, write}`."""
@@ -274,61 +246,89 @@ class Sandbox:
         route = self._routes.get((env.get("WEBHOOK_ENDPOINT", ""), env.get("WEBHOOK_ROUTE", "")))
         return self.for_route(route) if route is not None else self.policy()
 
-    def refresh(self, hidden: Iterable[str | os.PathLike[str]]) -> bool:
-        """New hidden paths (a reload changed the secret files): rebuild the policies; True if changed."""
-        new = tuple(sorted({_real(h) for h in hidden}))
-        if new == self.hidden:
-            return False
+    def check(self) -> str:
+        """Before a spawn: rebuild when a directory the walk listed has changed; what changed ("" if none)."""
+        view = self._view
+        changed = view.changed() if view is not None else ""
+        if changed:
+            with self._lock:
+                if self._view is view:
+                    logs.debug("hooks.sandbox_rebuilt", changed=changed)
+                    self._rebuild()
+        return changed
+
+    def denied(self, failed: Policy) -> Policy | None:
+        """A spawn under `failed` got EACCES: its successor after a rebuild (None: none, or just rebuilt)."""
         with self._lock:
-            self.hidden = new
-            self.exposed = exposed(new, self.write)
-            old, self._policies = self._policies, {}
+            key = next((k for k, p in self._policies.items() if p is failed), None)
+            if key is None:  # already replaced by a rebuild since
+                return None
+            if time.monotonic() - self._built_at < self.denied_rebuild_s:
+                return None
+            logs.debug("hooks.sandbox_rebuilt", changed="(a spawn was refused: EACCES)")
+            self._rebuild()
+            return self._policy(key)
+
+    def rebuild(self, hidden: Iterable[str | os.PathLike[str]] | None = None) -> bool:
+        """Walk again and rebuild the policies (a reload: secret files may have moved); True if the
+        hidden paths changed."""
+        new = tuple(sorted({os.path.abspath(h) for h in hidden})) if hidden is not None else self.hidden
+        with self._lock:
+            changed, self.hidden = new != self.hidden, new
+            self._rebuild()
+            if self.enabled:
+                self._policy(((), ()))  # the default now, not in the next hook's spawn
+        return changed
+
+    def _rebuild(self) -> None:
+        """Under the lock: new default grants and view; the old policies retire into rebuilt ones."""
+        self.write, self.narrowed = default_writes(self.state(), self.private)
+        self.exposed = exposed(self.hidden, self.write)
+        self._view, self._built_at = None, time.monotonic()
+        old, self._policies = self._policies, {}
         for key, p in old.items():
             if p is not None:
                 p.retire(lambda key=key: self.policy(*key))
-        return True
+
+    def state(self) -> tuple[str, ...]:
+        """Everything hooks may not write: the hidden paths and the config directory."""
+        return (*((self.config_dir,) if self.config_dir else ()), *self.hidden)
 
 
-def exposed(hidden: Iterable[str], writable: Iterable[str], readable: Iterable[str] = ()) -> list[str]:
-    """'<state> in <dir> (writable|readable)' for state that lies inside a granted directory."""
-    out = []
-    for h in hidden:
-        for kind, tops in (("writable", writable), ("readable", readable)):
-            top = next((t for t in tops if _within(_real(h), _real(t))), None)
-            if top:
-                out.append(f"{h} is inside {top} ({kind} by hooks)")
-                break
-    return out
-
-
-def writable_defaults(environ: Mapping[str, str]) -> tuple[str, ...]:
-    """/tmp, /var/tmp, /dev and $HOME where they exist ($HOME=/ would grant everything: not granted)."""
-    dirs = ["/tmp", "/var/tmp", "/dev"]
-    home = environ.get("HOME", "")
-    if home and _real(home) != "/":
-        dirs.append(home)
-    return tuple(d for d in dirs if os.path.isdir(d))
-
-
-def create(hidden: Iterable[str | os.PathLike[str]], config_dir: str | os.PathLike[str],
-           environ: Mapping[str, str] | None = None, enabled: bool = True) -> Sandbox:
-    """The sandbox for this kernel: inactive (with the reason) where Landlock is missing or disabled."""
-    environ = os.environ if environ is None else environ
-    level, missing = _probe()
+def create(hidden: Iterable[str | os.PathLike[str]], config_dir: str | os.PathLike[str], enabled: bool = True,
+           private: str | os.PathLike[str] = "") -> Sandbox:
+    """The sandbox for this kernel: without Landlock (with the reason) where it is missing or disabled."""
+    level, missing = landlock.probe()
     reason = "disabled (--sandbox off, SIDECAR_SANDBOX=off)" if not enabled else missing
-    write = writable_defaults(environ)
-    hidden_t = tuple(sorted({_real(h) for h in hidden}))
-    box = Sandbox(level=level, reason=reason, hidden=hidden_t, write=write, exposed=exposed(hidden_t, write))
-    cfg_dir = _real(config_dir)
-    top = next((w for w in write if _within(cfg_dir, _real(w))), None)
-    if top:
-        box.exposed.append(f"{config_dir} (the config directory) is inside {top} (writable by hooks)")
-    if box.active:
+    hidden_t = tuple(sorted({os.path.abspath(h) for h in hidden}))
+    box = Sandbox(level=level, reason=reason, hidden=hidden_t, config_dir=os.path.abspath(config_dir),
+                  private=os.fspath(private), enabled=enabled)
+    box.write, box.narrowed = default_writes(box.state(), box.private)
+    box.exposed = exposed(hidden_t, box.write)
+    if enabled:
         try:
-            box.policy()  # build the default now: a failure is reported at start, not at the first hook
+            default = box.policy()  # build the default now: a failure is reported at start, not at the first hook
+            box.dropped = default.dropped if default is not None else ""
         except OSError as e:
             box.reason = f"cannot build the Landlock ruleset: {e}"
+            box._policies.clear()
     return box
+
+
+SANDBOX_DENIALS = ("Permission denied", "Read-only file system")
+
+
+def hint(route: Any, output: str) -> str | None:
+    """For a failed hook's output: a line pointing at the sandbox when it looks like a denied write."""
+    box = _current
+    if box is None or not box.active or not getattr(route, "sandbox", True):
+        return None
+    if not any(d in output for d in SANDBOX_DENIALS):
+        return None
+    temp = ", ".join(w for w in box.write if w in TEMP_DIRS)
+    return (f"the hook runs in the sandbox (Landlock), which lets it write only its own $HOME and $TMPDIR, /dev"
+            f"{', ' + temp if temp else ''} and the route's sandbox.write paths: grant the directory it writes"
+            " with `sandbox: {write: [/path]}` on the route (see README, Hooks)")
 
 
 _current: Sandbox | None = None

@@ -34,6 +34,7 @@ check: $(RUN_STAMP) .env
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests bench tools
+	$(BIN)/mypy sidecar
 
 # Dockerfile (hadolint) and Helm chart (helm lint, schema, rendered facts); installs its own tools.
 packaging: $(STAMP)

@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .providers import PROVIDERS, Signed
 from .reload import WATCH_MODES
 from .service import DEFAULT_GRACE_S, Service
-from .spool import JobRow, SpoolDamaged, SpoolUnreachable
+from .spool import JobRow, SpoolAdmin, SpoolDamaged, SpoolUnreachable
 from .spool.sqlite import DB_NAME, Spool, integrity
 
 EXIT_SPOOL_DAMAGED = 3
@@ -316,10 +316,10 @@ def _spool_url(args: argparse.Namespace) -> tuple[str, str] | None:
         if not url:
             raise ConfigError([f"{args.config}: spool_url_file: {where} is empty"])
         return f"spool_url_file {where}", url
-    url = _from_env(where, _env_file(args.env_file, args.config))
-    if not url:
+    value = _from_env(where, _env_file(args.env_file, args.config))
+    if not value:
         raise ConfigError([f"{args.config}: spool_url_env: {where} is not set in the environment or the env file"])
-    return where, url
+    return where, value
 
 
 def _shared_spool(args: argparse.Namespace, name: str, url: str) -> int:
@@ -335,7 +335,7 @@ def _shared_spool(args: argparse.Namespace, name: str, url: str) -> int:
         print(f"webhook-sidecar: {e}", file=sys.stderr)
         return 1
     try:
-        return _spool_action(args, store)  # type: ignore[arg-type]
+        return _spool_action(args, store)
     finally:
         store.close()
 
@@ -365,9 +365,10 @@ def cmd_spool(args: argparse.Namespace) -> int:
         spool.close()
 
 
-def _spool_action(args: argparse.Namespace, spool: Spool) -> int:
+def _spool_action(args: argparse.Namespace, spool: SpoolAdmin) -> int:
     if args.spool_command == "list":
-        states = ("failed",) if args.failed else ("pending",) if args.pending else ("pending", "done", "failed")
+        states: tuple[str, ...] = ("failed",) if args.failed else ("pending",) if args.pending else (
+            "pending", "done", "failed")
         jobs = spool.jobs(states, limit=args.limit)
         if args.json:
             for job in jobs:
@@ -382,14 +383,14 @@ def _spool_action(args: argparse.Namespace, spool: Spool) -> int:
                   + (f"{_cut(j.replica or '-', 20)} " if shared else "") + j.delivery)
         return 0
     if args.spool_command == "show":
-        job = spool.job(args.id)
-        if job is None:
+        row = spool.job(args.id)
+        if row is None:
             print(f"webhook-sidecar: no job {args.id}", file=sys.stderr)
             return 1
         if args.payload:
             sys.stdout.buffer.write(spool.body(args.id))
             return 0
-        print(json.dumps({**_job_dict(job), "output_tail": job.output_tail}, indent=2))
+        print(json.dumps({**_job_dict(row), "output_tail": row.output_tail}, indent=2))
         return 0
     if args.spool_command == "retry":
         if not args.ids and not args.all_failed:

@@ -75,8 +75,8 @@ class _Group:
             if not _has_bytes(conn.sock):
                 return conn, "idle"
             pending = pending or conn
-        conn = next(iter(self.reading), None) or pending
-        return (conn, "slow") if conn is not None else None
+        slow = next(iter(self.reading), None) or pending
+        return (slow, "slow") if slow is not None else None
 
 
 def _has_bytes(sock: socket.socket) -> bool:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 from .watchdog import start_time as _start_time
@@ -165,7 +165,7 @@ class Run:
 
     marker: str
     seq: int
-    facts: dict[str, object]
+    facts: dict[str, str | None]
     pid: int = 0
 
 
@@ -223,8 +223,8 @@ class Tracker:
             self.notify(b"+%d %d\n" % (run.seq, pid))
         if self.journal is None:
             return
-        line = b'{"run":%d,"pid":%d,"t":%.3f,"route":%s,"delivery":%s}\n' % (
-            run.seq, pid, time.time(), *(_json_str(run.facts.get(k)) for k in ("route", "delivery")))
+        route, delivery = (_json_str(run.facts.get(k)) for k in ("route", "delivery"))
+        line = b'{"run":%d,"pid":%d,"t":%.3f,"route":%s,"delivery":%s}\n' % (run.seq, pid, time.time(), route, delivery)
         self._open[run.seq] = line
         self._append(line)
 
@@ -388,11 +388,11 @@ class Tracker:
 
     def _scan(self, runs: dict[str, dict[str, object]]) -> dict[int, str]:
         """Live processes (not zombies) that belong to a dead sidecar's run: pid -> marker."""
-        mains = {}
-        for marker, facts in runs.items():
+        mains: dict[int, str] = {}
+        for run, facts in runs.items():
             main = facts.get("_main")
             if isinstance(main, tuple) and _started_near(main[0], main[1]):
-                mains[main[0]] = marker  # still the same process: its group and session are the run's
+                mains[main[0]] = run  # still the same process: its group and session are the run's
         victims: dict[int, str] = {}
         me = os.getpid()
         for name in os.listdir("/proc"):

@@ -28,6 +28,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from . import config as config_mod
 from . import isolation, logs, metrics
@@ -116,7 +117,7 @@ class Reloader:
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: BaseObserver | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:

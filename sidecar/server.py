@@ -19,7 +19,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from . import logs, metrics, router, tls
 from .config import Config
@@ -33,8 +33,7 @@ from .errors import (
     SidecarError,
     Unavailable,
 )
-from .spool import Delivery
-from .workers import Workers
+from .spool import Delivery, Scheduler
 
 # \Z, not $: "$" also matches before a final newline, and "evt_1\n" is no safe token.
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
@@ -100,6 +99,14 @@ class Headers:
         return [(name, value) for name, values in self._fields.items() for value in values]
 
 
+class RequestHeaders(Protocol):
+    """What the handler reads of a request's header fields: a Headers, or for a rarer spelling of
+    HTTP/1.x the stdlib's message (BaseHTTPRequestHandler.parse_request builds it)."""
+
+    def get(self, name: str, default: Any = None) -> Any: ...
+    def get_all(self, name: str, default: Any = None) -> Any: ...
+
+
 class SidecarServer(ThreadingHTTPServer):
     """ThreadingHTTPServer holding the live routing table and the worker pool."""
 
@@ -110,7 +117,7 @@ class SidecarServer(ThreadingHTTPServer):
     # waits here instead, and is accepted (and evicted, if idle) within milliseconds.
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], config: Config, workers: Workers) -> None:
+    def __init__(self, address: tuple[str, int], config: Config, workers: Scheduler) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self._config = config
@@ -240,21 +247,22 @@ class Handler(BaseHTTPRequestHandler):
     # Headers and body are one write (see _respond), and no Nagle delay either.
     disable_nagle_algorithm = True
     server: SidecarServer
+    request_headers: RequestHeaders  # set by parse_request: the stdlib's `headers` would be an email Message
 
     def setup(self) -> None:
-        # Above the deadline, so that the reaper (not a recv timeout) ends a slow request.
-        self.timeout = self.server.config.request_timeout_s + 1.0
         self.conn: Connection = self.server.connections.get(self.request)
         certificates = self.server.tls
         if certificates is not None:  # here, in the connection's thread: a slow client never holds up accept
             self.request = tls.accept(certificates.context, self.request, self.server.config.request_timeout_s,
                                       self.client_address[0])
         super().setup()
+        # Above the deadline, so that the reaper (not a recv timeout) ends a slow request.
+        self.connection.settimeout(self.server.config.request_timeout_s + 1.0)
         self.expired = False
         # The same buffering as makefile("rb"), over a reader that tells idle from reading.
         self.rfile.close()
         self.reader = RequestReader(self.connection, self.server.connections, self.conn)
-        self.rfile = io.BufferedReader(self.reader)
+        self.rfile = self.buffered = io.BufferedReader(self.reader)  # typed: rfile's type has no peek()
 
     def finish(self) -> None:
         self.server.set_deadline(self, None)
@@ -305,10 +313,10 @@ class Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_other
 
     def _handle(self, work: Callable[[Config], tuple[HTTPStatus, Any, str]]) -> None:
-        rid = self.headers.get("X-Request-Id", "")
+        rid = self.request_headers.get("X-Request-Id", "")
         self.request_id = rid if SAFE_TOKEN.match(rid) else self.request_id
         config = self.server.config  # one read: this request finishes on this table
-        if self.headers.get("Content-Length") is None and self.headers.get("Transfer-Encoding") is None:
+        if self.request_headers.get("Content-Length") is None and self.request_headers.get("Transfer-Encoding") is None:
             self.server.connections.handling(self.conn)  # complete: no body to come (else see _read_body)
         extra: dict[str, str] = {}
         msg, level = "request", logs.info
@@ -338,7 +346,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self._respond(status, body, ctype, extra)
         self._count(status, msg)
-        level(msg, request_id=self.request_id, remote=self.client_address[0], method=self.command,
+        level(msg, request_id=self.request_id, remote=self.client_address[0], method=self.command or None,
               path=self.path[:256], status=int(status), duration_ms=round((time.monotonic() - self.started) * 1000, 2),
               **self.fields)
 
@@ -375,7 +383,8 @@ class Handler(BaseHTTPRequestHandler):
     # --- routes ---------------------------------------------------------------
     def _get(self, config: Config) -> tuple[HTTPStatus, Any, str]:
         path = self.path.split("?", 1)[0]
-        self.body_read = not self.headers.get("Content-Length") and not self.headers.get("Transfer-Encoding")
+        headers = self.request_headers
+        self.body_read = not headers.get("Content-Length") and not headers.get("Transfer-Encoding")
         if path == "/healthz":
             return HTTPStatus.OK, {"status": "ok"}, "health"
         if path == "/metrics":
@@ -411,12 +420,12 @@ class Handler(BaseHTTPRequestHandler):
         self.fields["bytes"] = len(body)
 
         # Signature first, on the raw bytes; nothing is parsed before it holds.
-        provider.verify(self.headers, body, endpoint.secrets, time.time(), target=self.path)
-        payload = provider.parse(self.headers, body)
-        event = provider.event(self.headers, payload)
+        provider.verify(self.request_headers, body, endpoint.secrets, time.time(), target=self.path)
+        payload = provider.parse(self.request_headers, body)
+        event = provider.event(self.request_headers, payload)
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in event):
             raise BadRequest("event type holds control characters", reason="invalid_event")
-        given = provider.delivery(self.headers, payload)
+        given = provider.delivery(self.request_headers, payload)
         delivery = given if isinstance(given, str) and SAFE_DELIVERY.match(given) else os.urandom(16).hex()
         self.fields.update(event=event, delivery=delivery)
 
@@ -437,9 +446,9 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- framing --------------------------------------------------------------
     def _content_length(self, limit: int) -> int:
-        if self.headers.get("Transfer-Encoding") is not None:
+        if self.request_headers.get("Transfer-Encoding") is not None:
             raise LengthRequired("chunked or other transfer codings are not accepted; send Content-Length")
-        values = self.headers.get_all("Content-Length") or []
+        values = self.request_headers.get_all("Content-Length") or []
         if not values:
             raise LengthRequired("Content-Length required")
         given = {v.strip(" \t") for v in values}
@@ -486,7 +495,7 @@ class Handler(BaseHTTPRequestHandler):
         self.reader.arrived()  # a pipelined request line comes from the buffer, not the socket
         raw = self.raw_requestline
         words = str(raw, "iso-8859-1").rstrip("\r\n").split()
-        self.command, self.request_version = (words[0] if words else None), self.protocol_version
+        self.command, self.request_version = (words[0] if words else ""), self.protocol_version
         if not raw.endswith(b"\n"):
             self._incomplete()
             return False
@@ -504,9 +513,11 @@ class Handler(BaseHTTPRequestHandler):
         # A rarer spelling of 1.x (HTTP/1.01): the stdlib's rules, on the checked header block.
         stream, self.rfile = self.rfile, io.BytesIO(b"".join(lines) + b"\r\n")
         try:
-            return super().parse_request()
+            parsed = super().parse_request()
         finally:
             self.rfile = stream
+        self.request_headers = self.headers
+        return parsed
 
     def _parse_head(self, words: list[str], headers: Headers) -> bool:
         """What BaseHTTPRequestHandler.parse_request does for HTTP/1.0 and 1.1, without the email parser."""
@@ -514,7 +525,7 @@ class Handler(BaseHTTPRequestHandler):
         self.requestline = " ".join(words)
         if self.path.startswith("//"):
             self.path = "/" + self.path.lstrip("/")  # as the stdlib does (gh-87389)
-        self.headers = headers  # type: ignore[assignment]
+        self.request_headers = headers
         self.close_connection = self.request_version != "HTTP/1.1"
         connection = headers.get("Connection", "").lower()
         if connection == "close":
@@ -541,7 +552,7 @@ class Handler(BaseHTTPRequestHandler):
         # every line a plain `name: value` CRLF line: one match, one read. Anything else (a bare LF,
         # CR or NUL, obs-fold, a block not yet all in) goes line by line below, with its limits.
         try:
-            buffered = self.rfile.peek(MAX_HEADER_BYTES)  # type: ignore[attr-defined,unused-ignore]
+            buffered = self.buffered.peek(MAX_HEADER_BYTES)
         except TimeoutError:  # the socket timeout fired before the reaper did
             self.expired = True
             self._incomplete()

@@ -12,6 +12,7 @@ from . import attempts, isolation, logs, metrics, procs
 from . import config as config_mod
 from .reload import Reloader, warn_unverified
 from .server import SidecarServer
+from .spool import Scheduler
 from .spool.sqlite import Spool
 from .workers import Workers
 
@@ -30,7 +31,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config],
-                 known: attempts.KnownRoutes, replica: str) -> Workers:
+                 known: attempts.KnownRoutes, replica: str) -> Scheduler:
     """The spool backend the config names, with its workers: the embedded file, or shared PostgreSQL."""
     if cfg.spool_url:
         # Imported here: sqlite users never load the database driver (idle memory).
@@ -40,7 +41,7 @@ def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config]
         source = cfg.spool_url_env or f"spool_url_file {cfg.spool_url_file}"
         store = Store(cfg.spool_url, source, replica, cfg.lease_s, pool_size=cfg.max_workers + 16)
         # Serves at once, the database reachable or not: unready (POSTs 503) until it can be used.
-        return SharedWorkers(store, cfg.max_workers, cfg.max_queue, config, known, replica,  # type: ignore[return-value]
+        return SharedWorkers(store, cfg.max_workers, cfg.max_queue, config, known, replica,
                              max_bytes=cfg.spool_max_bytes)
     spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536)
     return Workers(spool, cfg.max_workers, cfg.max_queue, config, known, replica)
@@ -82,7 +83,7 @@ class Service:
         warn_unverified(cfg)
         # Watch before announcing: a change made right after "listening" must not be missed.
         self.reloader.start()
-        host, port = self.server.server_address[:2]
+        host, port = self.server.socket.getsockname()[:2]
         logs.info("server.listening", address=f"{host}:{port}", port=port, config=str(cfg.file),
                   config_hash=cfg.digest, endpoints=len(cfg.endpoints), routes=cfg.route_count,
                   watch=self.reloader.mode, spool=self.workers.spool.location, pending=self.workers.depth)

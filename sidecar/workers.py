@@ -13,6 +13,7 @@ never dropped, so the job is neither forgotten nor found "pending" and run again
 
 from __future__ import annotations
 
+import functools
 import heapq
 import threading
 import time
@@ -235,7 +236,7 @@ class Workers:
         future = self.spool.finish(a.job_id, a.state, a.job.attempt, a.next_at,
                                    result.exit_code if result else None, a.outcome,
                                    result.output_tail if result else "")
-        future.add_done_callback(lambda f, a=a: self._recorded(a, f))
+        future.add_done_callback(functools.partial(self._recorded, a))
 
     def _recorded(self, a: Attempt, future: Future[Any]) -> None:
         """The outcome's record committed (logged from here on), or failed (kept and retried)."""

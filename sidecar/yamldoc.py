@@ -125,7 +125,7 @@ class Doc:
         if not isinstance(value, kinds):
             self.error(path + (key,), f"must be {_kind_name(kinds)}, got {_describe(value)}")
             return default
-        if minimum is not None and value < minimum:
+        if minimum is not None and isinstance(value, (int, float)) and value < minimum:
             self.error(path + (key,), f"must be at least {minimum:g}, got {value}")
             return default
         return value

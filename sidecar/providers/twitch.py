@@ -37,7 +37,8 @@ def rfc3339(value: str, name: str) -> float:
     if not m:
         raise SignatureError(f"{name} is not an RFC 3339 time", reason="malformed")
     try:
-        moment = datetime(*(int(g) for g in m.groups()[:6]), tzinfo=UTC)
+        year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as e:  # month 13, February 30, second 60
         raise SignatureError(f"{name} is not an RFC 3339 time", reason="malformed") from e
     offset = 0

@@ -10,7 +10,9 @@ Policy, the same for every backend:
 - Finished deliveries drop their body (the id stays for dedupe); dead letters keep it.
 
 Backends: `sqlite` (the embedded file spool, one process) and `postgres` (shared by
-several replicas). `Spool` below is what the server, the workers and the CLI use.
+several replicas), each with its scheduler (workers.py, shared_workers.py). The server
+and the service use a scheduler as a `Scheduler`; the spool CLI uses a backend as a
+`SpoolAdmin`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .. import logs
 from ..config import Route
@@ -82,6 +85,48 @@ class JobRow:
     outcome: str | None
     output_tail: str | None
     replica: str | None = None  # shared spool: the replica holding the job, or that ran it last
+
+
+class SpoolAdmin(Protocol):
+    """What `webhook-sidecar spool` needs of a backend: list, show, requeue and purge jobs."""
+
+    @property
+    def location(self) -> str:
+        """Where the spool is, for messages (a file path, or a database URL without its password)."""
+        ...
+
+    def jobs(self, states: Sequence[str] = ..., limit: int = ...) -> list[JobRow]: ...
+    def job(self, job_id: int) -> JobRow | None: ...
+    def body(self, job_id: int) -> bytes: ...
+    def retry(self, job_ids: Sequence[int] | None = None) -> list[int]: ...
+    def purge(self, older_than_s: float, states: Sequence[str] = ...) -> int: ...
+
+
+class Scheduler(Protocol):
+    """What the server and the service need of a backend's scheduler: submit, health, drain."""
+
+    @property
+    def spool(self) -> SpoolAdmin: ...
+    @property
+    def depth(self) -> int:
+        """Jobs queued and not finished."""
+        ...
+
+    @property
+    def running(self) -> int: ...
+    def health(self) -> str | None:
+        """Why the spool cannot take deliveries now (readiness), or None."""
+        ...
+
+    def submit(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:
+        """Commit the delivery and one job per route, then schedule them; an `Unavailable` (503) when it cannot."""
+        ...
+
+    def stop(self, grace_s: float) -> bool:
+        """Start no more jobs; give running ones `grace_s`; True when all finished within it."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Retention:

@@ -200,8 +200,8 @@ def redact(url: str) -> str:
     except psycopg.Error:
         return "postgresql://(unparsable URL)"
     host = d.get("host") or d.get("hostaddr") or "(PGHOST)"
-    return f"postgresql://{d['user'] + '@' if d.get('user') else ''}{host}{':' + d['port'] if d.get('port') else ''}" \
-           f"/{d.get('dbname', '')}"
+    user, port = d.get("user"), d.get("port")
+    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{d.get('dbname', '')}"
 
 
 def scrub(text: str, url: str) -> str:

@@ -51,7 +51,7 @@ class Upkeep:
                 (GONE_LEASES * self.lease_s,))]
             dropped: list[tuple[int, str, str, str]] = []
             if gone:
-                dropped = [tuple(r) for r in conn.execute(  # type: ignore[misc]
+                dropped = [tuple(r) for r in conn.execute(
                     "DELETE FROM sidecar_jobs j USING sidecar_deliveries d WHERE d.id = j.delivery_id"
                     " AND j.replica = ANY(%s) AND j.state = 'pending' RETURNING j.id, j.route, j.replica, d.delivery",
                     (gone,))]
@@ -102,7 +102,7 @@ class Upkeep:
     # --- reads and the CLI ---------------------------------------------------------------
     def _read(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
         with self.pool.connection() as conn:
-            rows = conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+            rows = conn.execute(query, params).fetchall()
             conn.commit()
         return rows
 

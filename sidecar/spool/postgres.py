@@ -111,7 +111,7 @@ class Store(Upkeep):
         """Leases under our own name are a previous life's (names are unique among live replicas):
         taken over now rather than after lease_s. It counts an attempt, as any takeover, and as any
         takeover its last attempt makes it a dead letter (see claim())."""
-        return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+        return [tuple(r) for r in conn.execute(
             "UPDATE sidecar_jobs j SET owner = NULL, lease_until = NULL, attempts = attempts + 1,"
             " state = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'failed' ELSE state END,"
             " outcome = CASE WHEN attempts >= (spec::json->>'retries')::int THEN 'taken_over'"

@@ -415,4 +415,4 @@ class Writer:
             with self._readers_lock:
                 self._readers.append(db)
                 local.db, local.generation = db, self._generation
-        return local.db  # type: ignore[no-any-return]
+        return local.db

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,13 +52,7 @@ def private_dir(state: Iterable[str]) -> Path | None:
 
 def remove_private(root: Path) -> None:
     """Remove the hooks' directory, whatever modes the hooks left in it."""
-    for path, dirs, _ in os.walk(root):
-        for d in dirs:
-            try:
-                os.chmod(os.path.join(path, d), 0o700, follow_symlinks=False)
-            except OSError:
-                pass
-    shutil.rmtree(root, ignore_errors=True)
+    watchdog.remove_tree(str(root))
 
 
 def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> sandbox.Sandbox:
@@ -108,6 +101,7 @@ def _private_dirs(state: list[str]) -> Path | None:
         return None
     runner.use_private_dirs(str(private / "home"), str(private / "tmp"))
     atexit.register(remove_private, private)
+    watchdog.remove_at_end(str(private))  # after a kill -9 too
     return private
 
 
@@ -124,7 +118,7 @@ def _announce(cfg: Config, box: sandbox.Sandbox) -> None:
                                 " (SIGSTOP, SIGKILL) and from its abstract unix sockets; this kernel has"
                                 f" ABI {box.level}")
     else:
-        logs.warning("hooks.unsandboxed", reason=box.reason, capabilities=box.dropped or None,
+        logs.warning("hooks.unsandboxed", reason=box.reason, capabilities=box.dropped or None, home=box.private or None,
                      detail="hooks can read and write whatever the sidecar's user can: spool, .env, secrets")
     if box.enabled and os.geteuid() == 0 and "bounding set emptied" not in box.dropped:
         logs.warning("hooks.capabilities_kept", capabilities=box.dropped or None,
@@ -133,7 +127,7 @@ def _announce(cfg: Config, box: sandbox.Sandbox) -> None:
     for problem in box.exposed:
         logs.warning("hooks.state_exposed", problem=problem,
                      detail="Landlock can only grant: state inside a directory hooks may use cannot be hidden;"
-                            " move it out (see README, Hooks)")
+                            " move it out (see docs/hooks.md)")
     _warn_route_grants(cfg, box)
 
 

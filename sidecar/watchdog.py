@@ -110,6 +110,13 @@ class Guard:
 _guard: Guard | None = None  # the process's one watchdog (its Popen kept: no ResourceWarning)
 
 
+def remove_at_end(directory: str) -> None:
+    """Have the watchdog remove `directory` (the hooks' private HOME/TMPDIR) once the sidecar is gone
+    and its hooks are killed: a killed sidecar leaves no such directory behind either."""
+    if _guard is not None and "\n" not in directory:
+        _guard.tell(b"~" + os.fsencode(directory) + b"\n")
+
+
 def start(tracker: procs.Tracker) -> None:
     """Start the watchdog of `tracker`'s runs, connect the tracker to it, log how hooks are guarded.
 
@@ -157,6 +164,7 @@ def main(argv: list[str]) -> None:
     pids: dict[int, int] = {}  # open run's number -> its hook's pid
     starts: dict[int, int | None] = {}  # -> the hook's start time, read once the run is seen open after a batch
     pending = b""
+    remove: list[bytes] = []  # directories to remove once the runs are ended
     os.set_blocking(fd, False)
     idle = False
     while True:
@@ -181,6 +189,8 @@ def main(argv: list[str]) -> None:
                 if line[:1] == b"+":
                     seq, pid = (int(x) for x in line[1:].split())
                     pids[seq] = pid
+                elif line[:1] == b"~":
+                    remove.append(line[1:])
                 else:
                     seq = int(line[1:])
                     pids.pop(seq, None)
@@ -193,6 +203,21 @@ def main(argv: list[str]) -> None:
     born = argv[2].rsplit("-", 1)[-1]
     groups = {pid for seq, pid in pids.items() if start_time(pid) in (starts[seq], None)}
     sweep(needle, groups - spared, spared, int(born) if born.isdigit() else 0)
+    for directory in remove:
+        remove_tree(os.fsdecode(directory))
+
+
+def remove_tree(root: str) -> None:
+    """Remove a directory tree whatever modes the hooks left in it (gone already after a clean stop)."""
+    import shutil
+
+    for path, dirs, _ in os.walk(root):
+        for d in dirs:
+            try:
+                os.chmod(os.path.join(path, d), 0o700, follow_symlinks=False)
+            except OSError:
+                pass
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def sweep(needle: bytes, groups: set[int], spared: set[int], born: int = 0, wait_s: float = SWEEP_S) -> list[int]:

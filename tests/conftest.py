@@ -12,9 +12,11 @@ import http.client
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -131,10 +133,35 @@ def start_sidecar(config: Path, *args: str, env: dict[str, str] | None = None,
     return sidecar
 
 
+_OUT_BASE: list[Path] = []
+
+
+def hooks_out(directory: Path) -> Path:
+    """`directory / "out"`, where hook scripts record what they got: a link to a directory that the
+    default sandbox lets hooks write. The config directory is read-only to hooks, and /tmp (where
+    pytest keeps it) is not granted while state lies beneath it; /var/tmp is, as on a user's machine."""
+    link = directory / "out"
+    if link.is_symlink() or link.is_dir():
+        return link.resolve()
+    if not _OUT_BASE:
+        base = Path("/var/tmp") if os.access("/var/tmp", os.W_OK) else None
+        if base is None:  # no /var/tmp to write: beside the config (read-only to sandboxed hooks)
+            link.mkdir()
+            return link
+        _OUT_BASE.append(Path(tempfile.mkdtemp(prefix="webhook-sidecar-tests-", dir=base)))
+    real = Path(tempfile.mkdtemp(prefix=f"{directory.name}-", dir=_OUT_BASE[0]))
+    link.symlink_to(real)
+    return real
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for base in _OUT_BASE:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def write_config(directory: Path, text: str) -> Path:
     """Write config.yaml into `directory`; {scripts} and {out} expand to the test's paths."""
-    out = directory / "out"
-    out.mkdir(exist_ok=True)
+    out = hooks_out(directory)
     path = directory / "config.yaml"
     path.write_text(textwrap.dedent(text).format(scripts=SCRIPTS, out=out))
     return path

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import ROOT, SCRIPTS, Sidecar, start_sidecar, wait_for
+from .conftest import ROOT, SCRIPTS, Sidecar, hooks_out, start_sidecar, wait_for
+from .support import free_port
 
 FILES = ROOT / "helm" / "webhook-sidecar" / "files"
 DASHBOARD = json.loads((FILES / "dashboard.json").read_text())
@@ -43,12 +43,6 @@ def expand(expr: str) -> str:
         expr = expr.replace(name, value)
     assert "$" not in expr, f"a Grafana variable this test does not know: {expr}"
     return expr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:
@@ -120,9 +114,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Promethe
     if PROMETHEUS is None:
         pytest.skip("prometheus not installed (Debian package prometheus)")
     directory = tmp_path_factory.mktemp("dashboard")
-    (directory / "out").mkdir()
     config = directory / "config.yaml"
-    config.write_text(textwrap.dedent(CONFIG).format(scripts=SCRIPTS, out=directory / "out"))
+    config.write_text(textwrap.dedent(CONFIG).format(scripts=SCRIPTS, out=hooks_out(directory)))
     sidecar = start_sidecar(config)
     prometheus = Prometheus(directory, sidecar.port)
     try:

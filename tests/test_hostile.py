@@ -26,7 +26,7 @@ from sidecar import config as config_mod
 from sidecar.errors import ConfigError
 from sidecar.providers import PROVIDERS
 
-from .conftest import SECRET, Sidecar, github_signature, start_sidecar, wait_for
+from .conftest import SECRET, Sidecar, github_signature, hooks_out, start_sidecar, wait_for
 
 DEADLINE_S = 1.0
 
@@ -86,8 +86,7 @@ class Hostile:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     tmp = tmp_path_factory.mktemp("hostile")
-    out = tmp / "out"
-    out.mkdir()
+    out = hooks_out(tmp)
     recorder = tmp / "record.sh"
     recorder.write_text(RECORDER)
     recorder.chmod(0o755)

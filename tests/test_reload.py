@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SCRIPTS, Sidecar, wait_for
+from .conftest import SCRIPTS, Sidecar, hooks_out, wait_for
 
 TABLE = """\
 request_timeout_s: 5
@@ -284,8 +284,7 @@ def test_hook_script_edits_need_no_reload(tmp_path: Path, sidecars) -> None:
     hook = tmp_path / "hook.sh"
     hook.write_text("#!/bin/sh\necho v1 > \"$OUT/version\"\n")
     hook.chmod(0o755)
-    out = tmp_path / "out"
-    out.mkdir()
+    out = hooks_out(tmp_path)
     config = tmp_path / "config.yaml"
     routes = f"run: ./hook.sh\n        env: {{OUT: {out}}}"
     config.write_text(TABLE.format(name="h").replace("run: [/bin/true]", routes))

@@ -84,8 +84,10 @@ HELD = """
 
 def test_kill_9_of_the_sidecar_ends_its_hook_and_setsid_child_within_a_second(tmp_path: Path, sidecars) -> None:
     sidecar = sidecars(write_config(tmp_path, HELD))
-    out = tmp_path / "out"
+    out = (tmp_path / "out").resolve()
     watchdog = watchdog_of(sidecar)
+    home = Path(sidecar.wait_log(lambda e: e.get("msg") in ("hooks.sandboxed", "hooks.unsandboxed"))["home"])
+    assert home.is_dir()
     assert sidecar.deliver(b"{}", delivery="held").status == 200
     wait_for(lambda: (out / "main").exists() and (out / "child").exists() and len(holding(f"OUT={out}")) >= 2)
     main, child = int((out / "main").read_text()), int((out / "child").read_text())
@@ -95,6 +97,7 @@ def test_kill_9_of_the_sidecar_ends_its_hook_and_setsid_child_within_a_second(tm
     assert took < 1.0, f"hook processes still alive {took:.2f} s after the kill: {holding(f'OUT={out}')}"
     assert not alive(main) and not alive(child)
     wait_for(lambda: not alive(watchdog), timeout=2)  # done, it leaves
+    assert not home.exists()  # and the hooks' private HOME/TMPDIR went with the sidecar
 
 
 def test_the_watchdog_outlives_runs_and_stray_signals_and_leaves_with_a_clean_stop(tmp_path: Path,

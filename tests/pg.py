@@ -12,14 +12,14 @@ import glob
 import itertools
 import os
 import pwd
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from .support import free_port
 
 PASSWORD = "pg-Secret-4711"
 _counter = itertools.count()
@@ -28,21 +28,6 @@ _counter = itertools.count()
 def _bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
     return Path(found[-1]).parent if found else None
-
-
-def free_port() -> int:
-    """A free port below the ephemeral range: a server restarted on it (an outage test) must not find
-    it taken by some client's outgoing connection, which an ephemeral port may be meanwhile."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise OSError("no free port below the ephemeral range")
 
 
 class Postgres:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from .conftest import Response, github_signature, wait_for, write_config
 from .pg import PASSWORD, Postgres
-from .test_shared_spool import VAR, _pg, _pg_url, lines, metric, shared_table, spool_cli, where  # noqa: F401
+from .support import SPOOL_URL_VAR as VAR
+from .support import lines, metric, shared_table, spool_cli, where
+from .test_shared_spool import _pg, _pg_url  # noqa: F401  (fixtures)
 
 
 def test_start_with_the_database_down_then_ready_when_it_comes(tmp_path: Path, sidecars) -> None:
@@ -233,5 +235,5 @@ def test_after_a_pause_longer_than_the_lease_the_run_ends_first(tmp_path: Path, 
     assert (done["delivery"], done["state"], done["attempt"]) == ("frozen", "done", 2)
     time.sleep(0.5)
     assert not p1.find_logs("hook.finished")  # its run was cut, never recorded as an attempt
-    listing = spool_cli(config, pg_url, "list", "--json")
+    listing = spool_cli(config, "list", "--json", env={VAR: pg_url})
     assert '"state": "done"' in listing.stdout and '"replica": "p2"' in listing.stdout

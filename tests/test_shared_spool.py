@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -20,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Sidecar, github_signature, wait_for, write_config
+from .conftest import github_signature, wait_for, write_config
 from .pg import PASSWORD, Postgres, server
-
-VAR = "SPOOL_DATABASE_URL"
+from .support import SPOOL_URL_VAR as VAR
+from .support import free_port, lines, metric, serve_once, shared_table, spool_cli, spool_jobs, start_replicas, where
 
 
 @pytest.fixture(name="pg")
@@ -36,21 +33,6 @@ def _pg() -> Postgres:
 def _pg_url(pg: Postgres) -> str:
     """A fresh, empty database on it."""
     return pg.create_database()
-
-
-def shared_table(routes: str, top: str = "") -> str:
-    head = (f"spool_url_env: {VAR}\nlease_s: 2\n{top}endpoints:\n  - path: /webhook\n    provider: github\n"
-            "    secret_env: WEBHOOK_SECRET\n    routes:\n")
-    return head + "\n".join("      " + line for line in routes.strip("\n").splitlines()) + "\n"
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def start_replicas(sidecars: Callable[..., Sidecar], config: Path, url: str, names: list[str],
-                   *args: str) -> list[Sidecar]:
-    return [sidecars(config, "--replica", name, *args, env={VAR: url}) for name in names]
 
 
 def post(port: int, delivery: str, body: bytes = b"{}", timeout: float = 10) -> int:
@@ -66,20 +48,6 @@ def post(port: int, delivery: str, body: bytes = b"{}", timeout: float = 10) -> 
         return 0
     finally:
         conn.close()
-
-
-# Each line of "ran": "<delivery> <route> <replica>" (one short line: atomic with O_APPEND).
-WHERE = """
-- event: push
-  name: NAME
-  run: [sh, -c, 'cat >/dev/null; SLEEPecho "$WEBHOOK_DELIVERY $WEBHOOK_ROUTE $WEBHOOK_REPLICA" >> "$OUT/ran"']
-  env: {{OUT: {out}}}
-"""
-
-
-def where(name: str, sleep: float = 0, broadcast: bool = False) -> str:
-    text = WHERE.replace("NAME", name).replace("SLEEP", f"sleep {sleep}; " if sleep else "")
-    return text.replace("  env:", "  broadcast: true\n  env:") if broadcast else text
 
 
 def test_three_replicas_run_each_delivery_once_and_broadcasts_once_per_replica(tmp_path: Path, sidecars,
@@ -102,30 +70,16 @@ def test_three_replicas_run_each_delivery_once_and_broadcasts_once_per_replica(t
     assert broadcast == Counter({(d, r): 1 for d in sent for r in names})
     # The normal route's runs are spread: deliveries accepted by one replica ran on others.
     assert len({r for _, route, r in runs if route == "normal"}) >= 2
-    listing = spool_cli(config, pg_url, "list", "--json", "--limit", "1000")
-    assert listing.returncode == 0, listing.stderr
-    jobs = [json.loads(line) for line in listing.stdout.splitlines()]
+    jobs = spool_jobs(config, "--limit", "1000", env={VAR: pg_url})
     assert len(jobs) == expected and {j["state"] for j in jobs} == {"done"}
     assert {j["replica"] for j in jobs} == set(names)
     assert metric(replicas[0], "webhook_sidecar_replicas_live") == 3
-    text = spool_cli(config, pg_url, "list", "--limit", "3").stdout.splitlines()
+    text = spool_cli(config, "list", "--limit", "3", env={VAR: pg_url}).stdout.splitlines()
     assert text[0].split() == ["ID", "STATE", "TRY", "UPDATED", "ENDPOINT", "ROUTE", "EVENT", "REPLICA", "DELIVERY"]
     assert text[1].split()[7] in names
     # Done deliveries dropped their bodies; the ids stay (dedupe).
-    assert spool_cli(config, pg_url, "show", str(jobs[0]["id"]), "--payload").stdout == ""
+    assert spool_cli(config, "show", str(jobs[0]["id"]), "--payload", env={VAR: pg_url}).stdout == ""
     assert replicas[1].deliver(b"{}", delivery=sent[0]).json()["status"] == "duplicate"
-
-
-def metric(sidecar: Sidecar, name: str) -> float:
-    text = sidecar.request("GET", "/metrics").body.decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0].split("{")[0] == name)
-
-
-def spool_cli(config: Path, url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    import os
-    return subprocess.run([sys.executable, "-m", "sidecar", "spool", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=30, cwd=ROOT,
-                          env={**os.environ, VAR: url, **(env or {})})
 
 
 def test_kill_9_of_a_replica_its_running_jobs_finish_on_the_others(tmp_path: Path, sidecars, pg_url: str) -> None:
@@ -332,13 +286,6 @@ def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
         own.destroy()
 
 
-def serve_once(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    import os
-    return subprocess.run([sys.executable, "-m", "sidecar", "serve", "--config", str(config), "--listen",
-                           "127.0.0.1:0"], capture_output=True, text=True, timeout=30, cwd=ROOT,
-                          env={**os.environ, "WEBHOOK_SECRET": "x", **env})
-
-
 def test_a_malformed_url_is_the_one_start_error_and_never_shown(tmp_path: Path) -> None:
     """A database that is down or refuses us is waited for (test_shared_faults.py); a URL that can never
     work is a config error at start, naming the variable, never the URL or its password."""
@@ -352,11 +299,10 @@ def test_a_malformed_url_is_the_one_start_error_and_never_shown(tmp_path: Path) 
 
 @pytest.mark.parametrize("case", ["unreachable", "wrong password"])
 def test_spool_commands_say_why_they_cannot_use_the_database(tmp_path: Path, pg: Postgres, case: str) -> None:
-    from .pg import free_port
     config = write_config(tmp_path, shared_table(where("x")))
     url = {"unreachable": f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/db",
            "wrong password": pg.url(password="Wrong-" + PASSWORD)}[case]
-    listing = spool_cli(config, url, "list")
+    listing = spool_cli(config, "list", env={VAR: url})
     assert listing.returncode == 1 and f"{VAR}: cannot use the spool database" in listing.stderr
     assert PASSWORD not in listing.stderr + listing.stdout
 
@@ -441,7 +387,7 @@ def test_a_takeover_of_the_last_attempt_is_a_dead_letter(tmp_path: Path, sidecar
     dead = wait_for(lambda: len(f2.find_logs("hook.finished")) == 2 and f2.find_logs("hook.finished"), timeout=10)
     assert {(e["delivery"], e["outcome"], e["state"], e["attempt"], e["replica"]) for e in dead} == \
         {("x-1", "taken_over", "failed", 1, "f1"), ("x-2", "taken_over", "failed", 1, "f1")}
-    failed = [json.loads(line) for line in spool_cli(config, pg_url, "list", "--failed", "--json").stdout.splitlines()]
+    failed = spool_jobs(config, "--failed", env={VAR: pg_url})
     assert sorted((j["delivery"], j["outcome"], j["replica"]) for j in failed) == \
         [("x-1", "taken_over", "f1"), ("x-2", "taken_over", "f1")]
     assert sorted(lines(out / "started")) == ["x-1", "x-2"]  # not run again
@@ -471,7 +417,7 @@ def test_a_draining_replica_gets_no_new_broadcasts_and_hands_its_queue_back(tmp_
     b.wait_log(lambda e: e.get("msg") == "server.draining")
     assert a.deliver(b"{}", delivery="during").json()["routes"] == ["everywhere"]
     assert b.proc.wait(20) == 0
-    jobs = [json.loads(line) for line in spool_cli(config, pg_url, "list", "--json").stdout.splitlines()]
+    jobs = spool_jobs(config, env={VAR: pg_url})
     assert [j["replica"] for j in jobs if j["delivery"] == "during"] == ["a"]  # b was draining: not live
     assert b.find_logs("spool.handed_back")[0]["jobs"] >= 1
     # Every deploy ran once in all; what b held ran on a without waiting for b's lease to run out (30 s).

@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .conftest import ROOT, wait_for, write_config
+from .conftest import wait_for, write_config
 from .pg import PASSWORD
-from .test_shared_spool import VAR, _pg, _pg_url, lines, metric, shared_table, spool_cli, where  # noqa: F401
+from .support import SPOOL_URL_VAR as VAR
+from .support import cli_text, lines, metric, shared_table, spool_jobs, where
+from .test_shared_spool import _pg, _pg_url  # noqa: F401  (fixtures)
 
 HELD = """
 - event: push
@@ -26,9 +27,7 @@ HELD = """
 
 
 def failed_jobs(config: Path, url: str) -> list[dict]:
-    listing = spool_cli(config, url, "list", "--failed", "--json")
-    assert listing.returncode == 0, listing.stderr
-    return [json.loads(line) for line in listing.stdout.splitlines()]
+    return spool_jobs(config, "--failed", env={VAR: url})
 
 
 def test_a_rollout_with_two_tables_dead_letters_nothing(tmp_path: Path, sidecars, pg_url: str) -> None:
@@ -107,9 +106,8 @@ def test_spool_max_bytes_bounds_the_bodies_in_the_database(tmp_path: Path, sidec
     assert b.deliver(body, delivery="m-2").status == 200
 
 
-def check(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sidecar", "check", "--config", str(config)], capture_output=True,
-                          text=True, timeout=30, cwd=ROOT, env={**os.environ, "WEBHOOK_SECRET": "x", **(env or {})})
+def check(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return cli_text("check", "--config", str(config), env=env)
 
 
 def test_the_url_in_a_file_never_in_the_environment_and_hidden_from_hooks(tmp_path: Path, sidecars,
@@ -125,7 +123,6 @@ def test_the_url_in_a_file_never_in_the_environment_and_hidden_from_hooks(tmp_pa
   env: {{OUT: {out}, URL_FILE: URLFILE}}
 """).replace(f"spool_url_env: {VAR}", "spool_url_file: secret/url").replace("URLFILE", str(secret / "url"))
     config = write_config(tmp_path, text)
-    env = {k: v for k, v in os.environ.items() if k != VAR}
     s = sidecars(config, "--replica", "f1", env={VAR: ""} if VAR in os.environ else {})
     assert s.deliver(b"{}", delivery="via-file").status == 200
     wait_for(lambda: lines(tmp_path / "out" / "ran"), timeout=10)
@@ -135,9 +132,7 @@ def test_the_url_in_a_file_never_in_the_environment_and_hidden_from_hooks(tmp_pa
         if not any(str(secret / "url") in e["problem"] for e in s.find_logs("hooks.state_exposed")):
             assert lines(tmp_path / "out" / "ran") == ["via-file hidden"]
     assert PASSWORD.encode() not in Path(f"/proc/{s.proc.pid}/environ").read_bytes()
-    listing = subprocess.run([sys.executable, "-m", "sidecar", "spool", "--config", str(config), "list", "--json"],
-                             capture_output=True, text=True, timeout=30, cwd=ROOT, env=env)
-    assert listing.returncode == 0 and '"delivery": "via-file"' in listing.stdout, listing.stderr
+    assert "via-file" in [j["delivery"] for j in spool_jobs(config, env={VAR: ""})]  # the URL from the file alone
     # Exactly one of spool_dir, spool_url_env, spool_url_file; an empty or missing file is a config error.
     (tmp_path / "both").mkdir()
     both = write_config(tmp_path / "both", text.replace("spool_url_file:", f"spool_url_env: {VAR}\nspool_url_file:"))

@@ -5,9 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -15,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from . import pg
-from .conftest import ROOT, github_signature, wait_for, write_config
+from .conftest import github_signature, wait_for, write_config
+from .support import ran, spool_cli, spool_jobs, table
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -28,22 +26,6 @@ def spool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
         return ""
     monkeypatch.setenv("SPOOL_DATABASE_URL", pg.server().create_database())
     return "spool_url_env: SPOOL_DATABASE_URL\n"
-
-
-def spool_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sidecar", "spool", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=30, cwd=ROOT)
-
-
-def ran(out: Path) -> list[str]:
-    path = out / "ran"
-    return path.read_text().split() if path.exists() else []
-
-
-def table(routes: str, top: str = "") -> str:
-    """A config with one github endpoint at /webhook holding `routes` (a YAML list, any indentation)."""
-    head = "endpoints:\n  - path: /webhook\n    provider: github\n    secret_env: WEBHOOK_SECRET\n    routes:\n"
-    return top + head + textwrap.indent(textwrap.dedent(routes).strip("\n"), "      ") + "\n"
 
 
 def test_kill_9_mid_burst_loses_no_acknowledged_delivery(tmp_path: Path, sidecars, spool: str) -> None:
@@ -141,9 +123,7 @@ def test_retries_exhausted_and_other_exits_become_dead_letters(tmp_path: Path, s
     gate = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "gate")
     assert gate["attempt"] == 1 and gate["state"] == "failed" and gate["exit_code"] == 3
 
-    listing = spool_cli(config, "list", "--failed", "--json")
-    assert listing.returncode == 0, listing.stderr
-    jobs = [json.loads(line) for line in listing.stdout.splitlines()]
+    jobs = spool_jobs(config, "--failed")
     assert sorted(j["route"] for j in jobs) == ["flaky", "gate"]
     gate_job = next(j for j in jobs if j["route"] == "gate")
     shown = json.loads(spool_cli(config, "show", str(gate_job["id"])).stdout)
@@ -158,8 +138,7 @@ def test_retries_exhausted_and_other_exits_become_dead_letters(tmp_path: Path, s
     ok = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "gate"
                           and e.get("outcome") == "ok")
     assert ok["attempt"] == 1
-    assert [j["route"] for j in map(json.loads, spool_cli(config, "list", "--failed", "--json").stdout.split(
-        "\n")[:-1])] == ["flaky"]
+    assert [j["route"] for j in spool_jobs(config, "--failed")] == ["flaky"]
     assert spool_cli(config, "retry", "--all-failed").stdout.strip() == "requeued 1 job(s)"
     assert spool_cli(config, "retry", "999").returncode == 1
 
@@ -239,7 +218,7 @@ def test_queue_full_is_503_and_nothing_half_accepted(tmp_path: Path, sidecars, s
     full = sidecar.deliver(b"{}", delivery="q-2")                  # would need 2 more: 4 > 3
     assert full.status == 503 and full.headers["retry-after"] == "10"
     assert full.json() == {"error": "queue full"}
-    listing = [json.loads(line) for line in spool_cli(config, "list", "--json").stdout.splitlines()]
+    listing = spool_jobs(config)
     assert sorted(j["delivery"] for j in listing) == ["q-1", "q-1"]
     # An event with no route is still answered: it costs no queue space.
     assert sidecar.deliver(b"{}", event="issues").json()["status"] == "ignored"
@@ -299,8 +278,7 @@ def test_hooks_past_the_grace_are_interrupted_and_run_at_the_next_start(tmp_path
     assert sidecar.wait_log(lambda e: e.get("msg") == "hook.interrupted")["delivery"] == "long"
     stopped = sidecar.wait_log(lambda e: e.get("msg") == "server.stopped")
     assert stopped["drained"] is False and stopped["pending"] == 2
-    pending = spool_cli(config, "list", "--pending", "--json").stdout.splitlines()
-    assert sorted(json.loads(p)["delivery"] for p in pending) == ["long", "queued"]
+    assert sorted(j["delivery"] for j in spool_jobs(config, "--pending")) == ["long", "queued"]
     # Next start, with a second worker: the queued job runs (the long one starts again too).
     config.write_text(config.read_text().replace("max_workers: 1", "max_workers: 2"))
     again = sidecars(config)

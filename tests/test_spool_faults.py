@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Sidecar, wait_for, write_config
-from .test_spool import ran, spool_cli, table
+from .conftest import Sidecar, wait_for, write_config
+from .support import cli_text, lines, ran, spool_cli, spool_jobs, table
 
 
 def hold_table(top: str = "", extra_routes: str = "") -> str:
@@ -28,8 +28,7 @@ def hold_table(top: str = "", extra_routes: str = "") -> str:
 
 
 def attempts(out: Path) -> Counter[str]:
-    path = out / "attempts"
-    return Counter(path.read_text().splitlines()) if path.exists() else Counter()
+    return Counter(lines(out / "attempts"))
 
 
 def ready(sidecar: Sidecar) -> int:
@@ -86,7 +85,7 @@ def test_removed_spool_file_answers_503_restores_itself_and_loses_nothing(tmp_pa
     again = sidecars(config)
     assert again.wait_log(lambda e: e.get("msg") == "server.listening")["pending"] == 0
     assert sorted(ran(out)) == sorted(acked) and len(ran(out)) == len(set(ran(out)))
-    listed = {json.loads(line)["delivery"] for line in spool_cli(config, "list", "--json").stdout.splitlines()}
+    listed = {j["delivery"] for j in spool_jobs(config)}
     assert set(acked) <= listed
 
 
@@ -124,8 +123,7 @@ def test_a_record_that_cannot_commit_is_retried_never_rerun(tmp_path: Path, side
         assert [e["state"] for e in msgs(sidecar, "hook.finished", delivery=d)] == ["done"]
     assert attempts(out) == Counter({"d1 1": 1, "d2 1": 1, "t1 1": 1, "t1 2": 1})
     assert sorted(ran(out)) == ["d1", "d2", "t1"]
-    states = {json.loads(line)["delivery"]: json.loads(line)["state"]
-              for line in spool_cli(config, "list", "--json").stdout.splitlines()}
+    states = {j["delivery"]: j["state"] for j in spool_jobs(config)}
     assert states == {"d1": "done", "d2": "done", "t1": "done"}  # "refused" was never committed
 
 
@@ -181,9 +179,7 @@ def test_a_damaged_spool_at_start_is_set_aside_with_a_clear_error(tmp_path: Path
     damage(db)
     check = spool_cli(config, "check")
     assert check.returncode == 1 and "problem" in check.stdout
-    env = {**os.environ, "WEBHOOK_SECRET": "s"}
-    start = subprocess.run([sys.executable, "-m", "sidecar", "serve", "--config", str(config), "--listen",
-                            "127.0.0.1:0"], capture_output=True, text=True, timeout=30, cwd=ROOT, env=env)
+    start = cli_text("serve", "--config", str(config), "--listen", "127.0.0.1:0")
     assert start.returncode == 3, start.stdout + start.stderr
     line = next(json.loads(x) for x in start.stdout.splitlines() if '"spool.damaged"' in x)
     assert line["level"] == "error" and line["spool"] == str(db) and line["problems"]

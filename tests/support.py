@@ -1,0 +1,125 @@
+"""Helpers the test modules share; the fixtures that use them are in conftest.py.
+
+The sidecar's command line as a subprocess (`cli`, `spool_cli`), a config table with the
+usual GitHub endpoint (`table`), a free port for a server a test restarts, and small readers
+of what hooks and the sidecar leave behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .conftest import Sidecar
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "It's a Secret to Everybody"
+
+# The endpoint most tests use: GitHub deliveries at /webhook, signed with $WEBHOOK_SECRET.
+ENDPOINT = "endpoints:\n  - path: /webhook\n    provider: github\n    secret_env: WEBHOOK_SECRET\n    routes:\n"
+
+
+def table(routes: str, top: str = "") -> str:
+    """A config: the top-level lines `top`, then the /webhook GitHub endpoint holding `routes`
+    (a YAML list at any indentation). For write_config: {scripts} and {out} are expanded there."""
+    return top + ENDPOINT + textwrap.indent(textwrap.dedent(routes).strip("\n"), "      ") + "\n"
+
+
+def serve_once(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`webhook-sidecar serve` that is expected to stop at start (a config or spool error): its output."""
+    return cli_text("serve", "--config", str(config), "--listen", "127.0.0.1:0", env=env)
+
+
+def cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None, cwd: Path = ROOT,
+        timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+    """`python -m sidecar ARGS` with $WEBHOOK_SECRET set (and `env` over the environment); output as bytes."""
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], input=stdin, capture_output=True,
+                          timeout=timeout, env={**os.environ, "WEBHOOK_SECRET": SECRET, **(env or {})}, cwd=cwd)
+
+
+def cli_text(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`python -m sidecar ARGS` like cli(), its output decoded."""
+    result = cli(*args, env=env, timeout=timeout)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def spool_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`webhook-sidecar spool --config CONFIG ARGS`: list, show, retry, purge, check."""
+    return cli_text("spool", "--config", str(config), *args, env=env)
+
+
+def spool_jobs(config: Path, *args: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The jobs `spool list --json ARGS` prints, one dict each."""
+    listing = spool_cli(config, "list", "--json", *args, env=env)
+    assert listing.returncode == 0, listing.stderr
+    return [json.loads(line) for line in listing.stdout.splitlines()]
+
+
+def free_port() -> int:
+    """A free port below the ephemeral range: a server restarted on it (an outage test) must not find
+    it taken by some client's outgoing connection, which an ephemeral port may be meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port below the ephemeral range")
+
+
+def lines(path: Path) -> list[str]:
+    """The lines of a file hooks append to; none while it does not exist."""
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def ran(out: Path) -> list[str]:
+    """The words hooks appended to `out`/ran (a delivery or route each, by the scripts that write it)."""
+    return (out / "ran").read_text().split() if (out / "ran").exists() else []
+
+
+def metric(sidecar: Sidecar, name: str) -> float:
+    """The sum of a metric's samples (every label set) on the sidecar's /metrics."""
+    text = sidecar.request("GET", "/metrics").body.decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0].split("{")[0] == name)
+
+
+# --- the shared spool ---------------------------------------------------------------------------
+SPOOL_URL_VAR = "SPOOL_DATABASE_URL"  # where the tests' configs take the database URL from
+
+
+def shared_table(routes: str, top: str = "") -> str:
+    """table() on the shared spool ($SPOOL_DATABASE_URL) with short leases (lease_s: 2)."""
+    return table(routes, f"spool_url_env: {SPOOL_URL_VAR}\nlease_s: 2\n{top}")
+
+
+def start_replicas(sidecars: Callable[..., Sidecar], config: Path, url: str, names: list[str],
+                   *args: str) -> list[Sidecar]:
+    """One sidecar per name (--replica NAME) on the database `url`."""
+    return [sidecars(config, "--replica", name, *args, env={SPOOL_URL_VAR: url}) for name in names]
+
+
+# A route that appends "<delivery> <route> <replica>" to $OUT/ran (one short line: atomic with O_APPEND).
+WHERE = """
+- event: push
+  name: NAME
+  run: [sh, -c, 'cat >/dev/null; SLEEPecho "$WEBHOOK_DELIVERY $WEBHOOK_ROUTE $WEBHOOK_REPLICA" >> "$OUT/ran"']
+  env: {{OUT: {out}}}
+"""
+
+
+def where(name: str, sleep: float = 0, broadcast: bool = False) -> str:
+    """The WHERE route named `name`, sleeping `sleep` s first, optionally a broadcast route."""
+    text = WHERE.replace("NAME", name).replace("SLEEP", f"sleep {sleep}; " if sleep else "")
+    return text.replace("  env:", "  broadcast: true\n  env:") if broadcast else text

@@ -12,18 +12,13 @@ from pathlib import Path
 import pytest
 
 from .conftest import SCRIPTS, Sidecar, hooks_out, wait_for
+from .support import table
 
-TABLE = """\
-request_timeout_s: 5
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: push
-        name: {name}
-        run: [/bin/true]
-"""
+TABLE = table("""
+- event: push
+  name: {name}
+  run: [/bin/true]
+""", "request_timeout_s: 5\n")
 
 
 def routes_for(sidecar: Sidecar, event: str = "push") -> list[str] | None:
@@ -99,6 +94,8 @@ def test_configmap_swap_reloads_within_a_second_every_time(tmp_path: Path, sidec
     for gen in range(2, 22):  # 20 updates
         volume.publish({"config.yaml": TABLE.format(name=f"gen{gen}")})
         latencies.append(wait_route(sidecar, f"gen{gen}", timeout=1.0))
+    # The table is swapped before the line is logged (the sandbox is rebuilt in between): wait for the 20th.
+    wait_for(lambda: len(sidecar.find_logs("config.reloaded")) >= 20, timeout=2)
     reloads = sidecar.find_logs("config.reloaded")
     assert len(reloads) == 20, "one reload per update: bursts are debounced"
     print(f"\nConfigMap reload latency over 20 updates: median {statistics.median(latencies) * 1000:.0f} ms,"
@@ -125,6 +122,7 @@ def test_watch_off_ignores_edits_until_sighup(tmp_path: Path, sidecars) -> None:
     assert routes_for(sidecar) == ["first"]
     sidecar.proc.send_signal(signal.SIGHUP)
     wait_route(sidecar, "third", timeout=2.0)
+    wait_for(lambda: sidecar.find_logs("config.reloaded"), timeout=2)
     assert len(sidecar.find_logs("config.reloaded")) == 1
 
 
@@ -277,6 +275,7 @@ def test_flood_during_20_reloads_gets_no_5xx_and_no_wrong_routing(tmp_path: Path
             t.join(10)
     assert not problems, problems[:5]
     assert counts["a"] > 0 and counts["b"] > 0
+    wait_for(lambda: len(sidecar.find_logs("config.reloaded")) >= 20, timeout=2)  # logged after the swap
     assert len(sidecar.find_logs("config.reloaded")) == 20
 
 

@@ -95,12 +95,16 @@ def test_hook_gets_exactly_the_documented_environment(basic: tuple[Sidecar, Path
     env.pop("_", None)
     # The run's marker, by which the sidecar finds the run's processes (procs.py): unique per run.
     assert re.fullmatch(r"[0-9a-f]{10}\.\d+-\d+\.\d+", env.pop("WEBHOOK_RUN_ID"))
-    # PATH, HOME and LANG pass through as the sidecar has them (CI may not set them all).
-    passed = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    # PATH and LANG pass through as the sidecar has them (CI may not set them all); HOME and TMPDIR are the
+    # hooks' own private directory (0700), never the sidecar's HOME.
+    passed = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
     passed.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    home, tmpdir = Path(env.pop("HOME")), Path(env.pop("TMPDIR"))
+    assert home.parent == tmpdir.parent and home.parent.name.startswith("webhook-sidecar-hooks-")
+    assert (home.name, tmpdir.name) == ("home", "tmp") and home.parent.stat().st_mode & 0o777 == 0o700
     assert env == {
         **passed,
-        "OUT": str(out), "WEBHOOK_EVENT": "push", "WEBHOOK_DELIVERY": delivery, "WEBHOOK_PROVIDER": "github",
+        "OUT": str(out.resolve()), "WEBHOOK_EVENT": "push", "WEBHOOK_DELIVERY": delivery, "WEBHOOK_PROVIDER": "github",
         "WEBHOOK_ENDPOINT": "/webhook", "WEBHOOK_ROUTE": "main_push", "WEBHOOK_ATTEMPT": "1",
         "WEBHOOK_REQUEST_ID": "req-1", "WEBHOOK_REPLICA": os.environ.get("SIDECAR_REPLICA") or socket.gethostname(),
     }

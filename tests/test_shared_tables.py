@@ -11,11 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import wait_for, write_config
+from .conftest import hooks_out, wait_for, write_config
 from .pg import PASSWORD
 from .support import SPOOL_URL_VAR as VAR
 from .support import cli_text, lines, metric, shared_table, spool_jobs, where
-from .test_shared_spool import _pg, _pg_url  # noqa: F401  (fixtures)
 
 HELD = """
 - event: push
@@ -33,8 +32,7 @@ def failed_jobs(config: Path, url: str) -> list[dict]:
 def test_a_rollout_with_two_tables_dead_letters_nothing(tmp_path: Path, sidecars, pg_url: str) -> None:
     """`old` runs the old table; `new` has one more route (and is busy). No job of that route runs on,
     or is dead-lettered by, `old`; once no live replica has the route, its job waits 10 x lease_s, no less."""
-    out = tmp_path / "out"
-    out.mkdir()
+    out = hooks_out(tmp_path)
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
     old_dir.mkdir()
     new_dir.mkdir()

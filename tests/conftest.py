@@ -1,7 +1,8 @@
 """A real sidecar in a subprocess (`python -m sidecar serve`) on an ephemeral port.
 
 Tests talk HTTP to it and read its JSON log lines from stdout; hook scripts in
-tests/scripts record what they received into a temp dir.
+tests/scripts record what they received into a temp dir. Helpers that need no
+running sidecar are in support.py.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .pg import Postgres, server
+from .support import ROOT, SECRET, table
+
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
-SECRET = "It's a Secret to Everybody"
 
 
 def github_signature(body: bytes, secret: str = SECRET) -> str:
@@ -112,6 +115,14 @@ class Sidecar:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
+    def close(self) -> None:
+        """Kill it if it still runs; release its output pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
 
 def start_sidecar(config: Path, *args: str, env: dict[str, str] | None = None,
                   ready_timeout: float = 15.0) -> Sidecar:
@@ -131,6 +142,16 @@ def start_sidecar(config: Path, *args: str, env: dict[str, str] | None = None,
 
     sidecar.port = wait_for(listening, ready_timeout)["port"]
     return sidecar
+
+
+@contextmanager
+def serving(config: Path, *args: str, **kwargs: Any) -> Iterator[Sidecar]:
+    """start_sidecar() for a with block (a module's shared sidecar): killed at its end."""
+    sidecar = start_sidecar(config, *args, **kwargs)
+    try:
+        yield sidecar
+    finally:
+        sidecar.close()
 
 
 _OUT_BASE: list[Path] = []
@@ -179,44 +200,42 @@ def sidecars() -> Iterator[Callable[..., Sidecar]]:
 
     yield start
     for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(10)
-        if s.proc.stdout:
-            s.proc.stdout.close()
+        s.close()
 
 
-BASIC = """
-    max_body_bytes: 4096
-    request_timeout_s: 2
-    endpoints:
-      - path: /webhook
-        provider: github
-        secret_env: WEBHOOK_SECRET
-        routes:
-          - event: push
-            name: main_push
-            if: {{ref: refs/heads/main}}
-            run: {scripts}/record.sh
-            env: {{OUT: {out}}}
-          - event: "*"
-            name: every
-            run: {scripts}/record.sh
-            env: {{OUT: {out}}}
-          - event: release
-            name: released
-            if: {{action: published, release.draft: false}}
-            run: {scripts}/record.sh
-            env: {{OUT: {out}}}
-"""
+@pytest.fixture(name="pg")
+def _pg() -> Postgres:
+    """The suite's throwaway PostgreSQL (skips with the reason when it cannot start)."""
+    return server()
+
+
+@pytest.fixture
+def pg_url(pg: Postgres) -> str:
+    """A fresh, empty database on it."""
+    return pg.create_database()
+
+
+BASIC = table("""
+    - event: push
+      name: main_push
+      if: {{ref: refs/heads/main}}
+      run: {scripts}/record.sh
+      env: {{OUT: {out}}}
+    - event: "*"
+      name: every
+      run: {scripts}/record.sh
+      env: {{OUT: {out}}}
+    - event: release
+      name: released
+      if: {{action: published, release.draft: false}}
+      run: {scripts}/record.sh
+      env: {{OUT: {out}}}
+""", "max_body_bytes: 4096\nrequest_timeout_s: 2\n")
 
 
 @pytest.fixture(scope="module")
 def basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar, Path]]:
     """One shared sidecar with the BASIC table; yields (sidecar, hook output dir)."""
     directory = tmp_path_factory.mktemp("basic")
-    sidecar = start_sidecar(write_config(directory, BASIC))
-    yield sidecar, directory / "out"
-    sidecar.stop(signal.SIGKILL)
-    if sidecar.proc.stdout:
-        sidecar.proc.stdout.close()
+    with serving(write_config(directory, BASIC)) as sidecar:
+        yield sidecar, directory / "out"

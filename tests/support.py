@@ -28,10 +28,12 @@ SECRET = "It's a Secret to Everybody"
 ENDPOINT = "endpoints:\n  - path: /webhook\n    provider: github\n    secret_env: WEBHOOK_SECRET\n    routes:\n"
 
 
-def table(routes: str, top: str = "") -> str:
-    """A config: the top-level lines `top`, then the /webhook GitHub endpoint holding `routes`
-    (a YAML list at any indentation). For write_config: {scripts} and {out} are expanded there."""
-    return top + ENDPOINT + textwrap.indent(textwrap.dedent(routes).strip("\n"), "      ") + "\n"
+def table(routes: str, top: str = "", more: str = "") -> str:
+    """A config: the top-level lines `top`, the /webhook GitHub endpoint holding `routes` (a YAML
+    list at any indentation), then the endpoints `more` (a YAML list too). For write_config:
+    {scripts} and {out} are expanded there."""
+    text = top + ENDPOINT + textwrap.indent(textwrap.dedent(routes).strip("\n"), "      ") + "\n"
+    return text + textwrap.indent(textwrap.dedent(more).strip("\n") + "\n", "  ") if more.strip() else text
 
 
 def serve_once(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SECRET, Sidecar, write_config
+from .conftest import SECRET, Sidecar, write_config
+from .support import cli, table
 
 GITHUB_VECTOR_BODY = b"Hello, World!"
 # https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries#testing-the-webhook-payload-validation
 GITHUB_VECTOR_SIG = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-
-
-def cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
-        cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sidecar", *args], input=stdin, capture_output=True, timeout=30,
-                          env={**os.environ, "WEBHOOK_SECRET": SECRET, **(env or {})}, cwd=cwd)
 
 
 def test_check_accepts_the_example_config() -> None:
@@ -121,16 +116,11 @@ def test_send_posts_a_signed_delivery(basic: tuple[Sidecar, Path], tmp_path: Pat
 
 
 def test_sigterm_stops_with_exit_0_after_running_hooks_finish(tmp_path: Path, sidecars) -> None:
-    config = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes:
-              - event: "*"
-                run: {scripts}/slow.sh
-                env: {{OUT: {out}, SLEEP: "1"}}
-    """)
+    config = write_config(tmp_path, table("""
+        - event: "*"
+          run: {scripts}/slow.sh
+          env: {{OUT: {out}, SLEEP: "1"}}
+    """))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="last").status == 200
     sidecar.wait_log(lambda e: e.get("msg") == "delivery.accepted")
@@ -166,14 +156,9 @@ def test_payload_and_signature_never_logged(basic: tuple[Sidecar, Path]) -> None
 
 
 def test_spool_flags_before_or_after_the_action(tmp_path: Path, sidecars) -> None:
-    config = write_config(tmp_path, """
-        spool_dir: from_config
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes: [{{event: push, run: {scripts}/record.sh, env: {{OUT: {out}}}}}]
-    """)
+    config = write_config(tmp_path, table("""
+        - {{event: push, run: {scripts}/record.sh, env: {{OUT: {out}}}}}
+    """, "spool_dir: from_config\n"))
     sidecar = sidecars(config)
     assert sidecar.deliver(b'{"ref": "x"}', delivery="cli-order").status == 200
     sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")
@@ -195,13 +180,9 @@ def test_spool_flags_before_or_after_the_action(tmp_path: Path, sidecars) -> Non
 
 
 def test_spool_list_marks_cut_values(tmp_path: Path, sidecars) -> None:
-    config = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes: [{{event: "*", run: {scripts}/record.sh, env: {{OUT: {out}}}}}]
-    """)
+    config = write_config(tmp_path, table("""
+        - {{event: "*", run: {scripts}/record.sh, env: {{OUT: {out}}}}}
+    """))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", event="repository_vulnerability_alert").status == 200
     sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")
@@ -265,3 +246,24 @@ def test_check_offline_skips_what_only_the_target_machine_has(tmp_path: Path) ->
     broken = cli("check", "--offline", "--config", str(config)).stdout.decode()
     assert f"{config}:4: endpoints[0].provider: unknown provider 'githb'" in broken
     assert "evnt: unknown key" in broken and "NOT_HERE" not in broken
+
+
+def test_logs_name_the_config_by_its_absolute_path(tmp_path: Path) -> None:
+    import sys
+    (tmp_path / "config.yaml").write_text("endpoints:\n  - {path: /x, provider: github, secret_env: WEBHOOK_SECRET,"
+                                          " routes: []}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve", "--config", "config.yaml", "--listen",
+                             "127.0.0.1:0"], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "WEBHOOK_SECRET": SECRET})
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            entry = json.loads(line)
+            if entry["msg"] == "server.listening":
+                break
+        assert entry["config"] == str(tmp_path / "config.yaml")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Sidecar, wait_for
+from .support import table
 
 FLOOD = 1000
 ONE = ["127.0.0.1"]  # the address Sidecar.deliver connects from
@@ -30,17 +31,7 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: flood\r\n\r\n"
 SLOW_HEAD = b"POST /webhook HTTP/1.1\r\nHost: flood\r\nContent-Length: 2\r\nX-Slow: "
 TRICKLE_S = 0.3
 
-CONFIG = """\
-request_timeout_s: 10
-{limits}
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: "*"
-        run: ["true"]
-"""
+CONFIG = table("""- event: "*"\n  run: ["true"]""", "request_timeout_s: 10\n{limits}\n")
 
 
 @pytest.fixture(scope="module", autouse=True)

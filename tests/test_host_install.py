@@ -82,7 +82,7 @@ def test_installed_command_checks_and_serves_https(venv: Path, tmp_path: Path) -
     (tmp_path / "pki").mkdir()
     pki = PKI(tmp_path / "pki")
     cert, key = pki.leaf("host", 31)
-    config = write_config(tmp_path, f"    tls: {{{{cert_file: {cert}, key_file: {key}}}}}\n" + BASIC)
+    config = write_config(tmp_path, f"tls: {{{{cert_file: {cert}, key_file: {key}}}}}\n" + BASIC)
     env = {**os.environ, "WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
     command = venv / "bin" / "webhook-sidecar"

@@ -11,10 +11,10 @@ from __future__ import annotations
 import fcntl
 import json
 import re
-import signal
 import socket
 import struct
 import termios
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +26,8 @@ from sidecar import config as config_mod
 from sidecar.errors import ConfigError
 from sidecar.providers import PROVIDERS
 
-from .conftest import SECRET, Sidecar, github_signature, hooks_out, start_sidecar, wait_for
+from .conftest import SECRET, Sidecar, github_signature, hooks_out, serving, wait_for
+from .support import table
 
 DEADLINE_S = 1.0
 
@@ -40,40 +41,25 @@ cat > "$name.body.tmp"
 mv "$name.body.tmp" "$name.body"
 """
 
-CONFIG = """\
+EVERY = """
+- event: "*"
+  name: every
+  run: [{recorder}, fixed-arg]
+  env: {{OUT: {out}}}
+"""
+CONFIG = table("""
+- event: push
+  name: pushed
+  run: [{recorder}, fixed-arg]
+  env: {{OUT: {out}}}
+""" + EVERY, """\
 max_body_bytes: 262144
 request_timeout_s: {deadline}
 max_connections: 256
 max_connections_per_client: 256  # all from 127.0.0.1; only the deadline ends slow clients here (test_flood.py)
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: push
-        name: pushed
-        run: [{recorder}, fixed-arg]
-        env: {{OUT: {out}}}
-      - event: "*"
-        name: every
-        run: [{recorder}, fixed-arg]
-        env: {{OUT: {out}}}
-  - path: /open
-    provider: none
-    routes:
-      - event: "*"
-        name: every
-        run: [{recorder}, fixed-arg]
-        env: {{OUT: {out}}}
-  - path: /stripe
-    provider: stripe
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: "*"
-        name: every
-        run: [{recorder}, fixed-arg]
-        env: {{OUT: {out}}}
-"""
+""", more="- path: /open\n  provider: none\n  routes:\n" + textwrap.indent(EVERY.strip("\n"), "    ")
+          + "\n- path: /stripe\n  provider: stripe\n  secret_env: WEBHOOK_SECRET\n  routes:\n"
+          + textwrap.indent(EVERY.strip("\n"), "    "))
 
 
 @dataclass
@@ -92,11 +78,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     recorder.chmod(0o755)
     config = tmp / "config.yaml"
     config.write_text(CONFIG.format(deadline=DEADLINE_S, recorder=recorder, out=out))
-    sidecar = start_sidecar(config)
-    yield Hostile(sidecar, out, tmp)
-    sidecar.stop(signal.SIGKILL)
-    if sidecar.proc.stdout:
-        sidecar.proc.stdout.close()
+    with serving(config) as sidecar:
+        yield Hostile(sidecar, out, tmp)
 
 
 # --- raw sockets ----------------------------------------------------------------------
@@ -544,18 +527,8 @@ def test_slowloris_200_clients_while_a_valid_delivery_gets_200(hostile: Hostile)
 def test_connection_cap_answers_503_at_once_and_recovers(tmp_path: Path, sidecars) -> None:
     limit = 8
     config = tmp_path / "config.yaml"
-    config.write_text(f"""\
-request_timeout_s: 5
-max_connections: {limit}
-max_connections_per_client: {limit}
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: "*"
-        run: ["true"]
-""")
+    config.write_text(table("""- event: "*"\n  run: ["true"]""",
+                            f"request_timeout_s: 5\nmax_connections: {limit}\nmax_connections_per_client: {limit}\n"))
     sidecar = sidecars(config)
     # Idle or slow connections would be closed to make room (tests/test_flood.py); only connections
     # handling a complete request hold their slot. These pipeline requests for a 3.5 KB /metrics and

@@ -7,6 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import wait_for, write_config
+from .support import table
 
 
 def scrape(sidecar) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -21,20 +22,14 @@ def scrape(sidecar) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_count_requests_failures_hooks_queue_and_reloads(tmp_path: Path, sidecars) -> None:
-    config = write_config(tmp_path, """
-        retry_backoff_s: 0.01
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes:
-              - event: push
-                name: ok
-                run: [/bin/true]
-              - event: push
-                name: broken
-                run: [/bin/false]
-    """)
+    config = write_config(tmp_path, table("""
+        - event: push
+          name: ok
+          run: [/bin/true]
+        - event: push
+          name: broken
+          run: [/bin/false]
+    """, "retry_backoff_s: 0.01\n"))
     sidecar = sidecars(config)
     for i in range(3):
         assert sidecar.deliver(b"{}", delivery=f"m-{i}").status == 200
@@ -71,16 +66,11 @@ def test_metrics_count_requests_failures_hooks_queue_and_reloads(tmp_path: Path,
 
 
 def test_request_id_is_logged_and_given_to_hooks(tmp_path: Path, sidecars) -> None:
-    config = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes:
-              - event: push
-                run: {scripts}/record.sh
-                env: {{OUT: {out}}}
-    """)
+    config = write_config(tmp_path, table("""
+        - event: push
+          run: {scripts}/record.sh
+          env: {{OUT: {out}}}
+    """))
     sidecar = sidecars(config)
     resp = sidecar.deliver(b"{}", delivery="rid-1", extra={"X-Request-Id": "trace.42"})
     assert resp.headers["x-request-id"] == "trace.42"

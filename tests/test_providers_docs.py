@@ -11,7 +11,6 @@ import base64
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Sidecar, start_sidecar
+from .conftest import ROOT, Sidecar, serving
 from .provider_cases import DISCORD_PRIVATE, DISCORD_PUBLIC
 
 DOC = ROOT / "docs" / "providers.md"
@@ -51,11 +50,8 @@ def documented(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidec
     (directory / "config.yaml").write_text("request_timeout_s: 5\nendpoints:\n" + endpoints)
     names = set(re.findall(r"secret_env: (\w+)", endpoints)) | {"DISCORD_PRIVATE_KEY"}
     env = {name: SPECIAL.get(name, f"test secret for {name.lower()}") for name in names}
-    sidecar = start_sidecar(directory / "config.yaml", env=env)
-    yield sidecar, directory, env
-    sidecar.stop(signal.SIGKILL)
-    if sidecar.proc.stdout:
-        sidecar.proc.stdout.close()
+    with serving(directory / "config.yaml", env=env) as sidecar:
+        yield sidecar, directory, env
 
 
 def test_every_provider_has_a_section() -> None:

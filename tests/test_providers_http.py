@@ -8,7 +8,6 @@ its hook; a bad signature is a 401; Slack's url_verification is answered; and
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ROOT, SECRET, Sidecar, start_sidecar, wait_for, write_config
+from .conftest import ROOT, SECRET, Sidecar, serving, wait_for, write_config
 from .test_providers import FACTORIES, STANDARD_SECRET, STRIPE_SECRET, Delivery
 
 SECRET_ENV = {"standard": "STANDARD_SECRET", "stripe": "STRIPE_SECRET"}
@@ -51,11 +50,8 @@ CONFIG = "max_body_bytes: 65536\nrequest_timeout_s: 5\nendpoints:\n" + "".join(e
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar, Path]]:
     directory = tmp_path_factory.mktemp("providers")
-    sidecar = start_sidecar(write_config(directory, CONFIG), env=ENV)
-    yield sidecar, directory / "out"
-    sidecar.stop(signal.SIGKILL)
-    if sidecar.proc.stdout:
-        sidecar.proc.stdout.close()
+    with serving(write_config(directory, CONFIG), env=ENV) as sidecar:
+        yield sidecar, directory / "out"
 
 
 def fresh(name: str) -> tuple[Delivery, str]:

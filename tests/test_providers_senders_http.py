@@ -10,7 +10,6 @@ one of them so that the server accepts it.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ROOT, SECRET, Sidecar, start_sidecar, wait_for, write_config
+from .conftest import ROOT, SECRET, Sidecar, serving, wait_for, write_config
 from .provider_cases import (
     BASIC_SECRET,
     DISCORD_PRIVATE,
@@ -77,11 +76,8 @@ CONFIG = "max_body_bytes: 65536\nrequest_timeout_s: 5\nendpoints:\n" + "".join(e
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar, Path]]:
     directory = tmp_path_factory.mktemp("senders")
-    sidecar = start_sidecar(write_config(directory, CONFIG), env=ENV)
-    yield sidecar, directory / "out"
-    sidecar.stop(signal.SIGKILL)
-    if sidecar.proc.stdout:
-        sidecar.proc.stdout.close()
+    with serving(write_config(directory, CONFIG), env=ENV) as sidecar:
+        yield sidecar, directory / "out"
 
 
 def _headers(d: Delivery, **extra: str) -> Delivery:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -19,27 +18,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Sidecar, github_signature, start_sidecar
+from .conftest import Sidecar, github_signature, serving
+from .support import table
 
-CONFIG = """\
-max_body_bytes: 4096
-request_timeout_s: 2
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: push
-        if: {ref: refs/heads/main}
-        run: ["true"]
-      - event: "*"
-        run: ["true"]
-  - path: /open
-    provider: none
-    routes:
-      - event: "*"
-        run: ["true"]
-"""
+CONFIG = table("""
+- event: push
+  if: {ref: refs/heads/main}
+  run: ["true"]
+- event: "*"
+  run: ["true"]
+""", "max_body_bytes: 4096\nrequest_timeout_s: 2\n", more="""
+- path: /open
+  provider: none
+  routes:
+    - event: "*"
+      run: ["true"]
+""")
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BAD_MSGS = {"request.failed", "request.exception", "connection.failed"}
@@ -50,12 +44,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
     tmp = tmp_path_factory.mktemp("property")
     config = tmp / "config.yaml"
     config.write_text(CONFIG)
-    sidecar = start_sidecar(config)
-    sidecar.checked = 0  # type: ignore[attr-defined]  # log lines checked so far
-    yield sidecar
-    sidecar.stop(signal.SIGKILL)
-    if sidecar.proc.stdout:
-        sidecar.proc.stdout.close()
+    with serving(config) as sidecar:
+        sidecar.checked = 0  # type: ignore[attr-defined]  # log lines checked so far
+        yield sidecar
 
 
 # --- strategies (one_of picks its branches evenly: repeating a branch weights it) --------

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Sidecar, github_signature, wait_for
+from .conftest import Sidecar, github_signature, wait_for, write_config
+from .support import table
 
 PUSH_MAIN = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "org/app"}}).encode()
 
@@ -57,7 +58,6 @@ def test_if_filter_and_star_route(basic: tuple[Sidecar, Path]) -> None:
 
 
 def test_no_matching_route_is_ignored(tmp_path: Path, sidecars) -> None:
-    from .conftest import write_config
     config = write_config(tmp_path, """
         endpoints:
           - path: /hooks/github
@@ -296,17 +296,11 @@ def test_trickling_client_is_dropped_at_the_deadline(basic: tuple[Sidecar, Path]
 
 
 def test_responses_never_wait_for_hooks(tmp_path: Path, sidecars) -> None:
-    from .conftest import write_config
-    config = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes:
-              - event: "*"
-                run: {scripts}/slow.sh
-                env: {{OUT: {out}, SLEEP: "3"}}
-    """)
+    config = write_config(tmp_path, table("""
+        - event: "*"
+          run: {scripts}/slow.sh
+          env: {{OUT: {out}, SLEEP: "3"}}
+    """))
     sidecar = sidecars(config)
     start = time.monotonic()
     for i in range(3):

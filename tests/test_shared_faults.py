@@ -18,7 +18,6 @@ from .conftest import Response, github_signature, wait_for, write_config
 from .pg import PASSWORD, Postgres
 from .support import SPOOL_URL_VAR as VAR
 from .support import lines, metric, shared_table, spool_cli, where
-from .test_shared_spool import _pg, _pg_url  # noqa: F401  (fixtures)
 
 
 def test_start_with_the_database_down_then_ready_when_it_comes(tmp_path: Path, sidecars) -> None:

@@ -18,21 +18,9 @@ from pathlib import Path
 import pytest
 
 from .conftest import github_signature, wait_for, write_config
-from .pg import PASSWORD, Postgres, server
+from .pg import PASSWORD, Postgres
 from .support import SPOOL_URL_VAR as VAR
 from .support import free_port, lines, metric, serve_once, shared_table, spool_cli, spool_jobs, start_replicas, where
-
-
-@pytest.fixture(name="pg")
-def _pg() -> Postgres:
-    """The suite's throwaway server (skips with the reason when it cannot start)."""
-    return server()
-
-
-@pytest.fixture(name="pg_url")
-def _pg_url(pg: Postgres) -> str:
-    """A fresh, empty database on it."""
-    return pg.create_database()
 
 
 def post(port: int, delivery: str, body: bytes = b"{}", timeout: float = 10) -> int:

@@ -66,7 +66,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 def tls_config(directory: Path, cert: str, key: str) -> Path:
     """BASIC with `tls:` (paths relative to the config file)."""
-    return write_config(directory, f"    tls: {{{{cert_file: {cert}, key_file: {key}}}}}\n" + BASIC)
+    return write_config(directory, f"tls: {{{{cert_file: {cert}, key_file: {key}}}}}\n" + BASIC)
 
 
 def https(port: int, context: ssl.SSLContext, method: str = "GET", path: str = "/healthz", body: bytes | None = None,
@@ -226,7 +226,7 @@ def test_unusable_certificate_is_a_config_error_naming_the_file(pki: PKI, tmp_pa
         with pytest.raises(ConfigError) as e:
             config_mod.load(path, environ={"WEBHOOK_SECRET": "s"})
         assert len(e.value.errors) == 1 and f"config.yaml:1: {expected}" in e.value.errors[0], e.value.errors
-    write_config(tmp_path, "    tls: {{cert_file: a.crt, key_fil: b}}\n" + BASIC)
+    write_config(tmp_path, "tls: {{cert_file: a.crt, key_fil: b}}\n" + BASIC)
     with pytest.raises(ConfigError) as e:
         config_mod.load(tmp_path / "config.yaml", environ={"WEBHOOK_SECRET": "s"})
     assert any("tls: missing required key 'key_file'" in x for x in e.value.errors), e.value.errors

@@ -17,7 +17,7 @@ from typing import Any
 
 from .conftest import Sidecar, wait_for, write_config
 from .pg import server
-from .test_shared_spool import lines, shared_table, start_replicas
+from .support import lines, shared_table, start_replicas, table
 
 
 def alive(pid: int) -> bool:
@@ -64,22 +64,17 @@ def time_to_die(item: str, limit: float = 3.0) -> float:
     return time.monotonic() - start
 
 
-HELD = """
-    endpoints:
-      - path: /webhook
-        provider: github
-        secret_env: WEBHOOK_SECRET
-        routes:
-          - event: push
-            name: held
-            run: [sh, -c, 'cat >/dev/null; setsid sh -c "echo \\$\\$ > $OUT/child; exec sleep 60" &
-              echo $$ > "$OUT/main"; exec sleep 60']
-            env: {{OUT: {out}}}
-            sandbox: {{write: [{out}]}}
-          - event: create
-            name: quick
-            run: [/bin/true]
-"""
+HELD = table("""
+    - event: push
+      name: held
+      run: [sh, -c, 'cat >/dev/null; setsid sh -c "echo \\$\\$ > $OUT/child; exec sleep 60" &
+        echo $$ > "$OUT/main"; exec sleep 60']
+      env: {{OUT: {out}}}
+      sandbox: {{write: [{out}]}}
+    - event: create
+      name: quick
+      run: [/bin/true]
+""")
 
 
 def test_kill_9_of_the_sidecar_ends_its_hook_and_setsid_child_within_a_second(tmp_path: Path, sidecars) -> None:

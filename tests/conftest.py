@@ -30,9 +30,7 @@ from typing import Any
 import pytest
 
 from .pg import Postgres, server
-from .support import ROOT, SECRET, table
-
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+from .support import ROOT, SCRIPTS, SECRET, table
 
 
 def github_signature(body: bytes, secret: str = SECRET) -> str:
@@ -69,6 +67,19 @@ class Sidecar:
     logs: list[dict[str, Any]] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
     _lines: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    @classmethod
+    def following(cls, proc: subprocess.Popen[str], ready_timeout: float = 15.0) -> Sidecar:
+        """A Sidecar reading `proc`'s log lines, once its server.listening line has given the port."""
+        sidecar = cls(proc)
+        threading.Thread(target=sidecar._read, daemon=True).start()
+        sidecar.port = wait_for(sidecar._listening, ready_timeout)["port"]
+        return sidecar
+
+    def _listening(self) -> dict[str, Any] | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"sidecar exited {self.proc.returncode}:\n{''.join(self.raw)}")
+        return next((e for e in list(self.logs) if e.get("msg") == "server.listening"), None)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -132,16 +143,7 @@ def start_sidecar(config: Path, *args: str, env: dict[str, str] | None = None,
            "--listen", "127.0.0.1:0", "--log-level", "debug", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=full_env, cwd=ROOT)
-    sidecar = Sidecar(proc)
-    threading.Thread(target=sidecar._read, daemon=True).start()
-
-    def listening() -> dict[str, Any] | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"sidecar exited {proc.returncode}:\n{''.join(sidecar.raw)}")
-        return next((e for e in list(sidecar.logs) if e.get("msg") == "server.listening"), None)
-
-    sidecar.port = wait_for(listening, ready_timeout)["port"]
-    return sidecar
+    return Sidecar.following(proc, ready_timeout)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ of what hooks and the sidecar leave behind.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -14,14 +15,20 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from sidecar import config as config_mod
+from sidecar.errors import ConfigError
 
 if TYPE_CHECKING:
     from .conftest import Sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "tests" / "scripts"  # the hook scripts the tests' routes run
 SECRET = "It's a Secret to Everybody"
 
 # The endpoint most tests use: GitHub deliveries at /webhook, signed with $WEBHOOK_SECRET.
@@ -34,6 +41,34 @@ def table(routes: str, top: str = "", more: str = "") -> str:
     {scripts} and {out} are expanded there."""
     text = top + ENDPOINT + textwrap.indent(textwrap.dedent(routes).strip("\n"), "      ") + "\n"
     return text + textwrap.indent(textwrap.dedent(more).strip("\n") + "\n", "  ") if more.strip() else text
+
+
+def recording_endpoint(path: str, provider: str, secret_env: str, route: str,
+                       options: dict[str, Any] | None = None) -> str:
+    """One endpoint (an item of `endpoints:`) at /`path` with `options`, whose route `route` records every
+    event with tests/scripts/record.sh into {out}."""
+    lines = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in (options or {}).items())
+    return (f"  - path: /{path}\n    provider: {provider}\n    secret_env: {secret_env}\n{lines}    routes:\n"
+            f"      - event: \"*\"\n        name: {route}\n        run: {{scripts}}/record.sh\n"
+            "        env: {{OUT: {out}}}\n")
+
+
+def endpoint_config(directory: Path, endpoint: str, env: dict[str, str]) -> config_mod.Config:
+    """config.yaml in `directory` with one endpoint at /hook (secret $S) given by the YAML lines `endpoint`,
+    whose route records every event; loaded (ConfigError on a problem)."""
+    (directory / "config.yaml").write_text(
+        "endpoints:\n  - path: /hook\n    secret_env: S\n" + endpoint
+        + f"    routes:\n      - event: '*'\n        run: {SCRIPTS}/record.sh\n")
+    return config_mod.load(directory / "config.yaml", environ=env)
+
+
+def endpoint_error(directory: Path, endpoint: str, env: dict[str, str]) -> str:
+    """The ConfigError endpoint_config() raises for `endpoint`, as text ("" when the config loads)."""
+    try:
+        endpoint_config(directory, endpoint, env)
+    except ConfigError as e:
+        return str(e)
+    return ""
 
 
 def serve_once(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,6 +101,16 @@ def spool_jobs(config: Path, *args: str, env: dict[str, str] | None = None) -> l
     return [json.loads(line) for line in listing.stdout.splitlines()]
 
 
+def load_tool(name: str) -> ModuleType:
+    """tools/`name`.py (a script directory, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     """A free port below the ephemeral range: a server restarted on it (an outage test) must not find
     it taken by some client's outgoing connection, which an ephemeral port may be meanwhile."""
@@ -79,6 +124,25 @@ def free_port() -> int:
                 continue
             return port
     raise OSError("no free port below the ephemeral range")
+
+
+def exchange(port: int, data: bytes, half_close: bool = True, timeout: float = 4.0) -> tuple[bytes, float]:
+    """Send `data` (then EOF unless half_close is False); read until the server closes. (answer, seconds)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        start = time.monotonic()
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the server may answer and close before it has read everything
+            pass
+        chunks: list[bytes] = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks), time.monotonic() - start
 
 
 def lines(path: Path) -> list[str]:

@@ -193,10 +193,8 @@ def test_spool_list_marks_cut_values(tmp_path: Path, sidecars) -> None:
 def test_send_writes_stripes_event_and_id_into_the_body(tmp_path: Path, sidecars) -> None:
     config = write_config(tmp_path, """
         endpoints:
-          - path: /stripe
-            provider: stripe
-            secret_env: STRIPE_SECRET
-            routes: [{{event: "invoice.paid", run: {scripts}/record.sh, env: {{OUT: {out}}}}}]
+          - {{path: /stripe, provider: stripe, secret_env: STRIPE_SECRET,
+              routes: [{{event: "invoice.paid", run: {scripts}/record.sh, env: {{OUT: {out}}}}}]}}
     """)
     env = {"STRIPE_SECRET": "whsec_test"}
     sidecar = sidecars(config, env=env)

@@ -67,29 +67,26 @@ def test_full_route(tmp_path: Path) -> None:
     assert "s3cret" not in repr(cfg)
 
 
+GH_NO_ROUTES = """
+    endpoints:
+      - path: /gh
+        provider: github
+        secret_env: WEBHOOK_SECRET
+        routes: []
+"""
+
+
 def test_secret_from_env_file_and_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / "dev.env"
     env_file.write_text("WEBHOOK_SECRET=from-file\n")
-    text = """
-        endpoints:
-          - path: /gh
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes: []
-    """
+    text = GH_NO_ROUTES
     assert load(tmp_path, text, environ={}, env_file=env_file).endpoints["/gh"].secrets == (b"from-file",)
     assert load(tmp_path, text, environ={"WEBHOOK_SECRET": "real"}, env_file=env_file).endpoints["/gh"].secrets == (
         b"real",)
 
 
 def test_digest_changes_with_the_secret(tmp_path: Path) -> None:
-    text = """
-        endpoints:
-          - path: /gh
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes: []
-    """
+    text = GH_NO_ROUTES
     a = load(tmp_path, text, environ={"WEBHOOK_SECRET": "a"}).digest
     assert a == load(tmp_path, text, environ={"WEBHOOK_SECRET": "a"}).digest
     assert a != load(tmp_path, text, environ={"WEBHOOK_SECRET": "b"}).digest

@@ -27,7 +27,7 @@ from sidecar.errors import ConfigError
 from sidecar.providers import PROVIDERS
 
 from .conftest import SECRET, Sidecar, github_signature, hooks_out, serving, wait_for
-from .support import table
+from .support import exchange, table
 
 DEADLINE_S = 1.0
 
@@ -83,25 +83,6 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
 
 
 # --- raw sockets ----------------------------------------------------------------------
-def exchange(port: int, data: bytes, half_close: bool = True, timeout: float = 4.0) -> tuple[bytes, float]:
-    """Send `data` (then EOF unless half_close is False); read until the server closes. (answer, seconds)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        start = time.monotonic()
-        try:
-            sock.sendall(data)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the server may answer and close before it has read everything
-            pass
-        chunks: list[bytes] = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return b"".join(chunks), time.monotonic() - start
-
-
 @dataclass
 class Answer:
     status: int

@@ -15,13 +15,11 @@ REQUIRE_IMAGE_TEST=1 (set by `make image-test`) turns those skips into failures.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT, SECRET, github_signature, wait_for
+from .support import load_tool
 from .test_packaging import chart_files
 
 CHART = ROOT / "helm" / "webhook-sidecar"
@@ -42,16 +41,7 @@ UID = 10001
 PUSH_TO_MAIN = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/web"}}).encode()
 
 
-def _tools_image() -> Any:
-    spec = importlib.util.spec_from_file_location("tools_image", ROOT / "tools" / "image.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-image_tools = _tools_image()
+image_tools = load_tool("image")
 
 
 def _cannot(reason: str) -> NoReturn:

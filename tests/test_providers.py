@@ -20,24 +20,11 @@ from urllib.parse import urlencode
 
 import pytest
 
-from sidecar import config as config_mod
-from sidecar.errors import BadRequest, ConfigError, SignatureError
+from sidecar.errors import BadRequest, SignatureError
 from sidecar.providers import PROVIDERS, GenericHmac, Reply, Slack, StandardWebhooks, Stripe
 
-from .provider_cases import (
-    JSON_BODY,
-    MSG_ID,
-    NEW_FACTORIES,
-    NOW,
-    OTHER,
-    SECRET,
-    Delivery,
-    Headers,
-    b64_mac,
-    hex_mac,
-)
-
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+from .provider_cases import JSON_BODY, MSG_ID, NEW_FACTORIES, NOW, OTHER, SECRET, Delivery, Headers, b64_mac, hex_mac
+from .support import endpoint_config, endpoint_error
 
 
 def github(body: bytes = JSON_BODY, secret: bytes = SECRET) -> Delivery:
@@ -692,21 +679,11 @@ def test_every_provider_is_registered() -> None:
             assert option.type in (str, int, float, bool)
 
 
-def _config(tmp_path: Path, endpoint: str, env: dict[str, str]) -> config_mod.Config:
-    (tmp_path / "config.yaml").write_text(
-        "endpoints:\n  - path: /hook\n    secret_env: S\n" + endpoint
-        + f"    routes:\n      - event: '*'\n        run: {SCRIPTS}/record.sh\n")
-    return config_mod.load(tmp_path / "config.yaml", environ=env)
-
-
 def test_provider_options_through_config(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "    provider: stripe\n    tolerance_s: 60\n", {"S": "whsec_x"})
+    cfg = endpoint_config(tmp_path, "    provider: stripe\n    tolerance_s: 60\n", {"S": "whsec_x"})
     assert cfg.endpoints["/hook"].provider.tolerance == 60.0
-    cfg = _config(tmp_path, "    provider: hmac-sha256\n    header: X-Sig\n    encoding: base64\n", {"S": "k"})
+    cfg = endpoint_config(tmp_path, "    provider: hmac-sha256\n    header: X-Sig\n    encoding: base64\n", {"S": "k"})
     assert cfg.endpoints["/hook"].provider.encoding == "base64"
-    with pytest.raises(ConfigError, match="needs 'header'"):
-        _config(tmp_path, "    provider: hmac-sha256\n", {"S": "k"})
-    with pytest.raises(ConfigError, match="tolerance_s"):
-        _config(tmp_path, "    provider: slack\n    tolerance_s: 0\n", {"S": "k"})
-    with pytest.raises(ConfigError, match="unknown key"):
-        _config(tmp_path, "    provider: github\n    tolerance_s: 5\n", {"S": "k"})
+    assert "needs 'header'" in endpoint_error(tmp_path, "    provider: hmac-sha256\n", {"S": "k"})
+    assert "tolerance_s" in endpoint_error(tmp_path, "    provider: slack\n    tolerance_s: 0\n", {"S": "k"})
+    assert "unknown key" in endpoint_error(tmp_path, "    provider: github\n    tolerance_s: 5\n", {"S": "k"})

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from .conftest import ROOT, SECRET, Sidecar, serving, wait_for, write_config
+from .support import recording_endpoint
 from .test_providers import FACTORIES, STANDARD_SECRET, STRIPE_SECRET, Delivery
 
 SECRET_ENV = {"standard": "STANDARD_SECRET", "stripe": "STRIPE_SECRET"}
@@ -37,14 +38,8 @@ def route(name: str) -> str:
     return "rec-" + name.replace("hmac-sha256", "hmac")
 
 
-def endpoint(name: str) -> str:
-    options = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in OPTIONS.get(name, {}).items())
-    return (f"  - path: /{name}\n    provider: {name}\n    secret_env: {SECRET_ENV.get(name, 'WEBHOOK_SECRET')}\n"
-            f"{options}    routes:\n      - event: \"*\"\n        name: {route(name)}\n"
-            "        run: {scripts}/record.sh\n        env: {{OUT: {out}}}\n")
-
-
-CONFIG = "max_body_bytes: 65536\nrequest_timeout_s: 5\nendpoints:\n" + "".join(endpoint(p) for p in PROVIDERS)
+CONFIG = "max_body_bytes: 65536\nrequest_timeout_s: 5\nendpoints:\n" + "".join(
+    recording_endpoint(p, p, SECRET_ENV.get(p, "WEBHOOK_SECRET"), route(p), OPTIONS.get(p)) for p in PROVIDERS)
 
 
 @pytest.fixture(scope="module")

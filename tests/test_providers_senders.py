@@ -18,8 +18,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from sidecar import config as config_mod
-from sidecar.errors import BadRequest, ConfigError, SignatureError
+from sidecar.errors import BadRequest, SignatureError
 from sidecar.providers import PROVIDERS, Reply
 
 from .provider_cases import (
@@ -50,6 +49,7 @@ from .provider_cases import (
     twitch,
     zoom,
 )
+from .support import endpoint_config, endpoint_error
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -388,24 +388,14 @@ def test_shopify_sign_adds_the_headers_shopifys_validator_requires() -> None:
 
 
 # --- config ----------------------------------------------------------------------------------------
-def _config(tmp_path: Path, endpoint: str, env: dict[str, str]) -> config_mod.Config:
-    (tmp_path / "config.yaml").write_text(
-        "endpoints:\n  - path: /hook\n    secret_env: S\n" + endpoint
-        + f"    routes:\n      - event: '*'\n        run: {SCRIPTS}/record.sh\n")
-    return config_mod.load(tmp_path / "config.yaml", environ=env)
-
-
 def test_new_providers_through_config(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "    provider: twilio\n    url: https://example.com/twilio\n", {"S": "tok"})
+    cfg = endpoint_config(tmp_path, "    provider: twilio\n    url: https://example.com/twilio\n", {"S": "tok"})
     assert cfg.endpoints["/hook"].provider.url == "https://example.com/twilio"
-    with pytest.raises(ConfigError, match="needs 'url'"):
-        _config(tmp_path, "    provider: twilio\n", {"S": "tok"})
-    with pytest.raises(ConfigError, match="public key"):
-        _config(tmp_path, "    provider: discord\n", {"S": "not hex"})
-    assert _config(tmp_path, "    provider: paddle\n", {"S": "pdl"}).endpoints["/hook"].provider.tolerance == 5
-    cfg = _config(tmp_path, "    provider: twitch\n    tolerance_s: 60\n", {"S": "k"})
+    assert "needs 'url'" in endpoint_error(tmp_path, "    provider: twilio\n", {"S": "tok"})
+    assert "public key" in endpoint_error(tmp_path, "    provider: discord\n", {"S": "not hex"})
+    assert endpoint_config(tmp_path, "    provider: paddle\n", {"S": "pdl"}).endpoints["/hook"].provider.tolerance == 5
+    cfg = endpoint_config(tmp_path, "    provider: twitch\n    tolerance_s: 60\n", {"S": "k"})
     assert cfg.endpoints["/hook"].provider.tolerance == 60
-    with pytest.raises(ConfigError, match="user:password"):
-        _config(tmp_path, "    provider: basic\n", {"S": "nocolon"})
-    cfg = _config(tmp_path, "    provider: bearer\n    event_field: status\n", {"S": "t"})
+    assert "user:password" in endpoint_error(tmp_path, "    provider: basic\n", {"S": "nocolon"})
+    cfg = endpoint_config(tmp_path, "    provider: bearer\n    event_field: status\n", {"S": "t"})
     assert cfg.endpoints["/hook"].provider.opts["event_field"] == "status"

@@ -42,6 +42,7 @@ from .provider_cases import (
     twitch,
     zoom,
 )
+from .support import recording_endpoint
 
 BEARER_TOKEN = "It-s-a-Secret-to-Everybody"
 ENV = {"GITLAB_SIGNING": GITLAB_SIGNING.decode(), "DISCORD_PUBLIC_KEY": DISCORD_PUBLIC.decode(),
@@ -62,15 +63,9 @@ def provider_of(name: str) -> str:
     return "gitlab" if name == "gitlab-signed" else name
 
 
-def endpoint(name: str) -> str:
-    options = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in OPTIONS.get(name, {}).items())
-    return (f"  - path: /{name}\n    provider: {provider_of(name)}\n"
-            f"    secret_env: {SECRET_ENV.get(name, 'WEBHOOK_SECRET')}\n{options}    routes:\n"
-            f"      - event: \"*\"\n        name: rec-{name}\n        run: {{scripts}}/record.sh\n"
-            "        env: {{OUT: {out}}}\n")
-
-
-CONFIG = "max_body_bytes: 65536\nrequest_timeout_s: 5\nendpoints:\n" + "".join(endpoint(n) for n in NAMES)
+CONFIG = "max_body_bytes: 65536\nrequest_timeout_s: 5\nendpoints:\n" + "".join(
+    recording_endpoint(n, provider_of(n), SECRET_ENV.get(n, "WEBHOOK_SECRET"), f"rec-{n}", OPTIONS.get(n))
+    for n in NAMES)
 
 
 @pytest.fixture(scope="module")

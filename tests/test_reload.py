@@ -21,6 +21,13 @@ TABLE = table("""
 """, "request_timeout_s: 5\n")
 
 
+def serve_table(tmp_path: Path, sidecars, name: str, *args: str) -> tuple[Path, Sidecar]:
+    """config.yaml holding TABLE with the route `name`, and a sidecar serving it."""
+    config = tmp_path / "config.yaml"
+    config.write_text(TABLE.format(name=name))
+    return config, sidecars(config, *args)
+
+
 def routes_for(sidecar: Sidecar, event: str = "push") -> list[str] | None:
     resp = sidecar.deliver(b"{}", event=event)
     assert resp.status == 200, resp.body
@@ -74,9 +81,7 @@ class ConfigMapVolume:
 
 @pytest.mark.parametrize("style", ["in_place", "rename"])
 def test_edit_styles_reload_within_a_second(tmp_path: Path, sidecars, style: str) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(TABLE.format(name="first"))
-    sidecar = sidecars(config)
+    config, sidecar = serve_table(tmp_path, sidecars, "first")
     assert routes_for(sidecar) == ["first"]
     write = write_in_place if style == "in_place" else write_by_rename
     write(config, TABLE.format(name="second"))
@@ -112,9 +117,7 @@ def test_polling_mode_follows_the_configmap_swap(tmp_path: Path, sidecars) -> No
 
 
 def test_watch_off_ignores_edits_until_sighup(tmp_path: Path, sidecars) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(TABLE.format(name="first"))
-    sidecar = sidecars(config, "--watch", "off")
+    config, sidecar = serve_table(tmp_path, sidecars, "first", "--watch", "off")
     write_by_rename(config, TABLE.format(name="second"))
     # A later edit that the server also ignores proves the first was not just slow:
     # after SIGHUP the newest content is live.
@@ -127,9 +130,7 @@ def test_watch_off_ignores_edits_until_sighup(tmp_path: Path, sidecars) -> None:
 
 
 def test_touch_and_identical_rewrites_do_not_reload(tmp_path: Path, sidecars) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(TABLE.format(name="first"))
-    sidecar = sidecars(config)
+    config, sidecar = serve_table(tmp_path, sidecars, "first")
     os.utime(config)
     write_by_rename(config, TABLE.format(name="first"))
     (tmp_path / "unrelated.txt").write_text("x")
@@ -140,9 +141,7 @@ def test_touch_and_identical_rewrites_do_not_reload(tmp_path: Path, sidecars) ->
 
 
 def test_invalid_edit_keeps_the_last_good_table(tmp_path: Path, sidecars) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(TABLE.format(name="good"))
-    sidecar = sidecars(config)
+    config, sidecar = serve_table(tmp_path, sidecars, "good")
     broken = TABLE.format(name="bad").replace("run: [/bin/true]", "run: hooks/missing.sh\n        timeout_s: soon")
     write_by_rename(config, broken)
     rejected = sidecar.wait_log(lambda e: e.get("msg") == "config.rejected", timeout=2)
@@ -159,9 +158,7 @@ def test_invalid_edit_keeps_the_last_good_table(tmp_path: Path, sidecars) -> Non
 
 
 def test_yaml_syntax_error_mid_write_is_rejected_then_recovered(tmp_path: Path, sidecars) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(TABLE.format(name="good"))
-    sidecar = sidecars(config)
+    config, sidecar = serve_table(tmp_path, sidecars, "good")
     write_in_place(config, "endpoints:\n  - path: /webhook\n    provider: [github\n")
     sidecar.wait_log(lambda e: e.get("msg") == "config.rejected", timeout=2)
     assert routes_for(sidecar) == ["good"]
@@ -170,9 +167,7 @@ def test_yaml_syntax_error_mid_write_is_rejected_then_recovered(tmp_path: Path, 
 
 
 def test_a_hook_script_created_or_made_executable_later_is_live_within_a_second(tmp_path: Path, sidecars) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(TABLE.format(name="good"))
-    sidecar = sidecars(config)
+    config, sidecar = serve_table(tmp_path, sidecars, "good")
     write_by_rename(config, TABLE.format(name="later").replace("run: [/bin/true]", "run: hooks/later.sh"))
     rejected = sidecar.wait_log(lambda e: e.get("msg") == "config.rejected", timeout=2)
     assert "loaded again every second" in rejected["detail"]
@@ -214,9 +209,7 @@ def test_new_secret_env_name_is_picked_up(tmp_path: Path, sidecars) -> None:
 
 
 def test_settings_that_need_a_restart_are_reported(tmp_path: Path, sidecars) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(TABLE.format(name="a"))
-    sidecar = sidecars(config)
+    config, sidecar = serve_table(tmp_path, sidecars, "a")
     write_by_rename(config, "listen: 127.0.0.1:1\nmax_workers: 9\n" + TABLE.format(name="b"))
     line = sidecar.wait_log(lambda e: e.get("msg") == "config.restart_needed", timeout=2)
     assert line["keys"] == ["listen", "max_workers"]
@@ -225,12 +218,12 @@ def test_settings_that_need_a_restart_are_reported(tmp_path: Path, sidecars) -> 
 
 def test_flood_during_20_reloads_gets_no_5xx_and_no_wrong_routing(tmp_path: Path, sidecars) -> None:
     """Table A routes push->a and tag->ta; table B push->b and tag->tb. A response never mixes them."""
-    def table(v: str) -> str:
+    def variant(v: str) -> str:
         return ("max_queue: 1000000\n" + TABLE.format(name=v)
                 + f"      - event: tag\n        name: t{v}\n        run: [/bin/true]\n")
 
     config = tmp_path / "config.yaml"
-    config.write_text(table("a"))
+    config.write_text(variant("a"))
     sidecar = sidecars(config)
     stop = threading.Event()
 
@@ -267,7 +260,7 @@ def test_flood_during_20_reloads_gets_no_5xx_and_no_wrong_routing(tmp_path: Path
     try:
         for i in range(20):
             version = "b" if i % 2 == 0 else "a"
-            write_by_rename(config, table(version))
+            write_by_rename(config, variant(version))
             wait_for(lambda v=version: routes_for(sidecar) == [v], timeout=2, interval=0.01)
     finally:
         stop.set()

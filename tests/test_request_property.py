@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import Sidecar, github_signature, serving
-from .support import table
+from .support import exchange, table
 
 CONFIG = table("""
 - event: push
@@ -110,23 +109,6 @@ def raw_requests(draw: st.DrawFn) -> bytes:
     return head + body
 
 
-def send(port: int, data: bytes) -> bytes:
-    """Send, then EOF (so nothing waits for the deadline); read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-        return b"".join(chunks)
-
-
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 
 
@@ -143,7 +125,7 @@ def check_new_log_lines(server: Sidecar) -> None:
 @given(data=raw_requests())
 @SETTINGS
 def test_no_request_gets_a_500_or_escapes_the_handler(server: Sidecar, data: bytes) -> None:
-    answer = send(server.port, data)
+    answer = exchange(server.port, data, timeout=5)[0]
     if not answer:
         # Only a request line without any word may be closed without an answer.
         assert not str(data.split(b"\n", 1)[0], "latin-1").split(), f"no answer to {data[:200]!r}"

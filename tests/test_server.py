@@ -11,22 +11,14 @@ from pathlib import Path
 import pytest
 
 from .conftest import Sidecar, github_signature, wait_for, write_config
-from .support import table
+from .support import exchange, table
 
 PUSH_MAIN = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "org/app"}}).encode()
 
 
-def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read until the server closes or the timeout; return what came back."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except TimeoutError:
-            pass
-        return b"".join(chunks)
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes (no EOF), read until the server closes or 5 s pass; what came back."""
+    return exchange(port, data, half_close=False, timeout=5.0)[0]
 
 
 def test_valid_delivery_is_accepted_and_runs_matching_routes(basic: tuple[Sidecar, Path]) -> None:
@@ -296,11 +288,7 @@ def test_trickling_client_is_dropped_at_the_deadline(basic: tuple[Sidecar, Path]
 
 
 def test_responses_never_wait_for_hooks(tmp_path: Path, sidecars) -> None:
-    config = write_config(tmp_path, table("""
-        - event: "*"
-          run: {scripts}/slow.sh
-          env: {{OUT: {out}, SLEEP: "3"}}
-    """))
+    config = write_config(tmp_path, table('- {{event: "*", run: {scripts}/slow.sh, env: {{OUT: {out}, SLEEP: "3"}}}}'))
     sidecar = sidecars(config)
     start = time.monotonic()
     for i in range(3):

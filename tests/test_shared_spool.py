@@ -118,10 +118,7 @@ def test_kill_9_of_a_replica_its_running_jobs_finish_on_the_others(tmp_path: Pat
 
 def test_concurrency_1_holds_across_replicas(tmp_path: Path, sidecars, pg_url: str) -> None:
     config = write_config(tmp_path, shared_table("""
-- event: push
-  run: {scripts}/span.sh
-  concurrency: 1
-  env: {{OUT: {out}, SLEEP: "0.2"}}
+- {{event: push, run: {scripts}/span.sh, concurrency: 1, env: {{OUT: {out}, SLEEP: "0.2"}}}}
 """, "max_workers: 4\n"))
     out = tmp_path / "out"
     replicas = start_replicas(sidecars, config, pg_url, ["c1", "c2", "c3"])

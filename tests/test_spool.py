@@ -13,7 +13,7 @@ import pytest
 
 from . import pg
 from .conftest import github_signature, wait_for, write_config
-from .support import ran, spool_cli, spool_jobs, table
+from .support import lines, ran, spool_cli, spool_jobs, table
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -107,13 +107,8 @@ def test_tempfail_is_retried_with_backoff_then_succeeds(tmp_path: Path, sidecars
 
 def test_retries_exhausted_and_other_exits_become_dead_letters(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
-          - event: push
-            run: {scripts}/flaky.sh
-            retries: 1
-            env: {{OUT: {out}, FAILS: "5"}}
-          - event: push
-            run: {scripts}/gate.sh
-            env: {{OUT: {out}}}
+          - {{event: push, run: {scripts}/flaky.sh, retries: 1, env: {{OUT: {out}, FAILS: "5"}}}}
+          - {{event: push, run: {scripts}/gate.sh, env: {{OUT: {out}}}}}
     """, spool + "retry_backoff_s: 0.05\n"))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="dl-1").status == 200
@@ -168,19 +163,24 @@ def test_dedupe_both_ways(tmp_path: Path, sidecars, spool: str) -> None:
     assert ran(out).count("again") == 1
 
 
+APPEND = "- {{event: push, run: {scripts}/append.sh, env: {{OUT: {out}}}}}"  # appends the delivery id to out/ran
+
+
+def span_runs(out: Path, count: int) -> list[tuple[float, ...]]:
+    """(start, end) of the `count` runs of span.sh, in order, once all are written."""
+    wait_for(lambda: len(lines(out / "spans")) == count, timeout=10)
+    return sorted(tuple(map(float, line.split())) for line in lines(out / "spans"))
+
+
 def test_concurrency_1_never_overlaps(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
-          - event: push
-            run: {scripts}/span.sh
-            concurrency: 1
-            env: {{OUT: {out}, SLEEP: "0.15"}}
+          - {{event: push, run: {scripts}/span.sh, concurrency: 1, env: {{OUT: {out}, SLEEP: "0.15"}}}}
     """, spool + "max_workers: 4\n"))
     out = tmp_path / "out"
     sidecar = sidecars(config)
     for i in range(6):
         assert sidecar.deliver(b"{}", delivery=f"c-{i}").status == 200
-    wait_for(lambda: (out / "spans").exists() and len((out / "spans").read_text().splitlines()) == 6, timeout=10)
-    spans = sorted(tuple(map(float, line.split())) for line in (out / "spans").read_text().splitlines())
+    spans = span_runs(out, 6)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"runs overlapped: {spans}"
 
@@ -188,30 +188,20 @@ def test_concurrency_1_never_overlaps(tmp_path: Path, sidecars, spool: str) -> N
 def test_without_a_concurrency_limit_runs_do_overlap(tmp_path: Path, sidecars, spool: str) -> None:
     """The control for the test above: the overlap check can fail."""
     config = write_config(tmp_path, table("""
-          - event: push
-            run: {scripts}/span.sh
-            env: {{OUT: {out}, SLEEP: "0.5"}}
+          - {{event: push, run: {scripts}/span.sh, env: {{OUT: {out}, SLEEP: "0.5"}}}}
     """, spool + "max_workers: 4\n"))
     out = tmp_path / "out"
     sidecar = sidecars(config)
     for i in range(4):
         assert sidecar.deliver(b"{}", delivery=f"p-{i}").status == 200
-    wait_for(lambda: (out / "spans").exists() and len((out / "spans").read_text().splitlines()) == 4, timeout=10)
-    spans = sorted(tuple(map(float, line.split())) for line in (out / "spans").read_text().splitlines())
+    spans = span_runs(out, 4)
     assert any(start < end for (_, end), (start, _) in itertools.pairwise(spans))
 
 
 def test_queue_full_is_503_and_nothing_half_accepted(tmp_path: Path, sidecars, spool: str) -> None:
     config = write_config(tmp_path, table("""
-          - event: push
-            run: {scripts}/slow.sh
-            concurrency: 1
-            env: {{OUT: {out}, SLEEP: "30"}}
-          - event: push
-            run: {scripts}/slow.sh
-            name: second
-            concurrency: 1
-            env: {{OUT: {out}, SLEEP: "30"}}
+          - {{event: push, run: {scripts}/slow.sh, concurrency: 1, env: {{OUT: {out}, SLEEP: "30"}}}}
+          - {{event: push, run: {scripts}/slow.sh, name: second, concurrency: 1, env: {{OUT: {out}, SLEEP: "30"}}}}
     """, spool + "max_queue: 3\n"))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="q-1").status == 200   # 2 jobs pending
@@ -287,11 +277,7 @@ def test_hooks_past_the_grace_are_interrupted_and_run_at_the_next_start(tmp_path
 
 
 def test_purge_removes_old_finished_jobs(tmp_path: Path, sidecars, spool: str) -> None:
-    config = write_config(tmp_path, table("""
-          - event: push
-            run: {scripts}/append.sh
-            env: {{OUT: {out}}}
-    """, spool))
+    config = write_config(tmp_path, table(APPEND, spool))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="old").status == 200
     wait_for(lambda: ran(tmp_path / "out") == ["old"])
@@ -303,11 +289,7 @@ def test_purge_removes_old_finished_jobs(tmp_path: Path, sidecars, spool: str) -
 
 
 def test_retention_prunes_finished_jobs(tmp_path: Path, sidecars, spool: str) -> None:
-    config = write_config(tmp_path, table("""
-          - event: push
-            run: {scripts}/append.sh
-            env: {{OUT: {out}}}
-    """, spool + "retention_hours: 0.0003\n"))  # about a second
+    config = write_config(tmp_path, table(APPEND, spool + "retention_hours: 0.0003\n"))  # about a second
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="short-lived").status == 200
     sidecar.wait_log(lambda e: e.get("msg") == "hook.finished")

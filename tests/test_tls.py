@@ -25,6 +25,7 @@ from sidecar import sandbox
 from sidecar.errors import ConfigError
 
 from .conftest import BASIC, ROOT, Response, Sidecar, github_signature, start_sidecar, wait_for, write_config
+from .support import table
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="needs the openssl command to make certificates")
@@ -252,17 +253,11 @@ def test_hooks_cannot_read_the_tls_key(pki: PKI, tmp_path: Path) -> None:
         out = tmp_path / "out"
         out.mkdir()
         config = state / "config.yaml"
-        config.write_text(f"""\
-tls: {{cert_file: tls/tls.crt, key_file: tls/tls.key}}
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: "*"
-        run: [sh, -c, 'cat tls/tls.crt > "$OUT/crt"; cat tls/tls.key > "$OUT/key" 2>&1; echo $? > "$OUT/rc"']
-        env: {{OUT: {out}}}
-""")
+        config.write_text(table(f"""
+- event: "*"
+  run: [sh, -c, 'cat tls/tls.crt > "$OUT/crt"; cat tls/tls.key > "$OUT/key" 2>&1; echo $? > "$OUT/rc"']
+  env: {{OUT: {out}}}
+""", "tls: {cert_file: tls/tls.crt, key_file: tls/tls.key}\n"))
         sidecar = start_sidecar(config)
         try:
             line = sidecar.wait_log(lambda e: e.get("msg") == "hooks.sandboxed")

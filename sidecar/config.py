@@ -349,7 +349,8 @@ def _state(top: dict[str, Any], base: Path, env_file: str | os.PathLike[str] | N
     file, secret and TLS files (read from the raw document: every endpoint's, before any is checked)."""
     state = [(str(base), "the config directory")]
     if not any(k in top for k in ("spool_url_env", "spool_url_file")):
-        spool = top.get("spool_dir") if isinstance(top.get("spool_dir"), str) else str(Config.spool_dir)
+        given = top.get("spool_dir")
+        spool = given if isinstance(given, str) else str(Config.spool_dir)
         state.append((os.path.abspath(base / spool), "the spool"))
     if env_file:
         state.append((os.path.abspath(env_file), "the env file"))
@@ -357,7 +358,8 @@ def _state(top: dict[str, Any], base: Path, env_file: str | os.PathLike[str] | N
     tls = top.get("tls")
     if isinstance(tls, dict):
         files += _names(tls.get("key_file")) + _names(tls.get("cert_file"))
-    for ep in top.get("endpoints") if isinstance(top.get("endpoints"), list) else []:
+    endpoints = top.get("endpoints")
+    for ep in endpoints if isinstance(endpoints, list) else []:
         if isinstance(ep, dict):
             files += _names(ep.get("secret_file"))
     state += [(os.path.abspath(base / f), "a secret file") for f in files]

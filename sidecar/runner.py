@@ -244,6 +244,6 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
 
 def _pidfd(pid: int) -> int | None:
     try:
-        return os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+        return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _thread
 import errno
+import functools
 import os
 import queue
 import threading
@@ -25,7 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import landlock, logs
 from .grants import TEMP_DIRS, View, default_writes, exposed, walk
@@ -154,7 +155,7 @@ class Policy:
         done.acquire()
         ok, value = box[0]
         if ok:
-            return value  # type: ignore[no-any-return]
+            return cast(T, value)
         if retry_denied and isinstance(value, PermissionError) and self._owner is not None:
             successor = self._owner.denied(self)
             if successor is not None:
@@ -288,7 +289,7 @@ class Sandbox:
         old, self._policies = self._policies, {}
         for key, p in old.items():
             if p is not None:
-                p.retire(lambda key=key: self.policy(*key))
+                p.retire(functools.partial(self.policy, *key))
 
     def state(self) -> tuple[str, ...]:
         """Everything hooks may not write: the hidden paths and the config directory."""

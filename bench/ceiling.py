@@ -37,6 +37,7 @@ REPLY = b'{"status":"ok"}'
 class Bare(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    _headers_buffer: list[bytes]  # send_header() fills it; the stdlib's, not in its type stubs
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))

@@ -37,12 +37,14 @@ def _start_thread(frame: Any, event: str, arg: Any) -> None:
     _new().enable()  # replaces this hook for the thread
 
 
-class _Snapshot:
-    """What pstats.Stats takes, without disabling a profiler that belongs to another thread."""
+class _Snapshot(cProfile.Profile):
+    """What pstats.Stats takes, without disabling a profiler that belongs to another thread
+    (a profiler of its own that never runs, holding the other's stats)."""
 
     def __init__(self, prof: cProfile.Profile) -> None:
-        prof.snapshot_stats()  # type: ignore[attr-defined]
-        self.stats = prof.stats  # type: ignore[attr-defined]
+        super().__init__()
+        prof.snapshot_stats()
+        self.stats = prof.stats
 
     def create_stats(self) -> None:
         pass
@@ -69,7 +71,7 @@ def main() -> None:
         runpy.run_module("sidecar", run_name="__main__", alter_sys=True)
     finally:
         own.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         with _lock:
             profiles = list(_profiles)
         # Calls still running (the serving loops) are not in the stats; every finished one is.

@@ -63,7 +63,7 @@ def accepted_round(sc: Sidecar, log: LogTail, args: argparse.Namespace, tool: st
     acc0, hooks0 = log.counts["delivery.accepted"], log.counts["hook.finished"]
     busy0 = log.statuses[503]
     assert sc.proc is not None
-    cpu0, kids0 = cpu_of(sc.proc.pid)
+    cpu0, kids0 = cpu_of(sc.pid)
     t_start = time.time()
     r = load.closed(sc.port, args.seconds, args.connections, True, tool)
     t_load_end = time.time()
@@ -78,7 +78,7 @@ def accepted_round(sc: Sidecar, log: LogTail, args: argparse.Namespace, tool: st
             break
         time.sleep(0.05)
     drained = hooks >= accepted
-    cpu1, kids1 = cpu_of(sc.proc.pid)
+    cpu1, kids1 = cpu_of(sc.pid)
     t_end = log.last_hook_ts if drained and log.last_hook_ts else time.time()
     return {
         "load": r, "acknowledged_per_s": r["ok"] / r["duration_s"], "accepted": accepted, "hooks": hooks,
@@ -173,7 +173,7 @@ def run_default(args: argparse.Namespace) -> int:
             rnd["durable"] = closed_cpu(durable.proc.pid, durable_port, args.seconds, args.connections, True, tool)
             log.read()
             rej0 = log.counts["delivery.rejected"]
-            rnd["rejected"] = closed_cpu(sc.proc.pid, sc.port, args.seconds, args.connections, False, tool)
+            rnd["rejected"] = closed_cpu(sc.pid, sc.port, args.seconds, args.connections, False, tool)
             rnd["rejected"]["logged"] = log.read().counts["delivery.rejected"] - rej0
             rnd["accepted"] = accepted_round(sc, log, args, tool, budget)
             # (4) open loop, the bare server first, each on a quiet machine (no hooks left to run)

@@ -119,7 +119,7 @@ def stop(sc: Sidecar, count: Path) -> None:
 def valid_load(sc: Sidecar, count: Path, args: argparse.Namespace, tool: str, on_start: Any = None) -> dict:
     """Valid deliveries for --seconds, then wait until every accepted one's hook ran."""
     assert sc.proc is not None
-    pid = sc.proc.pid
+    pid = sc.pid
     log = LogTail(sc.log_path)
     log.read()
     acc0, n0 = log.counts["delivery.accepted"], count_of(count)
@@ -163,7 +163,7 @@ def paced_load(sc: Sidecar, count: Path, args: argparse.Namespace) -> dict:
     delivery at the same operating point for every variant (batching, queue length, wake-ups alike),
     which closed-loop overload on a shared machine blurs."""
     assert sc.proc is not None
-    pid = sc.proc.pid
+    pid = sc.pid
     log = LogTail(sc.log_path)
     log.read()
     acc0, n0 = log.counts["delivery.accepted"], count_of(count)
@@ -199,7 +199,7 @@ def variant_round(budget: Budget, v: Variant, args: argparse.Namespace, tool: st
         time.sleep(1.0)
         idle = sc.status()
         load.closed(sc.port, 1, CONNECTIONS, False, tool, cpus=LOAD_CPU)  # warm-up: connections, caches
-        rejected = rejected_load(sc.port, sc.proc.pid, args, tool)
+        rejected = rejected_load(sc.port, sc.pid, args, tool)
         valid = valid_load(sc, count, args, tool)
         paced = paced_load(sc, count, args) if args.paced_seconds > 0 else {}
         peak = sc.status()
@@ -217,7 +217,7 @@ def stage_run(budget: Budget, v: Variant, args: argparse.Namespace, tool: str) -
     sc, count = start(budget, v, args, launcher=[str(HERE / "stages.py"), str(out)])
     try:
         assert sc.proc is not None
-        pid = sc.proc.pid
+        pid = sc.pid
         load.closed(sc.port, 1, CONNECTIONS, True, tool, cpus=LOAD_CPU)  # warm-up, hooks included
         deadline = time.monotonic() + DRAIN_WAIT_S
         log = LogTail(sc.log_path)
@@ -320,11 +320,11 @@ def table(res: dict) -> str:
         elif key == "rejected_per_s":
             row[0] += f" (bare stdlib handler: {fmt(bare)}/s)"
             goal += ": " + ", ".join(f"{n} {fmt(ratio(meds[n].get(key), bare), '.2f')}x" for n in names)
-        elif ab and key in GOALS and GOALS[key][1] is not None:
+        elif ab and (check := GOALS.get(key, ("", None))[1]) is not None:
             verdicts = []
             for n in others:
                 r = ratio(meds[n].get(key), meds["baseline"].get(key))
-                verdicts.append(f"{n} {'n/a' if r is None else 'pass' if GOALS[key][1](r) else 'MISS'}")
+                verdicts.append(f"{n} {'n/a' if r is None else 'pass' if check(r) else 'MISS'}")
             goal += ": " + ", ".join(verdicts)
         row.append(goal)
         lines.append("| " + " | ".join(row) + " |")

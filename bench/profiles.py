@@ -56,7 +56,7 @@ def profile_wall(sc: Sidecar, args: argparse.Namespace, tool: str, valid: bool, 
     assert sc.proc is not None
     raw = sc.dir / "logs" / f"wall-{name}.raw"
     seconds = args.seconds
-    spy = subprocess.Popen([py_spy, "record", "--pid", str(sc.proc.pid), "--duration", str(seconds),
+    spy = subprocess.Popen([py_spy, "record", "--pid", str(sc.pid), "--duration", str(seconds),
                             "--rate", str(PROFILE_RATE), "--format", "raw", "--output", str(raw), "--nonblocking",
                             "--idle", "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.3)  # attached before the load starts
@@ -117,11 +117,11 @@ def profile_cpu(budget: Budget, args: argparse.Namespace, tool: str, valid: bool
         sc.wait_ready()
         log = LogTail(sc.log_path)
         assert sc.proc is not None
-        cpu0 = cpu_of(sc.proc.pid)[0]
+        cpu0 = cpu_of(sc.pid)[0]
         result = load.closed(sc.port, args.seconds, args.connections, valid, tool)
         if valid:
             wait_for_hooks(log, min(60, max(1, budget.left() - 30)))
-        cpu_s = cpu_of(sc.proc.pid)[0] - cpu0
+        cpu_s = cpu_of(sc.pid)[0] - cpu0
         sc.stop()
         log.read()
         if not prof.exists():
@@ -151,7 +151,7 @@ def profile_cpu(budget: Budget, args: argparse.Namespace, tool: str, valid: bool
 
 
 def summarize_pstats(stats: pstats.Stats, top: int) -> dict:
-    entries = stats.stats  # type: ignore[attr-defined]
+    entries = vars(stats)["stats"]  # pstats' raw table: (file, line, function) -> (cc, nc, tt, ct, callers)
     total = sum(tt for (_, _, tt, _, _) in entries.values()) or 1e-9
 
     def label(key: tuple[str, int, str]) -> str:

@@ -156,6 +156,12 @@ class Sidecar:
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int:
+        """The running sidecar's pid (after start())."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
     def start(self) -> float:
         """Spawn; return the perf_counter time of the spawn."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
@@ -265,7 +271,7 @@ def post(port: int, event: str) -> tuple[int, dict]:
 def threads_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the live threads of `pid` by kind (thread name, numbers merged): what each
     kind of thread costs, without any instrumentation."""
-    out: collections.Counter[str] = collections.Counter()
+    out: collections.defaultdict[str, float] = collections.defaultdict(float)
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:

@@ -19,6 +19,7 @@ do not exist in the tree under test (a restructured sidecar) are listed as missi
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
 import json
 import os
@@ -134,9 +135,7 @@ def _wrap(fn: Callable[..., Any], stage: str, base: str = "") -> Callable[..., A
         finally:
             _leave(st)
 
-    wrapped.__wrapped__ = fn  # type: ignore[attr-defined]
-    wrapped.__name__ = getattr(fn, "__name__", "wrapped")
-    return wrapped
+    return functools.update_wrapper(wrapped, fn, assigned=("__name__",), updated=())  # and __wrapped__
 
 
 def _tag_of(st: _State) -> str:
@@ -146,20 +145,28 @@ def _tag_of(st: _State) -> str:
     return "spool other"
 
 
+class _Staged:
+    """A spool op that runs on the writer thread, charged to `stage`: the stage of who submitted it."""
+
+    def __init__(self, op: Callable[..., Any], stage: str) -> None:
+        self.run, self.stage = _wrap(op, stage), stage
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.run(*args, **kwargs)
+
+
 def _wrap_submit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Spool.submit_write: the op runs on the writer thread, charged to the stage of who asked."""
     def submit_write(self: Any, op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         tag = _tag_of(_state())
-        inner = _wrap(op, tag)
-        inner._stage = tag  # type: ignore[attr-defined]
-        return fn(self, inner, *args, **kwargs)
+        return fn(self, _Staged(op, tag), *args, **kwargs)
     return submit_write
 
 
 def _wrap_batch(fn: Callable[..., Any]) -> Callable[..., Any]:
     def commit(self: Any, batch: list[Any], *args: Any, **kwargs: Any) -> Any:
         st = _state()
-        tags = [getattr(getattr(r, "op", None), "_stage", "spool other") for r in batch] or ["spool other"]
+        tags = [getattr(getattr(r, "op", None), "stage", "spool other") for r in batch] or ["spool other"]
         if not st.base:
             st.base = "(base) writer queue"
         _enter(st, "spool batch", tags)

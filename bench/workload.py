@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from typing import Any
 
 SECRET = "bench-secret-0123456789abcdef"
 WRONG_SECRET = "not-the-secret"
@@ -18,7 +19,7 @@ EVENT = "push"
 
 def push_payload() -> bytes:
     """A GitHub push event shaped like the real thing (one commit), about 2 KB."""
-    repo = {
+    repo: dict[str, Any] = {
         "id": 186853002, "node_id": "MDEwOlJlcG9zaXRvcnkxODY4NTMwMDI=", "name": "app", "full_name": "org/app",
         "private": False, "owner": {"name": "org", "login": "org", "id": 21031067, "type": "Organization"},
         "html_url": "https://github.com/org/app", "description": "The application", "fork": False,

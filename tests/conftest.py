@@ -38,8 +38,9 @@ def github_signature(body: bytes, secret: str = SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll until predicate() is truthy; return its value or fail after `timeout`."""
+def wait_for(predicate: Callable[..., Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll until predicate() is truthy; return its value or fail after `timeout`. (Called with no
+    arguments; `...` lets a lambda bind loop variables as defaults, which mypy cannot match to `[]`.)"""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -114,7 +115,7 @@ class Sidecar:
         headers.update(extra or {})
         return self.post(path, body, headers)
 
-    def wait_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+    def wait_log(self, predicate: Callable[..., bool], timeout: float = 5.0) -> dict[str, Any]:
         """The first log line (seen so far or arriving within `timeout`) that satisfies predicate."""
         return wait_for(lambda: next((e for e in list(self.logs) if predicate(e)), None), timeout)
 

@@ -14,15 +14,30 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlencode
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from sidecar.errors import SignatureError
 from sidecar.providers import PROVIDERS, Provider
 
 NOW = 1_700_000_000
+
+
+@runtime_checkable
+class Tolerant(Protocol):
+    """A provider that bounds the age of a signed timestamp (a Timestamped one, or Discord's)."""
+
+    tolerance: float
+
+
+def tolerance_of(provider: Provider) -> float:
+    assert isinstance(provider, Tolerant), f"{provider.name} signs no timestamp"
+    return provider.tolerance
+
 SECRET = b"It's a Secret to Everybody"
 OTHER = b"an older secret still in rotation"
 JSON_BODY = b'{"id":"evt_1","type":"push","object_kind":"push","ref":"refs/heads/main"}'
@@ -253,3 +268,12 @@ NEW_FACTORIES: dict[str, Callable[..., Delivery]] = {
     "mailgun": mailgun, "zoom": zoom, "pagerduty": pagerduty, "twitch": twitch, "sentry": sentry, "basic": basic,
     "bearer": bearer,
 }
+
+
+def rejected(fn: Callable[..., Any], reason: str | None = None) -> SignatureError:
+    """The SignatureError fn() raises (a lambda may bind loop variables as defaults: hence `...`)."""
+    with pytest.raises(SignatureError) as info:
+        fn()
+    if reason is not None:
+        assert info.value.reason == reason, str(info.value)
+    return info.value

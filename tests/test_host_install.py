@@ -14,6 +14,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ UNIT = ROOT / "deploy" / "systemd" / "webhook-sidecar.service"
 COMMAND = "/usr/local/bin/webhook-sidecar"
 
 
-def _run(*cmd: str | Path, timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(*cmd: str | Path, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs)
     assert done.returncode == 0, f"{cmd}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done

@@ -589,6 +589,8 @@ def test_after_the_suite_the_server_is_alive_clean_and_small(hostile: Hostile) -
     assert not bad, bad
     assert not any(e.get("status") == 500 for e in sidecar.logs)
     status = Path(f"/proc/{sidecar.proc.pid}/status").read_text()
-    rss_kib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1])
+    vm_rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    assert vm_rss is not None, status
+    rss_kib = int(vm_rss[1])
     print(f"\nsidecar VmRSS after the hostile suite: {rss_kib / 1024:.1f} MiB")
     assert rss_kib < 150 * 1024

@@ -112,7 +112,9 @@ def test_no_mutation_of_a_valid_delivery_is_accepted(name: str, data: st.DataObj
         mutated_body = data.draw(mutated_bytes(body))
     elif target == "(query)":  # twilio signs the query string as received
         path, _, query = request_target.partition("?")
-        request_target = path + "?" + data.draw(mutated_text(query).filter(lambda q: q is not None))
+        mutated_query = data.draw(mutated_text(query).filter(lambda q: q is not None))
+        assert mutated_query is not None
+        request_target = path + "?" + mutated_query
     elif target == "Authorization":
         # The scheme name is case-insensitive (RFC 7235): the credentials after it are what is signed.
         scheme, _, credentials = headers[target].partition(" ")

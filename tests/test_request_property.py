@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,14 +39,19 @@ SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[Heal
 BAD_MSGS = {"request.failed", "request.exception", "connection.failed"}
 
 
+@dataclass
+class Served:
+    sidecar: Sidecar
+    checked: int = 0  # its log lines checked so far
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("property")
     config = tmp / "config.yaml"
     config.write_text(CONFIG)
     with serving(config) as sidecar:
-        sidecar.checked = 0  # type: ignore[attr-defined]  # log lines checked so far
-        yield sidecar
+        yield Served(sidecar)
 
 
 # --- strategies (one_of picks its branches evenly: repeating a branch weights it) --------
@@ -112,20 +118,20 @@ def raw_requests(draw: st.DrawFn) -> bytes:
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 
 
-def check_new_log_lines(server: Sidecar) -> None:
+def check_new_log_lines(server: Served) -> None:
     """Every line since the last check is one JSON object, with no escaped exception and no 500."""
-    lines = list(server.raw)
-    for raw in lines[server.checked:]:  # type: ignore[attr-defined]
+    lines = list(server.sidecar.raw)
+    for raw in lines[server.checked:]:
         assert raw.startswith("{") and raw.endswith("}\n"), raw
         event = json.loads(raw)
         assert event.get("msg") not in BAD_MSGS and event.get("status") != 500, raw
-    server.checked = len(lines)  # type: ignore[attr-defined]
+    server.checked = len(lines)
 
 
 @given(data=raw_requests())
 @SETTINGS
-def test_no_request_gets_a_500_or_escapes_the_handler(server: Sidecar, data: bytes) -> None:
-    answer = exchange(server.port, data, timeout=5)[0]
+def test_no_request_gets_a_500_or_escapes_the_handler(server: Served, data: bytes) -> None:
+    answer = exchange(server.sidecar.port, data, timeout=5)[0]
     if not answer:
         # Only a request line without any word may be closed without an answer.
         assert not str(data.split(b"\n", 1)[0], "latin-1").split(), f"no answer to {data[:200]!r}"
@@ -133,12 +139,12 @@ def test_no_request_gets_a_500_or_escapes_the_handler(server: Sidecar, data: byt
         first = STATUS.match(answer)
         assert first, answer[:200]
         assert int(first[1]) != 500, (data[:300], answer[:300])
-    assert server.proc.poll() is None, "the sidecar died"
+    assert server.sidecar.proc.poll() is None, "the sidecar died"
     check_new_log_lines(server)  # later responses on the connection: their log lines say their status
 
 
-def test_after_the_property_run_the_server_is_healthy(server: Sidecar) -> None:
-    assert server.request("GET", "/healthz").status == 200
+def test_after_the_property_run_the_server_is_healthy(server: Served) -> None:
+    assert server.sidecar.request("GET", "/healthz").status == 200
     time.sleep(0.3)  # the last lines through the pipe
     check_new_log_lines(server)
-    assert server.proc.poll() is None
+    assert server.sidecar.proc.poll() is None

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,13 +72,14 @@ def tls_config(directory: Path, cert: str, key: str) -> Path:
 
 
 def https(port: int, context: ssl.SSLContext, method: str = "GET", path: str = "/healthz", body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> tuple[Response, dict]:
+          headers: dict[str, str] | None = None) -> tuple[Response, dict[str, Any]]:
     """One request on a new connection; the response and the certificate the server presented."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         peer = conn.sock.getpeercert()
+        assert peer is not None, "the server presented no certificate"
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()), peer
     finally:
         conn.close()

@@ -34,7 +34,7 @@ check: $(RUN_STAMP) .env
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests bench tools
-	$(BIN)/mypy sidecar
+	$(BIN)/mypy  # sidecar, tests and bench ([tool.mypy] files in pyproject.toml)
 
 # Dockerfile (hadolint) and Helm chart (helm lint, schema, rendered facts); installs its own tools.
 packaging: $(STAMP)

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
+from .watchdog import MARKER_VAR as MARKER_VAR
 from .watchdog import start_time as _start_time
 from .watchdog import stat as _stat
 
-MARKER_VAR = "WEBHOOK_RUN_ID"
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38

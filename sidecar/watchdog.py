@@ -48,9 +48,17 @@ import time
 TYPE_CHECKING = False  # not typing's: importing typing would cost the watchdog 1.6 MiB
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Callable
+    from typing import Protocol
 
-    from . import procs
+    class Tracked(Protocol):
+        """What start() needs of procs.Tracker (no import of procs: procs reads /proc through this module)."""
 
+        instance: str
+        watchdog_pid: int
+        notify: Callable[[bytes], None] | None
+
+MARKER_VAR = "WEBHOOK_RUN_ID"  # in the environment of every process of a run: "<instance>.<run>"
 BATCH_S = 0.1  # the watchdog reads the pipe at most this often while runs come and go
 SWEEP_S = 5.0  # how long the watchdog chases a dead sidecar's runs (setsid'd children of killed parents re-parent)
 
@@ -117,7 +125,7 @@ def remove_at_end(directory: str) -> None:
         _guard.tell(b"~" + os.fsencode(directory) + b"\n")
 
 
-def start(tracker: procs.Tracker) -> None:
+def start(tracker: Tracked) -> None:
     """Start the watchdog of `tracker`'s runs, connect the tracker to it, log how hooks are guarded.
 
     Call before any hook runs. Never fails the sidecar's start: without a watchdog
@@ -125,7 +133,7 @@ def start(tracker: procs.Tracker) -> None:
     """
     import subprocess
 
-    from . import logs, procs
+    from . import logs
 
     global _guard
     read_fd = write_fd = -1
@@ -133,7 +141,7 @@ def start(tracker: procs.Tracker) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(write_fd, False)
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(read_fd), procs.MARKER_VAR, tracker.instance],
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(read_fd), MARKER_VAR, tracker.instance],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(read_fd,),
             env={}, cwd="/", start_new_session=True)  # out of the sidecar's group: a group kill must not take it
     except (OSError, ValueError) as e:

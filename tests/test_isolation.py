@@ -191,7 +191,8 @@ def test_a_hook_cannot_read_the_sidecars_environment_through_proc(tmp_path: Path
             sidecar.stop(signal.SIGKILL)
             if sidecar.proc.stdout:
                 sidecar.proc.stdout.close()
-        assert line["output_tail"].endswith("Permission denied\ndenied\n"), line
+        tail = line["output_tail"]
+        assert isinstance(tail, str) and tail.endswith("Permission denied\ndenied\n"), line
         peeked = directory / "out" / "peek.env"
         assert not peeked.exists() or SECRET not in peeked.read_text()
     finally:
@@ -243,7 +244,7 @@ def test_secret_file_rotation_by_a_secret_volume_swap_needs_no_restart(tmp_path:
     volume.publish("new-secret")
     wait_for(lambda: sidecar.deliver(b"{}", secret="new-secret").status == 200, timeout=3)
     assert sidecar.deliver(b"{}", secret="old-secret").status == 401
-    assert sidecar.find_logs("config.reloaded")
+    wait_for(lambda: sidecar.find_logs("config.reloaded"), timeout=2)  # logged after the swap
 
 
 def test_secret_file_rewritten_in_place_rotates_and_trailing_newline_is_not_part_of_it(tmp_path: Path,

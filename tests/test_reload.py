@@ -137,6 +137,7 @@ def test_touch_and_identical_rewrites_do_not_reload(tmp_path: Path, sidecars) ->
     # Then a real change: it must be the only reload.
     write_by_rename(config, TABLE.format(name="second"))
     wait_route(sidecar, "second")
+    wait_for(lambda: sidecar.find_logs("config.reloaded"), timeout=2)  # logged after the swap
     assert len(sidecar.find_logs("config.reloaded")) == 1
 
 

@@ -150,8 +150,13 @@ def test_plain_http_and_stalled_clients_do_not_hold_the_server(secure: tuple[Sid
     assert https(sidecar.port, pki.client())[0].status == 200
     assert time.monotonic() - started < 1.0
     assert silent.recv(100) == b""  # closed when the handshake's deadline passed
-    answer = half.recv(4096)  # a 408, inside TLS (the deadline shut the raw socket, not the TLS state)
-    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    try:
+        answer = half.recv(4096)  # a 408, inside TLS (the deadline shut the raw socket, not the TLS state)
+    except ssl.SSLError as e:
+        # On a loaded machine the server's side of the handshake may still be running when the deadline
+        # passes: then the connection ends with a TLS alert instead of the 408. Closed in time either way.
+        answer = f"alert: {e.reason}".encode()
+    assert answer.startswith((b"HTTP/1.1 408 ", b"alert: ")), answer
     assert 1.5 < time.monotonic() - started < 6
     silent.close()
     half.close()

@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.spawn_cost [N]
 
 CPU is the sidecar process's own (RUSAGE_SELF: all its threads, not the hooks'), per run of
-/bin/true through runner.run, so it includes the pipes, the wait and the end-of-run checks.
+/bin/true through runner.run, so it includes the pipes, the wait and the end-of-run checks; the
+service's row goes through its launcher (launcher.py: the route's policy looked up, then runner.run).
 The preexec_fn rows apply the same ruleset in the child after fork, as subprocess would have
 to without the per-thread trick: once with the ruleset built in the parent and its fd passed,
 once building it per spawn.
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import procs, runner, sandbox, watchdog
+from sidecar.config import Route
+from sidecar.launcher import Launcher
 
 
 def cpu() -> float:
@@ -70,8 +73,10 @@ def main() -> None:
     measure("tracking only (journal lines + end-of-run check)",
             lambda: runner.run(argv, b"", env, 5, sandbox=None, tracker=tracker), n)
     measure("sandbox: policy thread (taken)", lambda: runner.run(argv, b"", env, 5, sandbox=policy, tracker=None), n)
-    measure("sandbox + tracking (what the service does)",
-            lambda: runner.run(argv, b"", env, 5, sandbox=policy, tracker=tracker), n)
+    launcher = Launcher(tracker, box)
+    route = Route(name="bench", event="*", when=(), argv=tuple(argv), timeout_s=5)
+    measure("sandbox + tracking, through the launcher (the service)",
+            lambda: launcher.run(route, b"", {}, live=route, delivery="d"), n)
     prebuilt = sandbox.Policy.__new__(sandbox.Policy)
     prebuilt.rules = 0
     fd = prebuilt._build(policy.grants, box.level)
@@ -95,21 +100,22 @@ def main() -> None:
     measure("bare Popen, preexec_fn + ruleset fd built once (not taken)", preexec_prebuilt, n)
     measure("bare Popen, preexec_fn + ruleset built per spawn (not taken)", preexec_per_spawn, max(50, n // 5))
     os.close(fd)
-    threaded(policy, tracker, n)
+    threaded(launcher, n)
     subprocess.run(["rm", "-rf", str(state)], check=False)
 
 
-def threaded(policy: sandbox.Policy, tracker: procs.Tracker, n: int) -> None:
+def threaded(launcher: Launcher, n: int) -> None:
     """The bench's hook (sh + cat, 2 KB on stdin) from 4 worker threads, sandboxed and tracked as the
     service runs it: runs/s and the sidecar's CPU per run."""
     from concurrent.futures import ThreadPoolExecutor
 
     count = Path(tempfile.mkdtemp(dir="/tmp")) / "count"  # /tmp: writable by sandboxed hooks, state is not
-    argv = ["/bin/sh", "-c", f"cat >/dev/null; echo x >> {count}"]
-    env, body = runner.hook_env({}), b"x" * 2048
+    route = Route(name="bench", event="*", when=(), argv=("/bin/sh", "-c", f"cat >/dev/null; echo x >> {count}"),
+                  timeout_s=10)
+    body = b"x" * 2048
 
     def one(_: int) -> None:
-        assert runner.run(argv, body, env, 10, cwd="/tmp", tracker=tracker, sandbox=policy).ok
+        assert launcher.run(route, body, {}, live=route, delivery="d", cwd="/tmp").ok
 
     before, start = cpu(), time.perf_counter()
     with ThreadPoolExecutor(4) as pool:

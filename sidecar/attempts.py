@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import logs, metrics, runner, sandbox
+from . import logs, metrics, runner
 from .config import Config, Route
+from .launcher import Launcher
 from .spool import JobRow, route_spec
 
 EX_TEMPFAIL = 75
@@ -39,7 +40,8 @@ class Job:
     replica: str = ""
 
     def env(self) -> dict[str, str]:
-        """The hook's whole environment: route env, then the WEBHOOK_* facts (no secrets)."""
+        """What the hook's environment adds to the launcher's (PATH, LANG, HOME, TMPDIR): route env, then
+        the WEBHOOK_* facts (no secrets)."""
         facts = {
             "WEBHOOK_EVENT": self.event,
             "WEBHOOK_DELIVERY": self.delivery,
@@ -51,7 +53,7 @@ class Job:
         }
         if self.replica:
             facts["WEBHOOK_REPLICA"] = self.replica
-        return runner.hook_env({**dict(self.route.env), **facts})
+        return {**dict(self.route.env), **facts}
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
@@ -90,9 +92,14 @@ def resolve(row: JobRow, cfg: Config, known: KnownRoutes) -> tuple[Route | None,
     """
     if route_spec(row.route) in known:
         return row.route, ""
-    endpoint = cfg.endpoints.get(row.endpoint)
-    current = next((r for r in endpoint.routes if r.name == row.route.name), None) if endpoint else None
+    current = live_route(cfg, row.endpoint, row.route.name)
     return current, "route_changed" if current else "route_unknown"
+
+
+def live_route(cfg: Config, endpoint: str, name: str) -> Route | None:
+    """The route `name` of `endpoint` in the table `cfg`; None when it has none."""
+    ep = cfg.endpoints.get(endpoint)
+    return next((r for r in ep.routes if r.name == name), None) if ep else None
 
 
 @dataclass
@@ -111,8 +118,9 @@ class Attempt:
 
 
 def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, cancel: threading.Event,
-        replica: str = "", attempts_used: int | None = None) -> Attempt:
-    """Run one attempt of a stored job with `body` on stdin; decide its outcome (nothing recorded here)."""
+        replica: str = "", attempts_used: int | None = None, *, launcher: Launcher) -> Attempt:
+    """Run one attempt of a stored job with `body` on stdin through `launcher`; decide its outcome
+    (nothing recorded here)."""
     attempt = (row.attempts if attempts_used is None else attempts_used) + 1
     route, why = resolve(row, cfg, known)
     job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
@@ -128,14 +136,13 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
                 "no route of that name: not run, kept as a dead letter"))
     if route is None:
         return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
-    result = runner.run(route.argv, body, job.env(), route.timeout_s, cwd=row.cwd,
-                        cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
+    # The sandbox options are the live table's route's (by name), never a stored job's: a spool row is data.
+    result = launcher.run(route, body, job.env(), live=live_route(cfg, row.endpoint, route.name),
+                          delivery=job.delivery, cwd=row.cwd, cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
     signum = result.signal
     fields.update(exit_code=result.exit_code, signal=signum, duration_ms=round(result.duration_s * 1000, 1),
                   output_tail=result.output_tail or None, error=result.error or None,
-                  leftovers=result.leftovers or None)
-    if not result.ok and not result.cancelled:
-        fields["hint"] = sandbox.hint(route, result.output_tail + result.error)  # a denied write: why, and the fix
+                  leftovers=result.leftovers or None, hint=result.hint)
     if result.cancelled:
         return Attempt(job_id, job, result, "interrupted", 0.0, "interrupted", fields)
     transient = result.transient

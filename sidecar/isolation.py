@@ -1,6 +1,6 @@
 """Hook isolation at start and on reload: the sidecar's /proc closed, leftovers of a crash ended,
-the hooks' own HOME and TMPDIR made, the sandbox built and announced. The mechanisms are
-procs.py's, sandbox.py's and landlock.py's."""
+the hooks' own HOME and TMPDIR made, the sandbox built and announced, all of it handed out as one
+launcher (launcher.py). The mechanisms are procs.py's, sandbox.py's and landlock.py's."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import logs, procs, runner, sandbox, watchdog
+from . import logs, procs, sandbox, watchdog
 from .config import Config
+from .launcher import Launcher
 
 RUNS_SUBDIR = "runs"  # the run records, inside the spool directory (hidden from hooks with it)
 PRIVATE_PREFIX = "webhook-sidecar-hooks-"
@@ -55,14 +56,12 @@ def remove_private(root: Path) -> None:
     watchdog.remove_tree(str(root))
 
 
-def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> sandbox.Sandbox:
-    """Call before any job can run: kills what a crashed sidecar's hooks left, then installs
-    the process tracker and the sandbox that runner.run uses by default.
+def start(cfg: Config, env_file: Path | None, sandboxed: bool = True) -> Launcher:
+    """Call before any job can run: kills what a crashed sidecar's hooks left, then makes the launcher
+    (process tracker and watchdog, sandbox, the hooks' own HOME and TMPDIR) that every hook starts through.
 
-    `sandboxed` None: on unless SIDECAR_SANDBOX=off.
+    `sandboxed` False: --sandbox off (SIDECAR_SANDBOX=off, read by the CLI).
     """
-    if sandboxed is None:
-        sandboxed = os.environ.get("SIDECAR_SANDBOX", "on").lower() not in ("off", "0", "false", "no")
     procs.harden()
     # Records live beside the embedded spool (hidden from hooks with it). A shared spool has no
     # directory of ours (a ConfigMap is read-only): then the run markers alone find leftovers.
@@ -81,27 +80,25 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool | None = None) -> 
         logs.warning("hook.leftovers_killed", route=run.get("route"), delivery=run.get("delivery"),
                      pids=run.get("pids"), run=run.get("marker"),
                      detail="processes of a hook run of an earlier sidecar that did not stop cleanly")
-    procs.install(tracker)
-    watchdog.start(tracker)  # before any hook runs: its hooks end with this sidecar, however it ends
+    guard = watchdog.start(tracker)  # before any hook runs: its hooks end with this sidecar, however it ends
     hidden = hidden_state(cfg, env_file)
-    private = _private_dirs([*hidden, str(cfg.base_dir)])
+    private = _private_dirs([*hidden, str(cfg.base_dir)], guard)
     box = sandbox.create(hidden, cfg.base_dir, enabled=sandboxed, private=private or "")
-    box.set_table(cfg.endpoints)
-    sandbox.install(box)
     _announce(cfg, box)
-    return box
+    dirs = {"HOME": str(private / "home"), "TMPDIR": str(private / "tmp")} if private is not None else {}
+    return Launcher(tracker, box, dirs, guard)
 
 
-def _private_dirs(state: list[str]) -> Path | None:
-    """Make the hooks' HOME and TMPDIR and hand them to the runner; removed at a clean exit."""
+def _private_dirs(state: list[str], guard: watchdog.Guard | None) -> Path | None:
+    """Make the hooks' HOME and TMPDIR; removed at a clean exit, and by the watchdog after a kill -9."""
     private = private_dir(state)
     if private is None:
         logs.warning("hooks.no_private_home", detail="no temp directory outside the sidecar's state could be"
                      " made: hooks get the sidecar's HOME and no TMPDIR, and may write neither")
         return None
-    runner.use_private_dirs(str(private / "home"), str(private / "tmp"))
     atexit.register(remove_private, private)
-    watchdog.remove_at_end(str(private))  # after a kill -9 too
+    if guard is not None:
+        guard.remove_at_end(str(private))  # after a kill -9 too
     return private
 
 
@@ -150,12 +147,16 @@ def _warn_route_grants(cfg: Config, box: sandbox.Sandbox) -> None:
 
 
 def reload(cfg: Config, env_file: Path | None) -> None:
+    """Nothing: the service's swap rebuilds its launcher's sandbox (reload_sandbox). Kept while
+    reload.py still calls it."""
+
+
+def reload_sandbox(launcher: Launcher, cfg: Config, env_file: Path | None) -> None:
     """A new table is live: the sandbox is walked and built again (secret files and the config directory's
     entries may have moved), and which routes leave the default sandbox is said again."""
-    box = sandbox.installed()
+    box = launcher.sandbox
     if box is None or not box.enabled:
         return
-    box.set_table(cfg.endpoints)
     narrowed = list(box.narrowed)
     if box.rebuild(hidden_state(cfg, env_file)):
         logs.info("hooks.sandbox_rebuilt", hidden=list(box.hidden))

@@ -198,11 +198,11 @@ class Tracker:
         self.watchdog_pid = 0  # a child of the main thread like the orphans, never one of a run's
 
     # --- one run ----------------------------------------------------------------------
-    def begin(self, env: Mapping[str, str]) -> Run:
-        """A new run's marker, to put in the hook's environment before it is started."""
+    def begin(self, route: str | None = None, delivery: str | None = None) -> Run:
+        """A new run's marker, to put in the hook's environment before it is started; `route` and
+        `delivery` go in its journal line (what a leftover of a crash is reported as)."""
         seq = next(self._seq)
-        facts = {"route": env.get("WEBHOOK_ROUTE"), "delivery": env.get("WEBHOOK_DELIVERY")}
-        return Run(f"{self.instance}.{seq}", seq, facts)
+        return Run(f"{self.instance}.{seq}", seq, {"route": route, "delivery": delivery})
 
     @contextmanager
     def spawning(self, run: Run) -> Iterator[None]:
@@ -446,15 +446,3 @@ def transient(e: OSError) -> bool:
     """A spawn failure that a later attempt may not hit: out of processes, memory, descriptors or disk."""
     return e.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ENOSPC)
 
-
-_current: Tracker | None = None
-
-
-def install(tracker: Tracker | None) -> None:
-    """Make `tracker` the one runner.run uses by default (the service sets it at start)."""
-    global _current
-    _current = tracker
-
-
-def current() -> Tracker | None:
-    return _current

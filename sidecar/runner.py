@@ -10,10 +10,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import procs
-from . import sandbox as _sandbox
+
+if TYPE_CHECKING:
+    from .sandbox import Policy
 
 TAIL_BYTES = 4096
 KILL_GRACE_S = 5.0
@@ -21,9 +23,6 @@ KILL_GRACE_S = 5.0
 # what they write for this long, then stop waiting for them.
 DRAIN_S = 0.5
 PASSED_THROUGH = ("PATH", "HOME", "LANG")
-# The hooks' own HOME and TMPDIR (a private directory of the sidecar's, isolation.start): in place
-# of the sidecar's HOME, which hooks may not write.
-_private: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -37,27 +36,29 @@ class Result:
     signal: int | None = None  # the signal that ended the script (ours on a timeout, or anyone's)
     transient: bool = False  # could not start for lack of processes, memory or fds: worth a retry
     leftovers: int = 0  # processes of the run still alive after the script ended, killed then
+    hint: str | None = None  # for a failure that looks like a denied write: why, and the fix (the launcher's)
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
 
 
-def use_private_dirs(home: str, tmpdir: str) -> None:
-    """Give every hook this HOME and TMPDIR from now on."""
-    _private.clear()
-    _private.update(HOME=home, TMPDIR=tmpdir)
-
-
-def hook_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """PATH and LANG from the sidecar, HOME and TMPDIR the hooks' own (else the sidecar's HOME), then
-    `extra`; nothing else leaks (no secrets)."""
+def hook_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None,
+             private: Mapping[str, str] | None = None) -> dict[str, str]:
+    """PATH and LANG from the sidecar, HOME and TMPDIR the hooks' own (`private`, else the sidecar's
+    HOME), then `extra`; nothing else leaks (no secrets)."""
     base = os.environ if base is None else base
     env = {k: base[k] for k in PASSED_THROUGH if k in base}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(_private)
+    if private:
+        env.update(private)
     env.update(extra)
     return env
+
+
+def not_started(e: OSError, duration_s: float) -> Result:
+    """The result of a run whose hook could not be started."""
+    return Result(None, False, duration_s, "", error=f"cannot start: {e.strerror}", transient=procs.transient(e))
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -69,11 +70,8 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-_INSTALLED: Any = object()  # "whatever the service installed at start" (procs.current, sandbox.current)
-
-
 def _spawn(argv: tuple[str, ...] | list[str], env: Mapping[str, str], cwd: str | None,
-           tracker: procs.Tracker | None, box: _sandbox.Policy | None
+           tracker: procs.Tracker | None, box: Policy | None, facts: tuple[str | None, str | None]
            ) -> tuple[subprocess.Popen[bytes], int, int, procs.Run | None]:
     """Start the hook (sandboxed and tracked when given): (process, stdin fd, output fd, run)."""
     # Our own pipes, given to Popen as plain fds: Popen's PIPE would wrap each end in a
@@ -86,7 +84,7 @@ def _spawn(argv: tuple[str, ...] | list[str], env: Mapping[str, str], cwd: str |
         os.close(in_fd)
         raise
     try:
-        run_rec = tracker.begin(env) if tracker is not None else None
+        run_rec = tracker.begin(*facts) if tracker is not None else None
     except OSError:
         for fd in (child_in, in_fd, out_fd, child_out):
             os.close(fd)
@@ -120,25 +118,21 @@ def _spawn(argv: tuple[str, ...] | list[str], env: Mapping[str, str], cwd: str |
 
 def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
         cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S, cancel: threading.Event | None = None,
-        cancel_grace_s: float = KILL_GRACE_S, *, tracker: procs.Tracker | None = _INSTALLED,
-        sandbox: _sandbox.Policy | None = _INSTALLED) -> Result:
+        cancel_grace_s: float = KILL_GRACE_S, *, tracker: procs.Tracker | None = None,
+        sandbox: Policy | None = None, route: str | None = None, delivery: str | None = None) -> Result:
     """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace.
 
     Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
     Nothing the script started outlives the run: its group is killed when it ends, and with a
-    `tracker` (default: the service's) so are its children that left the group (setsid).
-    `sandbox` is the Landlock policy to start it under (default: the service's for the route that
-    WEBHOOK_ENDPOINT and WEBHOOK_ROUTE in `env` name; None: none).
+    `tracker` so are its children that left the group (setsid); `route` and `delivery` name the
+    run in the tracker's journal. `sandbox` is the Landlock policy to start it under (None: none).
+    The service's hooks run through its launcher (launcher.py), which passes all of these.
     """
     start = time.monotonic()
-    tracker = procs.current() if tracker is _INSTALLED else tracker
     try:
-        # A route's policy is built at its first run: a failure there fails the run, never unsandboxed.
-        box = _sandbox.current(env) if sandbox is _INSTALLED else sandbox
-        proc, in_fd, out_fd, run_rec = _spawn(argv, env, cwd, tracker, box)
+        proc, in_fd, out_fd, run_rec = _spawn(argv, env, cwd, tracker, sandbox, (route, delivery))
     except OSError as e:
-        return Result(None, False, time.monotonic() - start, "", error=f"cannot start: {e.strerror}",
-                      transient=procs.transient(e))
+        return not_started(e, time.monotonic() - start)
     tail = bytearray()
     timed_out = cancelled = False
     # select.poll on the plain fds: selectors' key objects, a dict and an epoll fd per run cost more

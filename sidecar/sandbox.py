@@ -24,16 +24,20 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import landlock, logs
 from .grants import TEMP_DIRS, View, default_writes, exposed, walk
 from .landlock import SYS_RESTRICT_SELF  # noqa: F401  (bench.spawn_cost applies a ruleset in a preexec_fn)
 
+if TYPE_CHECKING:
+    from .config import Route
+
 T = TypeVar("T")
 
+SANDBOX_DENIALS = ("Permission denied", "Read-only file system")  # what a denied write looks like in a hook's output
 DENIED_REBUILD_S = 1.0  # an EACCES spawn rebuilds at most this often (a script that is simply not executable)
 
 
@@ -199,8 +203,6 @@ class Sandbox:
     _view: View | None = None
     _built_at: float = 0.0
     _policies: dict[Key, Policy | None] = field(default_factory=dict)
-    # The loaded table's routes that leave the default: (endpoint, route name) -> route.
-    _routes: dict[tuple[str, str], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -230,22 +232,25 @@ class Sandbox:
             self._policies[key] = Policy(grants, self.level if self.active else 0, self._view, self)
         return self._policies[key]
 
-    def for_route(self, route: Any) -> Policy | None:
-        """A route's policy: None for `sandbox: false`, widened by its `sandbox: {read, write}`."""
-        if not getattr(route, "sandbox", True):
+    def for_route(self, route: Route | None) -> Policy | None:
+        """A route's policy: None for `sandbox: false`, widened by its `sandbox: {read, write}`; the
+        default for None (a route the loaded table does not have)."""
+        if route is None:
+            return self.policy()
+        if not route.sandbox:
             return None
-        return self.policy(getattr(route, "sandbox_read", ()), getattr(route, "sandbox_write", ()))
+        return self.policy(route.sandbox_read, route.sandbox_write)
 
-    def set_table(self, endpoints: Mapping[str, Any]) -> None:
-        """Remember which routes of the live table opt out or widen (looked up per run by name)."""
-        self._routes = {(path, r.name): r for path, ep in endpoints.items() for r in ep.routes
-                        if not r.sandbox or r.sandbox_read or r.sandbox_write}
-
-    def for_env(self, env: Mapping[str, str]) -> Policy | None:
-        """The policy for a hook's environment: its route's (by WEBHOOK_ENDPOINT and WEBHOOK_ROUTE, in the
-        loaded table, never from a stored job), else the default."""
-        route = self._routes.get((env.get("WEBHOOK_ENDPOINT", ""), env.get("WEBHOOK_ROUTE", "")))
-        return self.for_route(route) if route is not None else self.policy()
+    def hint(self, route: Route | None, output: str) -> str | None:
+        """For a failed hook's output: a line pointing at the sandbox when it looks like a denied write."""
+        if not self.active or (route is not None and not route.sandbox):
+            return None
+        if not any(d in output for d in SANDBOX_DENIALS):
+            return None
+        temp = ", ".join(w for w in self.write if w in TEMP_DIRS)
+        return (f"the hook runs in the sandbox (Landlock), which lets it write only its own $HOME and $TMPDIR,"
+                f" /dev{', ' + temp if temp else ''} and the route's sandbox.write paths: grant the directory it"
+                " writes with `sandbox: {write: [/path]}` on the route (see README, Hooks)")
 
     def check(self) -> str:
         """Before a spawn: rebuild when a directory the walk listed has changed; what changed ("" if none)."""
@@ -315,43 +320,3 @@ def create(hidden: Iterable[str | os.PathLike[str]], config_dir: str | os.PathLi
             box._policies.clear()
     return box
 
-
-SANDBOX_DENIALS = ("Permission denied", "Read-only file system")
-
-
-def hint(route: Any, output: str) -> str | None:
-    """For a failed hook's output: a line pointing at the sandbox when it looks like a denied write."""
-    box = _current
-    if box is None or not box.active or not getattr(route, "sandbox", True):
-        return None
-    if not any(d in output for d in SANDBOX_DENIALS):
-        return None
-    temp = ", ".join(w for w in box.write if w in TEMP_DIRS)
-    return (f"the hook runs in the sandbox (Landlock), which lets it write only its own $HOME and $TMPDIR, /dev"
-            f"{', ' + temp if temp else ''} and the route's sandbox.write paths: grant the directory it writes"
-            " with `sandbox: {write: [/path]}` on the route (see README, Hooks)")
-
-
-_current: Sandbox | None = None
-
-
-def install(box: Sandbox | None) -> None:
-    """The sandbox runner.run uses by default (the service sets it at start)."""
-    global _current
-    _current = box
-
-
-def current(env: Mapping[str, str] | None = None) -> Policy | None:
-    """The installed sandbox's policy for a hook with `env` (None: run unsandboxed)."""
-    if _current is None:
-        return None
-    return _current.for_env(env) if env is not None else _current.policy()
-
-
-def for_route(route: Any) -> Policy | None:
-    """The installed sandbox's policy for `route` (from the loaded table, not from the spool)."""
-    return _current.for_route(route) if _current is not None else None
-
-
-def installed() -> Sandbox | None:
-    return _current

@@ -8,8 +8,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import attempts, isolation, logs, metrics, procs
+from . import attempts, isolation, logs, metrics
 from . import config as config_mod
+from .launcher import Launcher
 from .reload import Reloader, warn_unverified
 from .server import SidecarServer
 from .spool import Scheduler
@@ -31,7 +32,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config],
-                 known: attempts.KnownRoutes, replica: str) -> Scheduler:
+                 known: attempts.KnownRoutes, replica: str, launcher: Launcher) -> Scheduler:
     """The spool backend the config names, with its workers: the embedded file, or shared PostgreSQL."""
     if cfg.spool_url:
         # Imported here: sqlite users never load the database driver (idle memory).
@@ -42,9 +43,9 @@ def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config]
         store = Store(cfg.spool_url, source, replica, cfg.lease_s, pool_size=cfg.max_workers + 16)
         # Serves at once, the database reachable or not: unready (POSTs 503) until it can be used.
         return SharedWorkers(store, cfg.max_workers, cfg.max_queue, config, known, replica,
-                             max_bytes=cfg.spool_max_bytes)
+                             max_bytes=cfg.spool_max_bytes, launcher=launcher)
     spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536)
-    return Workers(spool, cfg.max_workers, cfg.max_queue, config, known, replica)
+    return Workers(spool, cfg.max_workers, cfg.max_queue, config, known, replica, launcher=launcher)
 
 
 class Service:
@@ -56,12 +57,12 @@ class Service:
         self.grace_s = grace_s
         cfg = config_mod.load(config_path, env_file)
         # Before the workers exist: what a crashed sidecar's hooks left is ended before any job runs.
-        isolation.start(cfg, env_file, sandbox)
+        self.launcher = isolation.start(cfg, env_file, sandbox is not False)
         # Every table this process loads: the only routes a spooled job may run as stored.
         self.known = attempts.routes_of([cfg])
         self.current = cfg  # the table in use; workers may read it before the server exists
         self.replica = replica or socket.gethostname()
-        self.workers = open_workers(cfg, lambda: self.current, self.known, self.replica)
+        self.workers = open_workers(cfg, lambda: self.current, self.known, self.replica, self.launcher)
         self.server = SidecarServer(parse_listen(listen or cfg.listen), cfg, self.workers)
         metrics.track_ready(lambda: self.server.is_ready[0])
         self.reloader = Reloader(cfg, env_file, self._swap, mode=watch)
@@ -72,6 +73,7 @@ class Service:
         self.known.add(cfg)
         self.current = cfg
         self.server.swap(cfg)
+        isolation.reload_sandbox(self.launcher, cfg, self.reloader.env_file)
 
     @property
     def port(self) -> int:
@@ -91,9 +93,7 @@ class Service:
         self.reloader.stop()
         self.server.server_close()
         self.workers.close()
-        tracker = procs.current()
-        if tracker is not None:
-            tracker.close()  # every run has ended: no journal left to recover from
+        self.launcher.close()  # every run has ended: no journal left to recover from
         logs.info("server.stopped", drained=self._drained, pending=self.workers.depth)
         return 0
 

@@ -37,6 +37,7 @@ from . import attempts, logs, metrics
 from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
 from .errors import QueueFull, Unavailable
+from .launcher import Launcher
 from .shared_leases import Book, Held, dead_letter
 from .shared_link import Link
 from .spool import Accepted, Delivery, Retention, route_spec
@@ -54,10 +55,12 @@ class SharedWorkers:
     """`max_workers` threads running jobs claimed from the shared spool."""
 
     def __init__(self, store: Store, max_workers: int, max_queue: int, config: Callable[[], Config],
-                 known: KnownRoutes | None = None, replica: str = "", max_bytes: int = 0) -> None:
+                 known: KnownRoutes | None = None, replica: str = "", max_bytes: int = 0, *,
+                 launcher: Launcher) -> None:
         """Start at once, the database reachable or not (see shared_link.py); SchemaTooNew when the
-        database, reachable at start, was migrated by a newer release."""
+        database, reachable at start, was migrated by a newer release. Hooks start through `launcher`."""
         self.spool = store
+        self.launcher = launcher
         self.max_workers, self.max_queue, self.max_bytes = max_workers, max_queue, max_bytes
         self.config = config
         self.known = known or attempts.routes_of([config()])
@@ -217,7 +220,7 @@ class SharedWorkers:
                 self._running += 1
             try:
                 attempt = attempts.run(c.row.id, c.row, c.body, self.config(), self.known, held.cancel,
-                                       self.replica, attempts_used=c.row.attempts)
+                                       self.replica, attempts_used=c.row.attempts, launcher=self.launcher)
             except Exception:
                 logs.error("hook.crashed", exc_info=True, job=c.row.id, retry_in_s=CRASH_RETRY_S)
             with self._lock:

@@ -115,18 +115,16 @@ class Guard:
                             " of a sidecar killed now would run on (its next start still ends them)")
 
 
-_guard: Guard | None = None  # the process's one watchdog (its Popen kept: no ResourceWarning)
+    def remove_at_end(self, directory: str) -> None:
+        """Have the watchdog remove `directory` (the hooks' private HOME/TMPDIR) once the sidecar is gone
+        and its hooks are killed: a killed sidecar leaves no such directory behind either."""
+        if "\n" not in directory:
+            self.tell(b"~" + os.fsencode(directory) + b"\n")
 
 
-def remove_at_end(directory: str) -> None:
-    """Have the watchdog remove `directory` (the hooks' private HOME/TMPDIR) once the sidecar is gone
-    and its hooks are killed: a killed sidecar leaves no such directory behind either."""
-    if _guard is not None and "\n" not in directory:
-        _guard.tell(b"~" + os.fsencode(directory) + b"\n")
-
-
-def start(tracker: Tracked) -> None:
-    """Start the watchdog of `tracker`'s runs, connect the tracker to it, log how hooks are guarded.
+def start(tracker: Tracked) -> Guard | None:
+    """Start the watchdog of `tracker`'s runs, connect the tracker to it, log how hooks are guarded;
+    its guard (keep it: it holds the watchdog's Popen), None when there is none.
 
     Call before any hook runs. Never fails the sidecar's start: without a watchdog
     (`hooks.unguarded`), a killed sidecar's hooks run on until its next start.
@@ -135,7 +133,6 @@ def start(tracker: Tracked) -> None:
 
     from . import logs
 
-    global _guard
     read_fd = write_fd = -1
     try:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -150,14 +147,15 @@ def start(tracker: Tracked) -> None:
                 os.close(fd)
         logs.warning("hooks.unguarded", error=str(e),
                      detail="no watchdog: if this sidecar is killed, its hooks run on until its next start")
-        return
+        return None
     os.close(read_fd)  # the watchdog's alone now: its EOF comes when this process's write end closes
-    _guard = Guard(write_fd, proc)
+    guard = Guard(write_fd, proc)
     tracker.watchdog_pid = proc.pid
-    tracker.notify = _guard.tell
+    tracker.notify = guard.tell
     logs.info("hooks.watchdog", pid=proc.pid,
               detail="ends every process of this sidecar's running hooks within a second of its end"
                      " (kill -9, OOM), on any host")
+    return guard
 
 
 # --- the watchdog's side -----------------------------------------------------------------------

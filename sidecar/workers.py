@@ -26,6 +26,7 @@ from . import attempts, logs, metrics
 from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
 from .errors import QueueFull
+from .launcher import Launcher
 from .spool import Accepted, Delivery, JobRow, Retention
 from .spool.sqlite import Spool
 
@@ -41,8 +42,9 @@ class Workers:
     """`max_workers` threads running spooled jobs; at most `max_queue` pending at once."""
 
     def __init__(self, spool: Spool, max_workers: int, max_queue: int, config: Callable[[], Config],
-                 known: KnownRoutes | None = None, replica: str = "") -> None:
+                 known: KnownRoutes | None = None, replica: str = "", *, launcher: Launcher) -> None:
         self.spool = spool
+        self.launcher = launcher
         self.max_queue = max_queue
         self.config = config
         self.known = known or attempts.routes_of([config()])
@@ -196,7 +198,8 @@ class Workers:
                     gone = True  # purged or finished elsewhere (spool CLI)
                 else:
                     row, body = found
-                    attempt = attempts.run(job_id, row, body, self.config(), self.known, cancel, self.replica)
+                    attempt = attempts.run(job_id, row, body, self.config(), self.known, cancel, self.replica,
+                                           launcher=self.launcher)
             except Exception:
                 logs.error("hook.crashed", exc_info=True, job=job_id, retry_in_s=CRASH_RETRY_S)
             with self._cond:

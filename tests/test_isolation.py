@@ -316,12 +316,34 @@ def test_prometheus_process_metrics_still_work_when_not_dumpable() -> None:
     assert samples["process_max_fds"] > 0
 
 
+def test_a_launcher_tracks_a_run_by_the_route_and_delivery_it_is_given(tmp_path: Path) -> None:
+    """The journal names a run by the values the launcher was handed, not by what the hook's env says;
+    the hook carries its marker and HOME/TMPDIR are the launcher's."""
+    from sidecar import procs
+    from sidecar.config import Route
+    from sidecar.launcher import Launcher
+
+    tracker = procs.Tracker(tmp_path / "runs")
+    launch = Launcher(tracker=tracker, private={"HOME": str(tmp_path), "TMPDIR": str(tmp_path)})
+    assert tracker.journal is not None
+    route = Route(name="deploy", event="*", when=(), argv=("/bin/sh", "-c", 'echo "$HOME $WEBHOOK_RUN_ID"; cat "$J"'))
+    result = launch.run(route, b"", {"J": str(tracker.journal), "WEBHOOK_ROUTE": "other"}, live=None, delivery="d1")
+    assert result.ok, result
+    first, journal = result.output_tail.split("\n", 1)
+    home, marker = first.split()
+    assert home == str(tmp_path) and marker.startswith(tracker.instance + ".")
+    started = json.loads(journal.splitlines()[-1])
+    assert (started["route"], started["delivery"]) == ("deploy", "d1")
+    assert procs._open_runs(tracker.journal) == {}  # ended with the run
+    tracker.close()
+
+
 def test_leftovers_of_a_live_sidecar_sharing_the_directory_are_left_alone(tmp_path: Path) -> None:
     """Records and markers name their sidecar: only a dead one's runs are leftovers."""
     from sidecar import procs
 
     tracker = procs.Tracker(tmp_path / "runs")
-    run = tracker.begin({"WEBHOOK_ROUTE": "r", "WEBHOOK_DELIVERY": "d"})
+    run = tracker.begin("r", "d")
     child = subprocess.Popen(["sleep", "30"], env={procs.MARKER_VAR: run.marker})
     try:
         with tracker.spawning(run):
@@ -384,7 +406,7 @@ def test_a_dead_sidecars_journal_gives_its_open_runs_and_only_those(tmp_path: Pa
     from sidecar import procs
 
     tracker = procs.Tracker(tmp_path / "runs")
-    running, ended = tracker.begin({"WEBHOOK_DELIVERY": "a"}), tracker.begin({"WEBHOOK_DELIVERY": "b"})
+    running, ended = tracker.begin(delivery="a"), tracker.begin(delivery="b")
     kids = [subprocess.Popen(["sleep", "30"], env={}) for _ in range(2)]
     try:
         for run, child in zip((running, ended), kids, strict=True):
@@ -411,11 +433,11 @@ def test_the_journal_stays_small_under_endless_runs(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(procs, "JOURNAL_COMPACT_BYTES", 4096)
     tracker = procs.Tracker(tmp_path / "runs")
-    held = tracker.begin({"WEBHOOK_DELIVERY": "held"})
+    held = tracker.begin(delivery="held")
     with tracker.spawning(held):
         tracker.spawned(held, os.getpid())  # a pid that stays alive: the run stays open
     for i in range(500):
-        run = tracker.begin({"WEBHOOK_DELIVERY": f"d{i}"})
+        run = tracker.begin(delivery=f"d{i}")
         with tracker.spawning(run):
             tracker.spawned(run, 1 << 22)  # beyond pid_max: never a live process
         tracker.end(run)

@@ -12,12 +12,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sidecar import grants, runner, sandbox
 from sidecar.config import Route
+from sidecar.launcher import Launcher
 
 from .conftest import ROOT, SCRIPTS, Sidecar, wait_for
 
@@ -210,25 +212,29 @@ endpoints:
 
 
 def test_route_option_opts_out_or_widens(tmp_path: Path, state: Path, elsewhere: Path) -> None:
-    """The policies runner.run gets for a route: none for `sandbox: false`, wider for `write:`."""
+    """The policy a launcher starts a hook under is the live table's route's: none for `sandbox: false`,
+    wider for `write:`; the route run (a stored job's, which carries no sandbox options) only names it."""
     secret = state / "secret.txt"
     secret.write_text("s3cret")
     box = sandbox.create([str(secret)], state)
     assert box.active, box.reason
-    base = Route(name="r", event="*", when=(), argv=("/bin/sh",))
-    read = ["/bin/sh", "-c", f"cat {secret}"]
-    write = ["/bin/sh", "-c", f"echo x > {elsewhere}/f && echo wrote"]
-    env = runner.hook_env({})
-    default = box.for_route(base)
-    assert not runner.run(read, b"", env, 5, sandbox=default, tracker=None).ok
-    assert not runner.run(write, b"", env, 5, sandbox=default, tracker=None).ok
-    free = box.for_route(Route(name="r", event="*", when=(), argv=("/bin/sh",), sandbox=False))
-    assert free is None
-    assert runner.run(read, b"", env, 5, sandbox=free, tracker=None).output_tail == "s3cret"
-    wider = box.for_route(Route(name="r", event="*", when=(), argv=("/bin/sh",), sandbox_write=(str(elsewhere),)))
-    assert runner.run(write, b"", env, 5, sandbox=wider, tracker=None).output_tail == "wrote\n"
-    assert not runner.run(read, b"", env, 5, sandbox=wider, tracker=None).ok
-    assert box.for_route(base) is default  # built once per set of grants
+    launch = Launcher(sandbox=box)
+    read = Route(name="r", event="*", when=(), argv=("/bin/sh", "-c", f"cat {secret}"))
+    write = Route(name="r", event="*", when=(), argv=("/bin/sh", "-c", f"echo x > {elsewhere}/f && echo wrote"))
+    default = box.for_route(read)
+    for run in (read, write):
+        assert not launch.run(run, b"", {}, live=read, delivery="d").ok
+        assert not launch.run(run, b"", {}, live=None, delivery="d").ok  # a route the table lacks: the default
+    assert launch.run(write, b"", {}, live=read, delivery="d").hint  # a denied write: why, and the fix
+    free = replace(read, sandbox=False)
+    assert box.for_route(free) is None
+    assert launch.run(read, b"", {}, live=free, delivery="d").output_tail == "s3cret"
+    denied = replace(read, argv=("/bin/sh", "-c", "echo Permission denied; exit 1"))
+    assert launch.run(denied, b"", {}, live=free, delivery="d").hint is None  # not sandboxed: not the sandbox's doing
+    wider = replace(read, sandbox_write=(str(elsewhere),))
+    assert launch.run(write, b"", {}, live=wider, delivery="d").output_tail == "wrote\n"
+    assert not launch.run(read, b"", {}, live=wider, delivery="d").ok
+    assert box.for_route(read) is default  # built once per set of grants
 
 
 def test_hooks_under_the_sandbox_run_curl_and_write_dev_null(state: Path, listener: int) -> None:

@@ -146,11 +146,6 @@ def _warn_route_grants(cfg: Config, box: sandbox.Sandbox) -> None:
                              detail="granted by this route's sandbox option")
 
 
-def reload(cfg: Config, env_file: Path | None) -> None:
-    """Nothing: the service's swap rebuilds its launcher's sandbox (reload_sandbox). Kept while
-    reload.py still calls it."""
-
-
 def reload_sandbox(launcher: Launcher, cfg: Config, env_file: Path | None) -> None:
     """A new table is live: the sandbox is walked and built again (secret files and the config directory's
     entries may have moved), and which routes leave the default sandbox is said again."""

@@ -31,7 +31,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from . import config as config_mod
-from . import isolation, logs, metrics
+from . import logs, metrics
 from .config import Config
 from .errors import ConfigError
 
@@ -215,7 +215,6 @@ class Reloader:
                 return "unchanged"
             old, self.current = self.current, new
             self.apply(new)
-            isolation.reload(new, self.env_file)
             if (paths := self._watched(new)) != self.paths:  # secret files added or moved
                 self.paths = paths
                 self.last_fingerprint = _fingerprint(paths)

@@ -122,14 +122,23 @@ def test_concurrency_1_holds_across_replicas(tmp_path: Path, sidecars, pg_url: s
 """, "max_workers: 4\n"))
     out = tmp_path / "out"
     replicas = start_replicas(sidecars, config, pg_url, ["c1", "c2", "c3"])
-    for i in range(9):
-        assert replicas[i % 3].deliver(b"{}", delivery=f"c-{i}").status == 200
-    wait_for(lambda: len(lines(out / "spans")) == 9, timeout=20, interval=0.05)
+
+    def ran_on() -> set[object]:
+        return {e.get("replica") for s in replicas for e in s.find_logs("hook.finished")}
+
+    sent = 0
+    # Which replica claims each job is a race (one that just finished a run often wins the next): send
+    # batches until the runs have been spread over at least two replicas, so the limit is tested across them.
+    while sent < 36 and (sent == 0 or len(ran_on()) < 2):
+        for i in range(sent, sent + 9):
+            assert replicas[i % 3].deliver(b"{}", delivery=f"c-{i}").status == 200
+        sent += 9
+        wait_for(lambda n=sent: len(lines(out / "spans")) == n, timeout=20, interval=0.05)
+        wait_for(lambda n=sent: sum(len(s.find_logs("hook.finished")) for s in replicas) == n, timeout=5)
     spans = sorted(tuple(map(float, line.split())) for line in lines(out / "spans"))
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"runs overlapped: {spans}"
-    ran_on = {e.get("replica") for s in replicas for e in s.find_logs("hook.finished")}
-    assert len(ran_on) >= 2  # the limit held while the runs were spread over replicas
+    assert len(ran_on()) >= 2  # the limit held while the runs were spread over replicas
 
 
 def test_same_delivery_to_two_replicas_is_a_duplicate(tmp_path: Path, sidecars, pg_url: str) -> None:

@@ -1,7 +1,7 @@
 """Admission, deadlines and the one response writer.
 
 The listener admits a connection within the connection caps (or answers 503 from the accept
-thread), holds the table a new request starts on, and ends any request not in by its deadline.
+thread), reads the table a new request starts on from the live table, and ends any request not in by its deadline.
 Every answer, a delivery's, a parser's error or a refusal, is written by `response`.
 """
 
@@ -27,6 +27,7 @@ from .config import Config
 from .connections import Connection, Connections, RequestReader, raise_nofile
 from .errors import BadRequest, RequestTimeout, Unavailable
 from .http11 import Http11
+from .live import Live
 from .spool import Scheduler
 
 SERVER = "webhook-sidecar"
@@ -72,11 +73,12 @@ class Listener(ThreadingHTTPServer):
     # waits here instead, and is accepted (and evicted, if idle) within milliseconds.
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], config: Config, workers: Scheduler,
+    def __init__(self, address: tuple[str, int], live: Live, workers: Scheduler,
                  handler: type[AdmittedHandler]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self._config = config
+        self.live = live
+        config = live.current
         self.workers = workers
         self.draining = False
         self._deadlines: dict[AdmittedHandler, float] = {}
@@ -86,6 +88,7 @@ class Listener(ThreadingHTTPServer):
         # HTTPS when the config has `tls`: the context of each new connection, renewed when the files change.
         self.tls = tls.Certificates(config.tls) if config.tls else None
         super().__init__(address, handler)
+        live.subscribe("limits", self._follow)
         threading.Thread(target=self._reap, name="deadlines", daemon=True).start()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -151,13 +154,13 @@ class Listener(ThreadingHTTPServer):
 
     @property
     def config(self) -> Config:
-        """The table a new request starts on; swapping it is one reference assignment."""
-        return self._config
+        """The table a new request starts on (the live table's)."""
+        return self.live.current
 
-    def swap(self, config: Config) -> None:
-        raise_nofile(_descriptors(config))  # max_connections may have grown
-        self.tls = tls.follow(self.tls, config.tls)
-        self._config = config
+    def _follow(self, _old: Config, new: Config) -> None:
+        """The live table's "limits" stage: ready for the new table before a request starts on it."""
+        raise_nofile(_descriptors(new))  # max_connections may have grown
+        self.tls = tls.follow(self.tls, new.tls)
 
     @property
     def is_ready(self) -> tuple[bool, str]:

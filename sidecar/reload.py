@@ -13,7 +13,6 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import (
@@ -34,6 +33,7 @@ from . import config as config_mod
 from . import logs, metrics
 from .config import Config
 from .errors import ConfigError
+from .live import Live
 
 WATCH_MODES = ("native", "poll", "off")
 DEBOUNCE_S = 0.15
@@ -67,6 +67,19 @@ def warn_unverified(config: Config) -> None:
                          detail="provider 'none' accepts deliveries without any signature")
 
 
+def announce(old: Config, new: Config) -> None:
+    """The live table's "warnings" stage: a new table is in use; what needs a restart; what is unverified."""
+    metrics.CONFIG_RELOADS.labels("reloaded").inc()
+    metrics.LAST_RELOAD.set_to_current_time()
+    logs.info("config.reloaded", config=str(new.file), config_hash=new.digest,
+              previous_hash=old.digest, endpoints=len(new.endpoints), routes=new.route_count)
+    changed = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+    if changed:
+        logs.warning("config.restart_needed", keys=changed,
+                     detail="these settings keep their old values until the process restarts")
+    warn_unverified(new)
+
+
 def _fingerprint(paths: list[Path]) -> str:
     """A hash of what the files hold (through symlinks), missing files included."""
     h = hashlib.sha256()
@@ -96,18 +109,18 @@ class _Kick(FileSystemEventHandler):
 
 
 class Reloader:
-    """Keeps `apply` fed with the newest valid Config; the last good one stays on errors."""
+    """Watches and validates: swaps the newest valid Config into `live`; the last good one stays on errors."""
 
-    def __init__(self, current: Config, env_file: Path | None, apply: Callable[[Config], None],
-                 mode: str = "native", debounce_s: float = DEBOUNCE_S) -> None:
+    def __init__(self, live: Live, env_file: Path | None, mode: str = "native",
+                 debounce_s: float = DEBOUNCE_S) -> None:
         if mode not in WATCH_MODES:
             raise ValueError(f"watch mode must be one of {', '.join(WATCH_MODES)}, got {mode!r}")
-        self.current = current
+        self.live = live
+        self.file = live.current.file  # loaded again on every change; the same path for the process's life
         self.env_file = env_file
-        self.apply = apply
         self.mode = mode
         self.debounce_s = debounce_s
-        self.paths = self._watched(current)
+        self.paths = self._watched(live.current)
         self._kicks: dict[str, _Kick] = {}  # watched directory -> its handler
         self.last_fingerprint = _fingerprint(self.paths)
         self.last_result = "loaded"
@@ -197,7 +210,7 @@ class Reloader:
                 return "unchanged"
             self.last_fingerprint = fingerprint
             try:
-                new = config_mod.load(self.current.file, self.env_file)
+                new = config_mod.load(self.file, self.env_file)
             except ConfigError as e:
                 again = self.last_result == "rejected" and e.errors == self._rejected
                 self.last_result, self._rejected = "rejected", e.errors
@@ -206,26 +219,16 @@ class Reloader:
                 metrics.CONFIG_RELOADS.labels("rejected").inc()
                 retried = ("loaded again every second and at every change of config.yaml, the env file"
                            " and the secret files" if self.mode != "off" else "loaded again at the next SIGHUP")
-                logs.error("config.rejected", config=str(self.current.file), errors=e.errors,
-                           config_hash=self.current.digest,
+                logs.error("config.rejected", config=str(self.file), errors=e.errors,
+                           config_hash=self.live.current.digest,
                            detail=f"still serving the last good table; {retried}")
                 return "rejected"
             self.last_result = "loaded"
-            if new.digest == self.current.digest:
+            if new.digest == self.live.current.digest:
                 return "unchanged"
-            old, self.current = self.current, new
-            self.apply(new)
             if (paths := self._watched(new)) != self.paths:  # secret files added or moved
                 self.paths = paths
                 self.last_fingerprint = _fingerprint(paths)
-                self._watch_dirs()
-            metrics.CONFIG_RELOADS.labels("reloaded").inc()
-            metrics.LAST_RELOAD.set_to_current_time()
-            logs.info("config.reloaded", config=str(new.file), config_hash=new.digest,
-                      previous_hash=old.digest, endpoints=len(new.endpoints), routes=new.route_count)
-            changed = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
-            if changed:
-                logs.warning("config.restart_needed", keys=changed,
-                             detail="these settings keep their old values until the process restarts")
-            warn_unverified(new)
+                self._watch_dirs()  # before the swap announces it: a change right after is seen
+            self.live.swap(new)  # only this thread swaps, under self._lock
             return "reloaded"

@@ -18,6 +18,7 @@ from .config import Config
 from .errors import MethodNotAllowed, SidecarError, Unavailable
 from .http11 import content_length
 from .intake import Outcome
+from .live import Live
 from .spool import Scheduler
 
 # \Z, not $: "$" also matches before a final newline, and "evt_1\n" is no safe token.
@@ -121,6 +122,6 @@ class Handler(AdmittedHandler):
 class SidecarServer(Listener):
     """The listener (admission, live table, deadlines) serving this application's Handler."""
 
-    def __init__(self, address: tuple[str, int], config: Config, workers: Scheduler) -> None:
-        super().__init__(address, config, workers, Handler)
+    def __init__(self, address: tuple[str, int], live: Live, workers: Scheduler) -> None:
+        super().__init__(address, live, workers, Handler)
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from . import attempts, isolation, logs, metrics
 from . import config as config_mod
 from .launcher import Launcher
-from .reload import Reloader, warn_unverified
+from .live import Live
+from .reload import Reloader, announce, warn_unverified
 from .server import SidecarServer
 from .spool import Scheduler
 from .spool.sqlite import Spool
@@ -60,20 +61,18 @@ class Service:
         self.launcher = isolation.start(cfg, env_file, sandbox is not False)
         # Every table this process loads: the only routes a spooled job may run as stored.
         self.known = attempts.routes_of([cfg])
-        self.current = cfg  # the table in use; workers may read it before the server exists
+        # The one owner of the table in use; a swap fans out in a fixed order (see live.py).
+        self.live = live = Live(cfg)
+        live.subscribe("routes", lambda _old, new: self.known.add(new))
+        live.subscribe("sandbox", lambda _old, new: isolation.reload_sandbox(self.launcher, new, env_file))
+        live.subscribe("warnings", announce)
         self.replica = replica or socket.gethostname()
-        self.workers = open_workers(cfg, lambda: self.current, self.known, self.replica, self.launcher)
-        self.server = SidecarServer(parse_listen(listen or cfg.listen), cfg, self.workers)
+        self.workers = open_workers(cfg, lambda: live.current, self.known, self.replica, self.launcher)
+        self.server = SidecarServer(parse_listen(listen or cfg.listen), live, self.workers)  # its "limits"
         metrics.track_ready(lambda: self.server.is_ready[0])
-        self.reloader = Reloader(cfg, env_file, self._swap, mode=watch)
+        self.reloader = Reloader(live, env_file, mode=watch)
         self._stopping = threading.Event()
         self._drained = False
-
-    def _swap(self, cfg: config_mod.Config) -> None:
-        self.known.add(cfg)
-        self.current = cfg
-        self.server.swap(cfg)
-        isolation.reload_sandbox(self.launcher, cfg, self.reloader.env_file)
 
     @property
     def port(self) -> int:
@@ -81,7 +80,7 @@ class Service:
 
     def run(self) -> int:
         """Serve until stop(); running hooks get the grace period, queued ones stay spooled."""
-        cfg = self.server.config
+        cfg = self.live.current
         warn_unverified(cfg)
         # Watch before announcing: a change made right after "listening" must not be missed.
         self.reloader.start()

@@ -14,8 +14,8 @@ from sidecar.live import STAGES, Live, Subscriber
 from sidecar.reload import Reloader, announce
 from sidecar.server import SidecarServer
 
+from .memory_queue import MemoryScheduler
 from .support import SCRIPTS, SECRET, table
-from .test_intake import MemoryScheduler
 
 
 def routes(name: str) -> str:

@@ -33,7 +33,7 @@ from sidecar import sandbox
 
 from .conftest import ROOT, SECRET, Sidecar, wait_for
 from .pg import PASSWORD, server
-from .test_sandbox import outside_writable_dirs
+from .support import outside_writable_dirs
 
 CHART = ROOT / "helm" / "webhook-sidecar"
 CONFIG_DIR, SPOOL_DIR = "/etc/webhook-sidecar", "/var/lib/webhook-sidecar"

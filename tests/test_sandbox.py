@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from sidecar.config import Route
 from sidecar.launcher import Launcher
 
 from .conftest import ROOT, SCRIPTS, Sidecar, wait_for
+from .support import outside_writable_dirs, table
 
 pytestmark = pytest.mark.skipif(sandbox.abi() == 0, reason="the kernel has no Landlock (or it is disabled)")
 
@@ -29,16 +29,6 @@ FULL = {"write_config", "read_spool", "list_spool", "write_spool", "read_env", "
         "write_home", "read_etc", "git", "connect"}
 ORDINARY = {"write_tmp", "write_home", "read_etc", "git", "connect"}
 ON = {"SIDECAR_SANDBOX": "on"}
-
-
-def outside_writable_dirs() -> Path:
-    """A directory for the sidecar's state that hooks are not granted: not under /tmp, /var/tmp or /dev."""
-    for base in ("/var/lib", str(ROOT)):
-        real = os.path.realpath(base)
-        if os.access(base, os.W_OK) and not any(real == d or real.startswith(d + "/") for d in
-                                                ("/tmp", "/var/tmp", "/dev")):
-            return Path(tempfile.mkdtemp(prefix="webhook-sidecar-sandbox-", dir=base))
-    pytest.skip("no writable directory outside /tmp for the sidecar's state")
 
 
 @pytest.fixture
@@ -155,21 +145,16 @@ def test_a_route_can_opt_out_or_widen_and_it_is_logged(tmp_path: Path, sidecars,
 
 def test_a_denied_write_gets_a_hint_naming_sandbox_write(tmp_path: Path, sidecars, elsewhere: Path) -> None:
     """A deploy hook writing /srv/app without the grant: the log says where to grant it; other failures do not."""
-    (tmp_path / "config.yaml").write_text(f"""\
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: push
-        name: deploy
-        run: [/bin/sh, -c, 'echo pulled > {elsewhere}/HEAD']
-        retries: 0
-      - event: push
-        name: broken
-        run: {SCRIPTS}/exit3.sh
-        retries: 0
-""")
+    (tmp_path / "config.yaml").write_text(table(f"""
+        - event: push
+          name: deploy
+          run: [/bin/sh, -c, 'echo pulled > {elsewhere}/HEAD']
+          retries: 0
+        - event: push
+          name: broken
+          run: {SCRIPTS}/exit3.sh
+          retries: 0
+    """))
     sidecar = sidecars(tmp_path / "config.yaml", env=ON)
     assert sidecar.deliver(b"{}").status == 200
     wait_for(lambda: len(sidecar.find_logs("hook.finished")) == 2, timeout=10)

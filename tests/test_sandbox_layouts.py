@@ -18,7 +18,7 @@ import pytest
 from sidecar import sandbox
 
 from .conftest import ROOT, SCRIPTS, SECRET, Sidecar, wait_for
-from .test_sandbox import outside_writable_dirs
+from .support import outside_writable_dirs, table
 
 pytestmark = pytest.mark.skipif(sandbox.abi() == 0, reason="the kernel has no Landlock (or it is disabled)")
 
@@ -123,15 +123,10 @@ def test_quick_start_under_a_home_directory(sidecars, web: int) -> None:
 
 def test_a_private_home_is_given_without_landlock_too(tmp_path: Path, sidecars) -> None:
     """--sandbox off: nothing is enforced, but HOME and TMPDIR are still the hooks' own."""
-    (tmp_path / "config.yaml").write_text("""\
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: "*"
-        run: [/bin/sh, -c, 'echo "$HOME $TMPDIR"; test -w "$HOME" && test -w "$TMPDIR"']
-""")
+    (tmp_path / "config.yaml").write_text(table("""
+        - event: "*"
+          run: [/bin/sh, -c, 'echo "$HOME $TMPDIR"; test -w "$HOME" && test -w "$TMPDIR"']
+    """))
     sidecar = sidecars(tmp_path / "config.yaml", env={"SIDECAR_SANDBOX": "off", "HOME": str(tmp_path)})
     assert sidecar.deliver(b"{}").status == 200
     line = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished", timeout=10)

@@ -16,7 +16,7 @@ import pytest
 from sidecar import landlock, sandbox
 
 from .conftest import SCRIPTS, SECRET, Sidecar, wait_for
-from .test_sandbox import outside_writable_dirs
+from .support import outside_writable_dirs, table
 
 pytestmark = pytest.mark.skipif(sandbox.abi() < 6, reason="Landlock ABI 6+ (signal scoping, Linux 6.12) needed")
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="what root hooks lose needs a root sidecar; CI runs as root")
@@ -46,17 +46,12 @@ def abstract() -> Iterator[str]:
 
 def start(tmp_path: Path, sidecars, victim: Path, abstract: str) -> Sidecar:
     env = {"VICTIM": str(victim), "ABSTRACT": abstract}
-    (tmp_path / "config.yaml").write_text(f"""\
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: "*"
-        name: attack
-        run: {SCRIPTS}/sandbox_signals.sh
-        env: {json.dumps(env)}
-""")
+    (tmp_path / "config.yaml").write_text(table(f"""
+        - event: "*"
+          name: attack
+          run: {SCRIPTS}/sandbox_signals.sh
+          env: {json.dumps(env)}
+    """))
     return sidecars(tmp_path / "config.yaml", env={"SIDECAR_SANDBOX": "on"})
 
 

@@ -26,7 +26,7 @@ from sidecar import sandbox
 from sidecar.errors import ConfigError
 
 from .conftest import BASIC, ROOT, Response, Sidecar, github_signature, start_sidecar, wait_for, write_config
-from .support import table
+from .support import outside_writable_dirs, table
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="needs the openssl command to make certificates")
@@ -249,7 +249,6 @@ def test_unusable_certificate_is_a_config_error_naming_the_file(pki: PKI, tmp_pa
 
 @pytest.mark.skipif(sandbox.abi() == 0, reason="the kernel has no Landlock (or it is disabled)")
 def test_hooks_cannot_read_the_tls_key(pki: PKI, tmp_path: Path) -> None:
-    from .test_sandbox import outside_writable_dirs  # state outside /tmp, which hooks may write
 
     state = outside_writable_dirs()
     try:

@@ -502,7 +502,8 @@ def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str,
                   " or a file (spool_url_file)")
     env = doc.get(top, (), "spool_url_env", str, None)
     name = doc.get(top, (), "spool_url_file", str, None)
-    if (env is not None or name is not None) and not _has_postgres_driver():
+    driver = (env is None and name is None) or _has_postgres_driver()  # looked up once per load
+    if not driver:
         doc.local_error(("spool_url_env" if env is not None else "spool_url_file",),
                         "the shared spool needs the PostgreSQL driver: pip install 'webhook-sidecar[postgres]'")
     if env is not None:
@@ -512,7 +513,7 @@ def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str,
         url = environ.get(env) or dotenv.get(env)
         if not url:
             doc.local_error(("spool_url_env",), f"{env} is not set in the environment or the env file")
-        return env, None, _checked_url(doc, "spool_url_env", env, url)
+        return env, None, _checked_url(doc, "spool_url_env", env, url if driver else None)
     if name is None:
         return None, None, None
     if not name:
@@ -527,12 +528,12 @@ def _spool_url(doc: _Doc, top: dict[str, Any], base: Path, environ: Mapping[str,
         return None, path, None
     if not url:
         doc.error(("spool_url_file",), f"{path} is empty")
-    return None, path, _checked_url(doc, "spool_url_file", path, url)
+    return None, path, _checked_url(doc, "spool_url_file", path, url if driver else None)
 
 
 def _checked_url(doc: _Doc, key: str, where: str, url: str | None) -> str | None:
     """`url` when it is a libpq URL (the only start error of a shared spool); its value is never shown."""
-    if not url or not _has_postgres_driver():
+    if not url:
         return None
     from .spool.pg_schema import url_problem  # only with a shared spool: sqlite users never load the driver
     problem = url_problem(url)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 
 from watchdog.events import (
@@ -179,7 +178,6 @@ class Reloader:
 
     def _loop(self) -> None:
         interval = {"poll": POLL_INTERVAL_S, "native": RESYNC_INTERVAL_S}.get(self.mode)
-        last_retry = time.monotonic()
         while not self._stop.is_set():
             rejected = interval is not None and self.last_result == "rejected"
             kicked = self._kick.wait(min(interval, REJECTED_RETRY_S) if rejected and interval else interval)
@@ -193,9 +191,6 @@ class Reloader:
                         break
             # A rejected table may become valid without a change to config.yaml (a missing hook
             # script appears, or is made executable): while rejected, every turn loads it again.
-            retry = interval is not None and time.monotonic() - last_retry >= RESYNC_INTERVAL_S
-            if retry:
-                last_retry = time.monotonic()
             force, self._force = self._force, False
             try:
                 self.check(force=force or (interval is not None and self.last_result == "rejected"))

@@ -146,8 +146,11 @@ class Reloader:
         self._kick.set()
 
     def _watched(self, cfg: Config) -> list[Path]:
-        """config.yaml, the env file and the secret files: a change to any of them is a reload."""
-        return [cfg.file] + ([self.env_file] if self.env_file else []) + [Path(f) for f in cfg.secret_files]
+        """config.yaml, the env file and the secret files: a change to any of them is a reload. Not the TLS
+        key: tls.Certificates follows the certificate pair itself, and a renewal is no change of the table."""
+        key = cfg.tls.key_file if cfg.tls else None
+        files = [Path(f) for f in cfg.secret_files if f != key]
+        return [cfg.file] + ([self.env_file] if self.env_file else []) + files
 
     def _watch_dirs(self) -> None:
         """Watch the directory of every watched file (a secret file's may be new after a reload)."""

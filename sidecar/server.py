@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 from . import intake, logs, metrics, router
 from .admission import AdmittedHandler, Listener
-from .config import Config
+from .config import Config, Endpoint
 from .errors import MethodNotAllowed, SidecarError, Unavailable
 from .http11 import content_length
 from .intake import Outcome
@@ -94,22 +94,23 @@ class Handler(AdmittedHandler):
             if not ready:
                 raise Unavailable(f"not ready: {why}")
             return intake.answer(HTTPStatus.OK, {"status": "ready", "config": config.digest}, "health")
-        router.endpoint_for(config, path)
-        raise MethodNotAllowed("POST")
+        return self._other(config)
 
     def _other(self, config: Config) -> Outcome:
+        """An endpoint takes POST only; elsewhere, see _endpoint."""
+        self._endpoint(config)
+        raise MethodNotAllowed("POST")
+
+    def _endpoint(self, config: Config) -> Endpoint:
+        """The endpoint at this path; a health path takes GET only (405), any other path is a 404."""
         path = self.path.split("?", 1)[0]
         if path in HEALTH_PATHS:
             raise MethodNotAllowed("GET")
-        router.endpoint_for(config, path)
-        raise MethodNotAllowed("POST")
+        return router.endpoint_for(config, path)
 
     def _post(self, config: Config) -> Outcome:
         """Path, length and state checked before the body is read (and before 100 Continue); then the intake."""
-        path = self.path.split("?", 1)[0]
-        if path in HEALTH_PATHS:
-            raise MethodNotAllowed("GET")
-        endpoint = router.endpoint_for(config, path)
+        endpoint = self._endpoint(config)
         self.fields.update(endpoint=endpoint.path, provider=endpoint.provider.name)
         length = content_length(self.request_headers, config.max_body_bytes)
         if self.server.draining:

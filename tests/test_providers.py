@@ -22,12 +22,10 @@ import pytest
 from sidecar.errors import BadRequest
 from sidecar.providers import PROVIDERS, GenericHmac, Reply, Slack, StandardWebhooks, Stripe
 
+from . import provider_cases as cases
 from .provider_cases import (
     JSON_BODY,
-    MSG_ID,
-    NEW_FACTORIES,
     NOW,
-    OTHER,
     SECRET,
     Delivery,
     Headers,
@@ -97,7 +95,7 @@ def standard(body: bytes = JSON_BODY, secret: bytes = STANDARD_SECRET, t: int = 
     sig = "v1," + b64_mac(key, f"{msg_id}.{t}.".encode() + body)
     return Delivery("standard", {f"{prefix}id": msg_id, f"{prefix}timestamp": str(t), f"{prefix}signature": sig},
                     body, secret, signed=(f"{prefix}id", f"{prefix}timestamp", f"{prefix}signature"),
-                    timestamped=True, other=b"whsec_" + base64.b64encode(OTHER))
+                    timestamped=True, other=b"whsec_" + base64.b64encode(cases.OTHER))
 
 
 def shopify(body: bytes = JSON_BODY, secret: bytes = SECRET) -> Delivery:
@@ -122,7 +120,7 @@ FACTORIES: dict[str, Callable[..., Delivery]] = {
     "slack": slack, "standard": standard, "shopify": shopify, "hmac-sha256": generic,
 }
 # Every scheme: the ten first providers and the senders added since (provider_cases.py).
-ALL_FACTORIES = {**FACTORIES, **NEW_FACTORIES}
+ALL_FACTORIES = {**FACTORIES, **cases.NEW_FACTORIES}
 VERIFYING = sorted(ALL_FACTORIES)
 # What the signature covers: not the body for a GitLab token or a transport credential; mailgun
 # signs only values inside the body, and has no signature header.
@@ -230,7 +228,7 @@ def test_sign_produces_what_the_sender_sends(name: str) -> None:
     d = ALL_FACTORIES[name]()
     provider = d.make()
     secret = d.signing_secret or d.secret
-    headers = provider.sign(d.body, secret, NOW, event="push", delivery=MSG_ID)
+    headers = provider.sign(d.body, secret, NOW, event="push", delivery=cases.MSG_ID)
     provider.verify(Headers(headers), d.body, [d.secret], NOW)
     for h in d.signed:
         assert headers[h] == d.headers[h], h  # byte-identical to the independent computation

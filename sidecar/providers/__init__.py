@@ -24,18 +24,26 @@ Rules every provider keeps:
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
-from urllib.parse import parse_qs, parse_qsl
 
 from ..errors import BadRequest, SignatureError
+from .payloads import (
+    MAX_JSON_DEPTH,
+    dig,
+    form_field,
+    form_fields,
+    form_pairs,
+    is_form_type,
+    new_id,
+    parse_json,
+    sha256_hex,
+    text,
+)
 
-MAX_JSON_DEPTH = 64
 DEFAULT_TOLERANCE_S = 300.0
 # A signature header listing more candidates than this is refused, so a sender
 # cannot make one request cost thousands of comparisons.
@@ -170,6 +178,11 @@ def strip_prefix(value: str, prefix: str, name: str) -> str:
     return value[len(prefix):]
 
 
+def prefixed(headers: HeaderMap, prefix: str, *names: str) -> str:
+    """A signature header's value (the first of `names` present) after its required `prefix` ("sha256=")."""
+    return strip_prefix(signed_header(headers, *names), prefix, names[0])
+
+
 def key_values(value: str, name: str, sep: str = ",") -> list[tuple[str, str]]:
     """A "k=v<sep>k=v" signature header as pairs; malformed when an item is not k=v."""
     items = value.split(sep)
@@ -192,7 +205,7 @@ def verify_listed(headers: HeaderMap, name: str, ts_key: str, sig_key: str, join
         raise SignatureError(f"{name} needs one {ts_key}= and at least one {sig_key}=", reason="malformed")
     ts = timestamp(times[0], f"{name} {ts_key}")
     msg = times[0].encode("ascii") + joiner + body
-    require_match([hmac_hex(s, msg) for s in secrets], signatures)
+    require_hmac(secrets, msg, signatures)
     check_age(ts, now, tolerance)
 
 
@@ -241,6 +254,11 @@ def require_match(expected: Sequence[str], given: str | Sequence[str]) -> None:
         raise SignatureError("signature does not match", reason="mismatch")
 
 
+def require_hmac(secrets: Sequence[bytes], msg: bytes, given: str | Sequence[str], digest: str = "sha256") -> None:
+    """SignatureError unless `given` is the hex HMAC of `msg` under one of `secrets`."""
+    require_match([hmac_hex(s, msg, digest) for s in secrets], given)
+
+
 def timestamp(value: str, name: str) -> int:
     """A Unix-seconds header value, or SignatureError when it is not one."""
     if not TIMESTAMP.fullmatch(value):
@@ -256,100 +274,21 @@ def check_age(ts: float, now: float, tolerance: float) -> None:
         raise SignatureError(f"timestamp is more than {tolerance:g} s in the future", reason="future")
 
 
-# --- payloads ---------------------------------------------------------------------
-def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return True
-
-
-def _no_constant(name: str) -> Any:
-    """NaN, Infinity and -Infinity are not JSON (RFC 8259); Python's decoder takes them by default."""
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def parse_json(body: bytes | str) -> Any:
-    """Decode a JSON payload; BadRequest for invalid or absurdly nested documents."""
-    try:
-        payload = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise BadRequest("body is not valid JSON", reason="invalid_json") from e
-    # Fewer brackets than the limit cannot nest deeper than it: skip the walk.
-    raw = body.encode() if isinstance(body, str) else body
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _depth_ok(payload):
-        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH}", reason="too_deep")
-    return payload
-
-
 def is_form(headers: HeaderMap) -> bool:
     return is_form_type(str(headers.get("Content-Type") or ""))
 
 
-def is_form_type(content_type: str) -> bool:
-    return content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
+def json_or_form(headers: HeaderMap, body: bytes) -> Any:
+    """A JSON body, or the JSON in a form body's `payload` field (the forges' form posts)."""
+    return parse_json(form_field(body, "payload")) if is_form(headers) else parse_json(body)
 
 
-def form_field(body: bytes, field: str) -> str:
-    """One field of a form-encoded body; BadRequest when it is absent."""
-    try:
-        values = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False).get(field)
-    except UnicodeDecodeError as e:
-        raise BadRequest("form body is not UTF-8", reason="invalid_form") from e
-    if not values:
-        raise BadRequest(f"form body has no {field!r} field", reason="invalid_form")
-    return values[0]
-
-
-def form_pairs(body: bytes, max_fields: int = 1000) -> list[tuple[str, str]]:
-    """A form-encoded body as (name, value) pairs; ValueError when it is not one."""
-    try:
-        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=max_fields)
-    except UnicodeDecodeError as e:
-        raise ValueError("form body is not UTF-8") from e
-
-
-def form_fields(body: bytes, max_fields: int = 1000) -> dict[str, str]:
-    """A form-encoded body as {name: first value}; BadRequest when it is not one."""
-    try:
-        pairs = form_pairs(body, max_fields)
-    except ValueError as e:
-        raise BadRequest("form body is not valid", reason="invalid_form") from e
-    out: dict[str, str] = {}
-    for key, value in pairs:
-        out.setdefault(key, value)
-    return out
-
-
-def text(value: Any) -> str:
-    """An event type from a payload field: strings only, anything else is ""."""
-    return value if isinstance(value, str) else ""
-
-
-def dig(payload: Any, dotted: str) -> Any:
-    """The value at a dotted path of JSON objects ("event.type"), or None."""
-    for part in dotted.split("."):
-        if not isinstance(payload, dict):
-            return None
-        payload = payload.get(part)
-    return payload
-
-
-def new_id() -> str:
-    """A new delivery id for a signed request (uuid4 text); uuid is imported here, off the serving path."""
-    import uuid
-
-    return str(uuid.uuid4())
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def challenge_reply(payload: Any, event: str) -> Reply:
+    """The answer to a URL verification: the payload's `challenge`, as text/plain."""
+    challenge = payload.get("challenge") if isinstance(payload, dict) else None
+    if not isinstance(challenge, str):
+        raise BadRequest(f"{event} without a challenge", reason="invalid_challenge")
+    return Reply(challenge.encode("utf-8"), "text/plain")
 
 
 # --- the family of every scheme that signs a time -------------------------------------
@@ -371,6 +310,11 @@ class Timestamped(Provider):
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance <= 86400:
             raise ValueError(f"tolerance_s: must be more than 0 and at most 86400 seconds, got {tolerance!r}")
         self.tolerance = float(tolerance)
+
+    def require_signed(self, secrets: Sequence[bytes], msg: bytes, given: str, ts: float, now: float) -> None:
+        """SignatureError unless `given` is the hex HMAC-SHA256 of `msg` and `ts` is within the tolerance."""
+        require_hmac(secrets, msg, given)
+        check_age(ts, now, self.tolerance)
 
     def type_field(self, payload: Any) -> str:
         return text(payload.get("type")) if isinstance(payload, dict) else ""
@@ -401,8 +345,11 @@ PROVIDERS: dict[str, type[Provider]] = {
               Twilio, Discord, Linear, Paddle, Mailgun, Zoom, PagerDuty, Twitch, Sentry, Basic, Bearer)
 }
 
+# The payload helpers are re-exported: the sender modules import every shared helper from the package.
 __all__ = [
-    "PROVIDERS", "Basic", "Bearer", "Bitbucket", "Discord", "GenericHmac", "GitHub", "GitLab", "Gitea", "HeaderMap",
-    "HeaderSigned", "Linear", "Mailgun", "Option", "Paddle", "PagerDuty", "Provider", "Reply", "Sentry", "Shopify",
-    "Signed", "Slack", "StandardWebhooks", "Stripe", "Timestamped", "Twilio", "Twitch", "Unverified", "Zoom",
+    "MAX_JSON_DEPTH", "PROVIDERS", "Basic", "Bearer", "Bitbucket", "Discord", "GenericHmac", "GitHub", "GitLab",
+    "Gitea", "HeaderMap", "HeaderSigned", "Linear", "Mailgun", "Option", "Paddle", "PagerDuty", "Provider", "Reply",
+    "Sentry", "Shopify", "Signed", "Slack", "StandardWebhooks", "Stripe", "Timestamped", "Twilio", "Twitch",
+    "Unverified", "Zoom", "dig", "form_field", "form_fields", "form_pairs", "is_form_type", "new_id", "parse_json",
+    "sha256_hex", "text",
 ]

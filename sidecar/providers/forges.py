@@ -7,18 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import SignatureError
-from . import (
-    HeaderMap,
-    Option,
-    Reply,
-    form_field,
-    hmac_hex,
-    is_form,
-    parse_json,
-    require_match,
-    signed_header,
-    strip_prefix,
-)
+from . import HeaderMap, Option, Reply, is_form, json_or_form, prefixed, require_hmac
 from .generic import HeaderSigned
 
 
@@ -41,15 +30,12 @@ class GitHub(HeaderSigned):
     def verify(self, headers: HeaderMap, body: bytes, secrets: Sequence[bytes], now: float,
                target: str = "") -> None:
         if self.opts["allow_sha1"] and not headers.get("X-Hub-Signature-256") and headers.get("X-Hub-Signature"):
-            given = strip_prefix(signed_header(headers, "X-Hub-Signature"), "sha1=", "X-Hub-Signature")
-            require_match([hmac_hex(s, body, "sha1") for s in secrets], given)
+            require_hmac(secrets, body, prefixed(headers, "sha1=", "X-Hub-Signature"), "sha1")
             return
         super().verify(headers, body, secrets, now)
 
     def parse(self, headers: HeaderMap, body: bytes) -> Any:
-        if is_form(headers):
-            return parse_json(form_field(body, "payload"))
-        return parse_json(body)
+        return json_or_form(headers, body)
 
     def reply(self, event: str, payload: Any) -> Reply | None:
         if event == "ping":
@@ -85,9 +71,7 @@ class Gitea(HeaderSigned):
         return pairs[0][1].encode("utf-8")
 
     def parse(self, headers: HeaderMap, body: bytes) -> Any:
-        if is_form(headers):
-            return parse_json(form_field(body, "payload"))
-        return parse_json(body)
+        return json_or_form(headers, body)
 
 
 class Bitbucket(HeaderSigned):

@@ -15,9 +15,8 @@ from . import (
     hmac_b64,
     hmac_hex,
     new_id,
+    prefixed,
     require_match,
-    signed_header,
-    strip_prefix,
     text,
 )
 
@@ -45,8 +44,7 @@ class HeaderSigned(Provider):
 
     def verify(self, headers: HeaderMap, body: bytes, secrets: Sequence[bytes], now: float,
                target: str = "") -> None:
-        name = self.signature_headers[0]
-        given = strip_prefix(signed_header(headers, *self.signature_headers), self.prefix, name)
+        given = prefixed(headers, self.prefix, *self.signature_headers)
         msg = self.signed_bytes(headers, body)
         require_match([self.mac(s, msg) for s in secrets], given)
 

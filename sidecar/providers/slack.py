@@ -5,20 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import BadRequest
 from . import (
     HeaderMap,
     Reply,
     Timestamped,
-    check_age,
+    challenge_reply,
     dig,
     form_fields,
     hmac_hex,
     is_form,
     parse_json,
-    require_match,
+    prefixed,
     signed_header,
-    strip_prefix,
     text,
     timestamp,
 )
@@ -39,10 +37,8 @@ class Slack(Timestamped):
                target: str = "") -> None:
         raw_ts = signed_header(headers, "X-Slack-Request-Timestamp")
         ts = timestamp(raw_ts, "X-Slack-Request-Timestamp")
-        given = strip_prefix(signed_header(headers, "X-Slack-Signature"), "v0=", "X-Slack-Signature")
-        msg = b"v0:" + raw_ts.encode("ascii") + b":" + body
-        require_match([hmac_hex(s, msg) for s in secrets], given)
-        check_age(ts, now, self.tolerance)
+        given = prefixed(headers, "v0=", "X-Slack-Signature")
+        self.require_signed(secrets, b"v0:" + raw_ts.encode("ascii") + b":" + body, given, ts, now)
 
     def parse(self, headers: HeaderMap, body: bytes) -> Any:
         if not is_form(headers):
@@ -73,10 +69,7 @@ class Slack(Timestamped):
 
     def reply(self, event: str, payload: Any) -> Reply | None:
         if event == "url_verification":
-            challenge = payload.get("challenge") if isinstance(payload, dict) else None
-            if not isinstance(challenge, str):
-                raise BadRequest("url_verification without a challenge", reason="invalid_challenge")
-            return Reply(challenge.encode("utf-8"), "text/plain")
+            return challenge_reply(payload, event)
         if event == "ssl_check":
             return Reply(b"", "text/plain")
         return None

@@ -8,19 +8,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import BadRequest, SignatureError
+from ..errors import SignatureError
 from . import (
     HeaderMap,
     Reply,
     Timestamped,
-    check_age,
+    challenge_reply,
     dig,
     header_text,
     hmac_hex,
     new_id,
-    require_match,
+    prefixed,
     signed_header,
-    strip_prefix,
     text,
 )
 
@@ -67,11 +66,8 @@ class Twitch(Timestamped):
         msg_id = signed_header(headers, PREFIX + "Message-Id")
         raw_ts = signed_header(headers, PREFIX + "Message-Timestamp")
         ts = rfc3339(raw_ts, PREFIX + "Message-Timestamp")
-        name = PREFIX + "Message-Signature"
-        given = strip_prefix(signed_header(headers, name), "sha256=", name)
-        msg = (msg_id + raw_ts).encode("ascii") + body
-        require_match([hmac_hex(s, msg) for s in secrets], given)
-        check_age(ts, now, self.tolerance)
+        given = prefixed(headers, "sha256=", PREFIX + "Message-Signature")
+        self.require_signed(secrets, (msg_id + raw_ts).encode("ascii") + body, given, ts, now)
 
     def event(self, headers: HeaderMap, payload: Any) -> str:
         kind = header_text(headers, PREFIX + "Message-Type")
@@ -83,12 +79,7 @@ class Twitch(Timestamped):
         return header_text(headers, PREFIX + "Message-Id") or None
 
     def reply(self, event: str, payload: Any) -> Reply | None:
-        if event != VERIFICATION:
-            return None
-        challenge = payload.get("challenge") if isinstance(payload, dict) else None
-        if not isinstance(challenge, str):
-            raise BadRequest("webhook_callback_verification without a challenge", reason="invalid_challenge")
-        return Reply(challenge.encode("utf-8"), "text/plain")
+        return challenge_reply(payload, event) if event == VERIFICATION else None
 
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
         msg_id = delivery or new_id()

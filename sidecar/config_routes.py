@@ -1,0 +1,110 @@
+"""An endpoint's routes: which event runs which command, with what limits, environment and sandbox."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config_sandbox import State, sandbox
+from .config_secrets import ENV_NAME
+from .yamldoc import Doc, Path_, _describe
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 3
+ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of the routing table: which event runs which command."""
+
+    name: str
+    event: str
+    when: tuple[tuple[str, Any], ...]
+    argv: tuple[str, ...]
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    concurrency: int | None = None
+    retries: int = DEFAULT_RETRIES
+    env: tuple[tuple[str, str], ...] = ()
+    # Landlock for this route's hooks (sandbox.py): off, or the default plus these paths.
+    sandbox: bool = True
+    sandbox_read: tuple[str, ...] = ()
+    sandbox_write: tuple[str, ...] = ()
+    broadcast: bool = False  # with a shared spool: once on every live replica
+
+
+def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State = ()) -> Route | None:
+    """One entry of an endpoint's `routes`; None when it cannot run (its errors are in `doc`)."""
+    if not isinstance(raw, dict):
+        doc.error(path, f"a route must be a mapping, got {_describe(raw)}")
+        return None
+    doc.unknown_keys(raw, path, ROUTE_KEYS)
+    event = doc.get(raw, path, "event", str, "", required=True)
+    when = doc.get(raw, path, "if", dict, {})
+    for key in when:
+        if not key or any(not part for part in key.split(".")):
+            doc.error(path + ("if", key), "must be a dotted payload path such as 'repository.full_name'")
+    argv = _argv(doc, path, raw, base)
+    timeout_s = doc.get(raw, path, "timeout_s", float, DEFAULT_TIMEOUT_S, minimum=0.001)
+    concurrency = doc.get(raw, path, "concurrency", int, None, minimum=1)
+    retries = doc.get(raw, path, "retries", int, DEFAULT_RETRIES, minimum=0)
+    sandboxed, sandbox_read, sandbox_write = sandbox(doc, path, raw, base, state)
+    broadcast = doc.get(raw, path, "broadcast", bool, False)
+    env = _route_env(doc, path, raw)
+    default_name = Path(argv[0]).stem if argv else f"route{index}"
+    name = doc.get(raw, path, "name", str, default_name)
+    if not ROUTE_NAME.match(name):
+        doc.error(path + ("name",), f"must be 1-64 of [A-Za-z0-9._-], got {name!r}")
+    if not argv:
+        return None
+    return Route(name=name, event=event, when=tuple(when.items()), argv=argv, timeout_s=timeout_s,
+                 concurrency=concurrency, retries=retries, env=env, sandbox=sandboxed,
+                 sandbox_read=sandbox_read, sandbox_write=sandbox_write, broadcast=broadcast)
+
+
+def _argv(doc: Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[str, ...]:
+    run = doc.get(raw, path, "run", (str, list), None, required=True)
+    if run is None:
+        return ()
+    items = [run] if isinstance(run, str) else run
+    if not items or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in items):
+        doc.error(path + ("run",), "must be a script path or a non-empty list of strings")
+        return ()
+    argv = [str(a) for a in items]
+    program = argv[0]
+    if "/" in program:
+        # abspath, not resolve(): on a ConfigMap volume the script is reached through
+        # the ..data symlink, and the timestamped directory behind it is deleted on
+        # the next update. Keep the path that survives updates.
+        resolved = Path(os.path.abspath(base / program))
+        argv[0] = str(resolved)
+        if not resolved.is_file():
+            hint = " (to pass arguments, write run as a list)" if isinstance(run, str) and " " in program else ""
+            doc.local_error(path + ("run",), f"no such file: {resolved}{hint}")
+            return tuple(argv) if doc.offline else ()
+        if not os.access(resolved, os.X_OK):
+            doc.local_error(path + ("run",), f"not executable: {resolved} (chmod +x it)")
+            return tuple(argv) if doc.offline else ()
+    elif shutil.which(program) is None:
+        doc.local_error(path + ("run",),
+                        f"command not found on PATH: {program!r} (scripts need a path such as hooks/x.sh)")
+        return tuple(argv) if doc.offline else ()
+    return tuple(argv)
+
+
+def _route_env(doc: Doc, path: Path_, raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    env = doc.get(raw, path, "env", dict, {})
+    out = []
+    for key, value in env.items():
+        if not ENV_NAME.match(key) or key.startswith("WEBHOOK_"):
+            doc.error(path + ("env", key), "must be a variable name not starting with WEBHOOK_")
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            doc.error(path + ("env", key), f"must be a string, got {_describe(value)}")
+        else:
+            out.append((key, str(value)))
+    return tuple(out)

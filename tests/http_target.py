@@ -151,6 +151,10 @@ class _Server(socketserver.ThreadingTCPServer):
         with self._lock:
             return self._count
 
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._open)
+
 
 class HttpTarget:
     """Start with `with HttpTarget() as target:`; script answers per path; read `target.requests()`.
@@ -223,6 +227,10 @@ class HttpTarget:
     def connections(self) -> int:
         """How many connections the target accepted so far."""
         return self._server.connections()
+
+    def open_connections(self) -> int:
+        """How many of them are still open on the target's side."""
+        return self._server.open_connections()
 
 
 @dataclass(frozen=True)

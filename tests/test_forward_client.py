@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from sidecar.forward import Facts, Forwarder, Outcome, Target, Verdict
 from sidecar.forward_sign import MAX_RETRY_AFTER_S, retry_after
 
+from .conftest import wait_for
 from .http_target import Answer, HttpTarget, make_pki, serving
 from .support import free_port
 
@@ -152,7 +153,7 @@ def test_keep_alive_reuses_one_connection_and_survives_the_target_closing_it(
     assert all(post(client, target).ok for _ in range(3))
     assert {r.connection for r in target.requests()} == {1}
     assert target.drop_idle() == 1  # the application's keep-alive timeout
-    time.sleep(0.05)  # let the FIN arrive (what a real idle period gives)
+    wait_for(lambda: target.open_connections() == 0)  # closed on its side: its FIN is on the way
     assert post(client, target).ok
     assert len(target.requests()) == 4 and target.connections() == 2  # sent once, on a new connection
 

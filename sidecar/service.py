@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING
 
 from . import attempts, isolation, logs, metrics
 from . import config as config_mod
+from .jobs import QueuePolicy
 from .launcher import Launcher
 from .live import Live
+from .queue_local import LocalQueue
 from .reload import Reloader, announce, warn_unverified
+from .scheduler import Executor
 from .server import SidecarServer
 from .spool import Scheduler
 from .spool.sqlite import Spool
-from .workers import Workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,21 +34,28 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _local(cfg: config_mod.Config, config: Callable[[], config_mod.Config]) -> QueuePolicy:
+    spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536)
+    return LocalQueue(spool, cfg.max_queue, config)
+
+
+def _leased(cfg: config_mod.Config, config: Callable[[], config_mod.Config], replica: str) -> QueuePolicy:
+    # Imported here: sqlite users never load the database driver (idle memory).
+    from .queue_leased import LeasedQueue
+    from .spool.postgres import Store
+    # Named in messages by where the URL comes from, never by its value.
+    source = cfg.spool_url_env or f"spool_url_file {cfg.spool_url_file}"
+    store = Store(cfg.spool_url or "", source, replica, cfg.lease_s, pool_size=cfg.max_workers + 16)
+    # Serves at once, the database reachable or not: unready (POSTs 503) until it can be used.
+    return LeasedQueue(store, cfg.max_queue, config, max_bytes=cfg.spool_max_bytes)
+
+
 def open_workers(cfg: config_mod.Config, config: Callable[[], config_mod.Config],
                  known: attempts.KnownRoutes, replica: str, launcher: Launcher) -> Scheduler:
-    """The spool backend the config names, with its workers: the embedded file, or shared PostgreSQL."""
-    if cfg.spool_url:
-        # Imported here: sqlite users never load the database driver (idle memory).
-        from .shared_workers import SharedWorkers
-        from .spool.postgres import Store
-        # Named in messages by where the URL comes from, never by its value.
-        source = cfg.spool_url_env or f"spool_url_file {cfg.spool_url_file}"
-        store = Store(cfg.spool_url, source, replica, cfg.lease_s, pool_size=cfg.max_workers + 16)
-        # Serves at once, the database reachable or not: unready (POSTs 503) until it can be used.
-        return SharedWorkers(store, cfg.max_workers, cfg.max_queue, config, known, replica,
-                             max_bytes=cfg.spool_max_bytes, launcher=launcher)
-    spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536)
-    return Workers(spool, cfg.max_workers, cfg.max_queue, config, known, replica, launcher=launcher)
+    """The one scheduler over the queue the config names: the embedded file, or shared PostgreSQL.
+    A backend is a store and its policy: one more is one more line here."""
+    policy = _leased(cfg, config, replica) if cfg.spool_url else _local(cfg, config)
+    return Executor(policy, cfg.max_workers, cfg.max_queue, config, known, replica, launcher=launcher)
 
 
 class Service:

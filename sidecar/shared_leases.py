@@ -57,7 +57,6 @@ class Held:
         self.lost = False  # the lease is another replica's now (seen at a renewal)
         self.told = False  # job.fenced (or job.lease_lost) was logged
         self.attempt: Attempt | None = None  # set when the run ended and its record is pending
-        self.recording = False  # a record is in flight (the worker's, or housekeeping's retry)
 
     @property
     def fenced(self) -> bool:
@@ -82,10 +81,6 @@ class Book:
     def drop(self, job_id: int) -> None:
         with self.lock:
             self.held.pop(job_id, None)
-
-    def unrecorded(self) -> list[Held]:
-        with self.lock:
-            return [h for h in self.held.values() if h.attempt is not None]
 
     def cancel_runs(self) -> None:
         """At shutdown: every run still going is interrupted."""

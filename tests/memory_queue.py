@@ -1,8 +1,13 @@
-"""An in-memory spool.Scheduler for fast tests of what sits above the queue (intake, live table)."""
+"""In memory, for fast tests: a spool.Scheduler for what sits above the queue (intake, live table),
+and a queue store for the scheduler itself."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import replace
 
 from sidecar.config import Route
 from sidecar.errors import Unavailable
@@ -67,6 +72,95 @@ class MemoryScheduler:
 
     def stop(self, grace_s: float) -> bool:
         return True
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore:
+    """A queue store in a dict, for fast tests of the scheduler and the local policy (no file, no
+    database, no process): what queue_local.LocalStore asks of the sqlite spool. `fail_records`
+    makes that many outcome records fail (a full disk), then they commit."""
+
+    location = "memory"
+
+    def __init__(self) -> None:
+        self.rows: dict[int, JobRow] = {}
+        self.bodies: dict[int, bytes] = {}
+        self.keys: dict[tuple[str, str], list[int]] = {}
+        self.fail_records = 0
+        self.records: list[tuple[int, str]] = []  # (job, state) of every committed record
+        self._lock = threading.Lock()
+
+    def health(self) -> str | None:
+        return None
+
+    def accept(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:
+        with self._lock:
+            key = (delivery.endpoint, delivery.delivery)
+            if key in self.keys:
+                return Accepted("duplicate", (), ())
+            ids = []
+            for route in routes:
+                job_id = len(self.rows) + 1
+                self.rows[job_id] = JobRow(
+                    id=job_id, state="pending", attempts=0, next_at=0.0, updated_at=time.time(), route=route,
+                    endpoint=delivery.endpoint, delivery=delivery.delivery, provider=delivery.provider,
+                    event=delivery.event, request_id=delivery.request_id, cwd=delivery.cwd,
+                    received_at=time.time(), exit_code=None, outcome=None, output_tail=None)
+                self.bodies[job_id] = delivery.body
+                ids.append(job_id)
+            self.keys[key] = ids
+            return Accepted("accepted", tuple(ids), tuple(r.name for r in routes), fresh=True)
+
+    def is_duplicate(self, delivery: Delivery) -> bool:
+        return (delivery.endpoint, delivery.delivery) in self.keys
+
+    def job(self, job_id: int) -> JobRow | None:
+        return self.rows.get(job_id)
+
+    def job_to_run(self, job_id: int) -> tuple[JobRow, bytes] | None:
+        row = self.rows.get(job_id)
+        return (row, self.bodies[job_id]) if row else None
+
+    def jobs(self, states: Sequence[str] = ("pending", "done", "failed"), limit: int = 1000) -> list[JobRow]:
+        return [r for r in self.rows.values() if r.state in states][:limit]
+
+    def body(self, job_id: int) -> bytes:
+        return self.bodies.get(job_id, b"")
+
+    def pending(self, changed_since: float = 0.0,
+                only: Sequence[int] | None = None) -> list[tuple[int, float, str, str, int | None]]:
+        rows = [r for r in self.rows.values() if r.state == "pending"
+                and (r.id in only if only is not None else r.updated_at >= changed_since)]
+        return [(r.id, r.next_at, r.endpoint, r.route.name, r.route.concurrency) for r in rows]
+
+    def pending_ids(self, changed_since: float) -> list[int]:
+        return [r.id for r in self.rows.values() if r.state == "pending" and r.updated_at >= changed_since]
+
+    def finish(self, job_id: int, state: str, attempts: int, next_at: float, exit_code: int | None,
+               outcome: str, output_tail: str) -> Future[None]:
+        future: Future[None] = Future()
+        with self._lock:
+            if self.fail_records > 0:
+                self.fail_records -= 1
+                future.set_exception(OSError(28, "No space left on device"))
+                return future
+            self.rows[job_id] = replace(self.rows[job_id], state=state, attempts=attempts, next_at=next_at,
+                                        exit_code=exit_code, outcome=outcome, output_tail=output_tail,
+                                        updated_at=time.time())
+            self.records.append((job_id, state))
+        future.set_result(None)
+        return future
+
+    def drop_bodies(self, done_since: float) -> float:
+        return done_since
+
+    def retry(self, job_ids: Sequence[int] | None = None) -> list[int]:
+        return []
+
+    def purge(self, older_than_s: float, states: Sequence[str] = ("done", "failed")) -> int:
+        return 0
 
     def close(self) -> None:
         pass

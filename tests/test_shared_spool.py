@@ -58,6 +58,9 @@ def test_three_replicas_run_each_delivery_once_and_broadcasts_once_per_replica(t
     assert broadcast == Counter({(d, r): 1 for d in sent for r in names})
     # The normal route's runs are spread: deliveries accepted by one replica ran on others.
     assert len({r for _, route, r in runs if route == "normal"}) >= 2
+    # Each outcome is recorded once its run is over (the recorder commits them in batches).
+    wait_for(lambda: {j["state"] for j in spool_jobs(config, "--limit", "1000", env={VAR: pg_url})} == {"done"},
+             timeout=10, interval=0.2)
     jobs = spool_jobs(config, "--limit", "1000", env={VAR: pg_url})
     assert len(jobs) == expected and {j["state"] for j in jobs} == {"done"}
     assert {j["replica"] for j in jobs} == set(names)

@@ -370,31 +370,32 @@ class Store(Upkeep):
             op(c)
             c.commit()
 
-    def finish(self, job_id: int, claim: int, state: str, attempts: int, next_at: float, exit_code: int | None,
-               outcome: str, output_tail: str, concurrency: int | None) -> bool:
-        """Record an attempt and clear the lease; False when the lease was no longer ours (taken over).
+    def finish_many(self, items: Sequence[tuple[int, int, str, int, float, int | None, str, str]]) -> list[bool]:
+        """Record attempts (job, claim, state, attempts, next_at, exit code, outcome, output tail) in one
+        transaction, clearing their leases; per item False when the lease was no longer ours (taken over).
 
         A delivery whose jobs are all done drops its body (the id stays for dedupe). Not durable
         in the fsync sense (as with sqlite): a record lost in a database crash leaves the job
         pending, and it runs again, which at-least-once allows."""
+        ours: list[bool] = []
         with self.pool.connection() as conn:
             conn.execute("SET LOCAL synchronous_commit = off")
-            row = conn.execute(
-                "UPDATE sidecar_jobs SET state = %s, attempts = %s, next_at = %s, exit_code = %s, outcome = %s,"
-                f" output_tail = %s, updated_at = {NOW}, owner = NULL, lease_until = NULL, ran_on = %s"
-                " WHERE id = %s AND claim = %s AND owner = %s RETURNING delivery_id",
-                (state, attempts, next_at, exit_code, outcome, output_tail, self.replica, job_id, claim,
-                 self.replica)).fetchone()
-            if row is None:
-                conn.rollback()
-                return False
-            if state == "done":
-                # The delivery's row lock orders two jobs of one delivery finishing at once: the later sees both.
-                conn.execute("SELECT 1 FROM sidecar_deliveries WHERE id = %s FOR UPDATE", (row[0],))
-                conn.execute("UPDATE sidecar_deliveries SET body = '' WHERE id = %s AND NOT EXISTS (SELECT 1 FROM"
-                             " sidecar_jobs WHERE delivery_id = %s AND state <> 'done')", (row[0], row[0]))
+            for job_id, claim, state, attempts, next_at, exit_code, outcome, output_tail in items:
+                row = conn.execute(
+                    "UPDATE sidecar_jobs SET state = %s, attempts = %s, next_at = %s, exit_code = %s, outcome = %s,"
+                    f" output_tail = %s, updated_at = {NOW}, owner = NULL, lease_until = NULL, ran_on = %s"
+                    " WHERE id = %s AND claim = %s AND owner = %s RETURNING delivery_id",
+                    (state, attempts, next_at, exit_code, outcome, output_tail, self.replica, job_id, claim,
+                     self.replica)).fetchone()
+                ours.append(row is not None)
+                if row is not None and state == "done":
+                    # The delivery's row lock orders two jobs of one delivery finishing at once: the later
+                    # sees both.
+                    conn.execute("SELECT 1 FROM sidecar_deliveries WHERE id = %s FOR UPDATE", (row[0],))
+                    conn.execute("UPDATE sidecar_deliveries SET body = '' WHERE id = %s AND NOT EXISTS (SELECT 1"
+                                 " FROM sidecar_jobs WHERE delivery_id = %s AND state <> 'done')", (row[0], row[0]))
             conn.commit()
-        return True
+        return ours
 
     def notify(self) -> None:
         """Wake every replica's dispatcher. Not inside an accept: NOTIFY takes a database-wide

@@ -25,17 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .forward_sign import (
+from .forward_sign import (  # Facts is part of this module's API
     Facts,
     check_header,
     cloudevent_headers,
     request_headers,
     retry_after,
+    sendable,
     standard_signature,
 )
 from .providers.standard import whsec_key
-
-__all__ = ["Facts", "Forwarder", "Outcome", "Target", "Verdict"]
 
 MODES = ("raw", "cloudevents")
 TAIL_BYTES = 4096  # of the answer's body, for hook.finished's output_tail (as a hook's output)
@@ -78,8 +77,8 @@ class Target:
             raise ValueError("url: must be an http:// or https:// URL with a host")
         if parts.username is not None or parts.password is not None:
             raise ValueError("url: credentials in the URL are not allowed (use headers)")
-        if parts.fragment or any(c in self.url for c in " \r\n\t\0"):
-            raise ValueError("url: must hold no fragment, spaces or control characters")
+        if parts.fragment or not self.url.isascii() or not self.url.isprintable() or " " in self.url:
+            raise ValueError("url: must be ASCII (percent-encoded) with no fragment, spaces or control characters")
         try:
             parts.port  # noqa: B018 (raises on a port that is not a number in range)
         except ValueError as e:
@@ -294,7 +293,9 @@ class Forwarder:
 
     def _headers(self, target: Target, body: bytes, content_type: str, facts: Facts,
                  now: float) -> list[tuple[str, str]]:
-        headers = [("User-Agent", USER_AGENT), ("Content-Type", content_type or "application/octet-stream")]
+        if not content_type or not sendable(content_type):
+            content_type = "application/octet-stream"
+        headers = [("User-Agent", USER_AGENT), ("Content-Type", content_type)]
         headers += request_headers(target.static, target.pass_headers, facts)
         if target.mode == "cloudevents":
             headers += cloudevent_headers(facts, now).items()

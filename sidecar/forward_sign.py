@@ -54,11 +54,12 @@ def check_header(name: str, value: str, where: str) -> None:
         raise ValueError(f"{where}: not a valid HTTP header name: {name!r}")
     if name.lower() in PROTOCOL_HEADERS or name.lower().startswith("ce-"):
         raise ValueError(f"{where}: {name} is set by the forward itself")
-    if not _sendable(value):
+    if not sendable(value):
         raise ValueError(f"{where}: the value of {name} holds control characters or is not Latin-1")
 
 
-def _sendable(value: str) -> bool:
+def sendable(value: str) -> bool:
+    """Whether `value` can travel as a header value (Latin-1, no CR, LF or NUL)."""
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:
@@ -109,10 +110,10 @@ def request_headers(static: Iterable[tuple[str, str]], passed: Sequence[str], fa
         ("X-Webhook-Event", facts.event),
         ("X-Webhook-Attempt", str(facts.attempt)),
     ]
-    out = [(k, v) for k, v in out if _sendable(v)]
+    out = [(k, v) for k, v in out if sendable(v)]
     out.extend(static)
     wanted = {name.lower() for name in passed}
-    out.extend((k, v) for k, v in facts.headers.items() if k.lower() in wanted and _sendable(v))
+    out.extend((k, v) for k, v in facts.headers.items() if k.lower() in wanted and sendable(v))
     return out
 
 

@@ -247,6 +247,8 @@ def test_https_verifies_against_the_ca_file(client: Forwarder, tmp_path: Path) -
     ({"url": "ftp://127.0.0.1/x"}, "url: must be an http:// or https:// URL with a host"),
     ({"url": "http:///x"}, "url: must be an http:// or https:// URL with a host"),
     ({"url": "http://user:pw@127.0.0.1/x"}, "url: credentials in the URL are not allowed (use headers)"),
+    ({"url": "http://127.0.0.1/é"}, "url: must be ASCII (percent-encoded) with no fragment"),
+    ({"url": "http://127.0.0.1/x#y"}, "url: must be ASCII (percent-encoded) with no fragment"),
     ({"url": "http://127.0.0.1:99999/x"}, "url: the port is not a number from 1 to 65535"),
     ({"url": "http://127.0.0.1/x", "timeout_s": 0}, "timeout_s: must be more than 0 and at most 3600 seconds"),
     ({"url": "http://127.0.0.1/x", "mode": "json"}, "format: must be one of raw, cloudevents, got 'json'"),
@@ -261,6 +263,12 @@ def test_https_verifies_against_the_ca_file(client: Forwarder, tmp_path: Path) -
 def test_target_refuses_what_it_cannot_send(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         Target(**options)
+
+
+def test_a_content_type_that_cannot_be_a_header_is_sent_as_octet_stream(client: Forwarder, target: HttpTarget) -> None:
+    assert client.post(Target(url=target.url("/x")), BODY, "text/plain\r\nX-Evil: 1", FACTS).ok
+    [got] = target.requests()
+    assert got.header("Content-Type") == "application/octet-stream" and got.header("X-Evil") is None
 
 
 def test_no_secret_in_a_targets_repr_or_an_outcome(client: Forwarder) -> None:

@@ -34,23 +34,25 @@ from typing import Any
 # (module, attribute path, stage). Time a thread spends between wrapped calls goes to the stage of
 # the BASE call it made last (a handler thread's loop is receive+verify, a worker's hand-off, the
 # spool writer's its queue), or else to "(outside: thread)".
-BASE = {"Handler.handle_one_request", "Workers._take", "Spool._commit", "Writer._commit"}
+BASE = {"Handler.handle_one_request", "Workers._take", "LocalQueue._take", "Spool._commit", "Writer._commit",
+        "Executor._commit"}
 # A module "a|b": the first of them that has the attribute (the layout of 652c911, then the
 # split spool/ package and attempts.py of later trees).
 SPOOL = "sidecar.spool|sidecar.spool.sqlite"
 WRAP = [
     ("sidecar.server", "Handler.handle_one_request", "receive+verify"),
-    ("sidecar.workers", "Workers.submit", "hand-off"),
+    ("sidecar.queue_local|sidecar.workers", "LocalQueue.submit|Workers.submit", "hand-off"),
     (SPOOL, "Spool.accept", "accept commit"),
-    ("sidecar.workers", "Workers._take", "hand-off"),
-    ("sidecar.workers", "Workers._release", "hand-off"),
+    ("sidecar.queue_local|sidecar.workers", "LocalQueue._take|Workers._take", "hand-off"),
+    ("sidecar.queue_local|sidecar.workers", "LocalQueue._end|Workers._release", "hand-off"),
     ("sidecar.workers", "Workers._forget", "hand-off"),
-    ("sidecar.workers", "Workers._recorded", "hand-off"),
+    ("sidecar.queue_local|sidecar.workers", "LocalQueue.recorded|Workers._recorded", "hand-off"),
     (SPOOL, "Spool.job_to_run", "job read"),
     (SPOOL, "Spool.claim", "job read"),
     ("sidecar.workers|sidecar.attempts", "Workers._run|run", "result record"),
+    ("sidecar.queue_local", "LocalQueue.record", "result record"),
     ("sidecar.attempts", "report", "result record"),
-    ("sidecar.workers", "Workers._record", "result record"),
+    ("sidecar.scheduler|sidecar.workers", "Executor._commit|Workers._record", "result record"),
     ("sidecar.workers|sidecar.attempts", "Job.env", "spawn"),
     ("sidecar.runner", "run", "watch"),
     ("sidecar.runner", "_spawn", "spawn"),

@@ -1,9 +1,8 @@
 """One attempt of one job, the same for every spool backend: which route runs, the hook
 run itself, and what its result means (done, retry at a time, dead letter).
 
-The schedulers (workers.py for the embedded spool, the shared-queue workers for
-PostgreSQL) decide *when* a job runs; this module decides *what* runs and what the
-outcome is, so the two cannot drift.
+The scheduler (scheduler.py, with a queue policy per kind of store) decides *when* a job
+runs; this module decides *what* runs and what the outcome is.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ Policy, the same for every backend:
 - Finished deliveries drop their body (the id stays for dedupe); dead letters keep it.
 
 Backends: `sqlite` (the embedded file spool, one process) and `postgres` (shared by
-several replicas), each with its scheduler (workers.py, shared_workers.py). The server
-and the service use a scheduler as a `Scheduler`; the spool CLI uses a backend as a
-`SpoolAdmin`.
+several replicas), each run by the one scheduler (scheduler.py) through its queue policy
+(queue_local.py, queue_leased.py; the contract in jobs.py). The server and the service use the
+scheduler as a `Scheduler`; the spool CLI uses a backend as a `SpoolAdmin`.
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ class Forwarder:
         return Outcome(kind, status, duration, wait, tail, error)
 
     def close(self) -> None:
-        """Close every idle connection (connections in use close when their request ends)."""
+        """Close every idle connection (for a reload or shutdown); ones in use go back to their pool after."""
         with self._lock:
             pools = list(self._pools.values())
         for pool in pools:

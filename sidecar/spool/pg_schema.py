@@ -213,3 +213,20 @@ def scrub(text: str, url: str) -> str:
     for s in secrets:
         text = text.replace(s, "***")
     return text
+
+
+# Claim the chosen jobs (ids, owner, lease until): a takeover counts the dead run as an attempt; if that
+# was its last, the job is a dead letter here and now (state 'failed', outcome 'taken_over'), so a hook
+# that kills its replica every time cannot go round the cluster forever. Leaves the rows in `j`.
+TAKE_SQL = (
+    "WITH x AS (SELECT id, lease_until IS NOT NULL AS taken, lease_until IS NOT NULL AND"
+    " attempts >= (spec::json->>'retries')::int AS dead FROM sidecar_jobs WHERE id = ANY(%s)),"
+    " j AS (UPDATE sidecar_jobs s SET claim = claim + 1, attempts = attempts + x.taken::int,"
+    " stranded_since = NULL,"
+    " state = CASE WHEN x.dead THEN 'failed' ELSE state END,"
+    " outcome = CASE WHEN x.dead THEN 'taken_over' ELSE outcome END,"
+    " ran_on = CASE WHEN x.dead THEN owner ELSE ran_on END,"
+    f" updated_at = CASE WHEN x.dead THEN {NOW} ELSE updated_at END,"
+    " owner = CASE WHEN x.dead THEN NULL ELSE %s END,"
+    " lease_until = CASE WHEN x.dead THEN NULL ELSE %s::float8 END"
+    " FROM x WHERE s.id = x.id RETURNING s.*)")

@@ -36,6 +36,7 @@ from .pg_schema import (
     JOB_COLUMNS,
     NOTIFY_CHANNEL,
     NOW,
+    TAKE_SQL,
     Unusable,
     connect_options,
     job_row,
@@ -272,45 +273,12 @@ class Store(Upkeep):
                 f" AND (replica IS NULL OR replica = %s) AND rkey <> ALL(%s){self._runnable}"
                 " ORDER BY next_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
                 (now, now, self.replica, full, *self._runnable_args, limit * 2)).fetchall()
-            room: dict[str, int] = {}
-            chosen: dict[int, str | None] = {}
-            for job_id, rkey, concurrency, owner, lease_until in candidates:
-                if len(chosen) >= limit:
-                    break
-                if concurrency is not None:
-                    if limited <= 0:
-                        continue
-                    if rkey not in room:
-                        locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (rkey,)).fetchone()
-                        running = conn.execute(
-                            "SELECT count(*) FROM sidecar_jobs WHERE rkey = %s AND lease_until IS NOT NULL"
-                            " AND lease_until >= %s",
-                            (rkey, now)).fetchone()
-                        room[rkey] = concurrency - running[0] if locked and locked[0] and running else 0
-                    if room[rkey] <= 0:
-                        continue
-                    room[rkey] -= 1
-                    limited -= 1
-                chosen[job_id] = owner if lease_until is not None else None
+            chosen = self._choose(conn, candidates, limit, limited, now)
             claimed: list[Claimed] = []
             if chosen:
-                # A takeover counts the dead run as an attempt; if that was its last, the job is a dead
-                # letter here and now (state 'failed', outcome 'taken_over'), so a hook that kills its
-                # replica every time cannot go round the cluster forever.
-                rows = conn.execute(
-                    "WITH x AS (SELECT id, lease_until IS NOT NULL AS taken, lease_until IS NOT NULL AND"
-                    " attempts >= (spec::json->>'retries')::int AS dead FROM sidecar_jobs WHERE id = ANY(%s)),"
-                    " j AS (UPDATE sidecar_jobs s SET claim = claim + 1, attempts = attempts + x.taken::int,"
-                    " stranded_since = NULL,"
-                    " state = CASE WHEN x.dead THEN 'failed' ELSE state END,"
-                    " outcome = CASE WHEN x.dead THEN 'taken_over' ELSE outcome END,"
-                    " ran_on = CASE WHEN x.dead THEN owner ELSE ran_on END,"
-                    f" updated_at = CASE WHEN x.dead THEN {NOW} ELSE updated_at END,"
-                    " owner = CASE WHEN x.dead THEN NULL ELSE %s END,"
-                    " lease_until = CASE WHEN x.dead THEN NULL ELSE %s::float8 END"
-                    f" FROM x WHERE s.id = x.id RETURNING s.*) SELECT {JOB_COLUMNS}, j.claim, d.body FROM j"
-                    " JOIN sidecar_deliveries d ON d.id = j.delivery_id ORDER BY j.next_at, j.id",
-                    (list(chosen), self.replica, now + self.lease_s)).fetchall()
+                rows = conn.execute(f"{TAKE_SQL} SELECT {JOB_COLUMNS}, j.claim, d.body FROM j JOIN sidecar_deliveries d"
+                                    " ON d.id = j.delivery_id ORDER BY j.next_at, j.id",
+                                    (list(chosen), self.replica, now + self.lease_s)).fetchall()
                 claimed = [Claimed(job_row(r), bytes(r[-1]), r[-2], chosen[r[0]]) for r in rows]
             due = None
             if len(chosen) < limit:
@@ -320,6 +288,31 @@ class Store(Upkeep):
                     (now, self.replica, *self._runnable_args)).fetchone()
             conn.commit()
         return claimed, (due[0] - now + time.time()) if due and due[0] is not None else None
+
+    @staticmethod
+    def _choose(conn: psycopg.Connection[Any], candidates: Sequence[tuple[Any, ...]], limit: int, limited: int,
+                now: float) -> dict[int, str | None]:
+        """Of the due candidates, those to claim ({id: the owner of an expired lease, or None}): at most
+        `limit`, at most `limited` of routes with a concurrency limit, each within its route's free slots."""
+        room: dict[str, int] = {}
+        chosen: dict[int, str | None] = {}
+        for job_id, rkey, concurrency, owner, lease_until in candidates:
+            if len(chosen) >= limit:
+                break
+            if concurrency is not None:
+                if limited <= 0:
+                    continue
+                if rkey not in room:
+                    locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (rkey,)).fetchone()
+                    running = conn.execute("SELECT count(*) FROM sidecar_jobs WHERE rkey = %s AND lease_until IS NOT"
+                                           " NULL AND lease_until >= %s", (rkey, now)).fetchone()
+                    room[rkey] = concurrency - running[0] if locked and locked[0] and running else 0
+                if room[rkey] <= 0:
+                    continue
+                room[rkey] -= 1
+                limited -= 1
+            chosen[job_id] = owner if lease_until is not None else None
+        return chosen
 
     def renew(self, held: dict[int, int], heartbeat: bool = True) -> set[int]:
         """Extend the leases of the jobs this replica holds ({id: claim}); the ids still ours.

@@ -20,7 +20,8 @@ from .. import logs, metrics
 from ..config import Route
 from ..errors import Unavailable
 from . import Accepted, Delivery, JobRow, SpoolDamaged, route_from_spec, route_spec
-from .sqlite_writer import Writer, integrity, set_aside
+from .sqlite_file import integrity, set_aside
+from .sqlite_writer import Writer
 
 __all__ = ["DB_NAME", "Spool", "integrity"]
 

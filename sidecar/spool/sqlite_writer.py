@@ -29,12 +29,12 @@ from typing import Any, TypeVar
 
 from .. import logs
 from ..errors import Unavailable
+from .sqlite_file import companions, connect, identity, locked_out, set_aside
 
 T = TypeVar("T")
 MAX_BATCH = 256
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 5.0
-BUSY_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -61,68 +61,6 @@ class _Request:
             return True
 
 
-def connect(path: Path, create: bool = False) -> sqlite3.Connection:
-    # mode=rw: a connection never creates the file. Only the writer at start (and a
-    # restore) may; a reader that found it missing would otherwise make an empty one.
-    uri = f"file:{path}?mode={'rwc' if create else 'rw'}"
-    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
-    db.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk before the 200 goes out, power loss included.
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA foreign_keys=ON")
-    return db
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _locked_out(path: Path) -> bool:
-    """Whether the spool file is there but its directory's or its own mode keeps us out."""
-    try:
-        os.stat(path)
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return not os.access(path, os.R_OK | os.W_OK)
-
-
-def _companions(path: Path) -> list[Path]:
-    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-
-
-def set_aside(path: Path, why: str) -> Path:
-    """Rename a spool file and its -wal/-shm to `<name>.<why>-<UTC time>`; the new main file's path."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.{why}-{stamp}")
-    for src in _companions(path):
-        if src.exists():
-            os.replace(src, aside.with_name(aside.name + src.name[len(path.name):]))
-    return aside
-
-
-def integrity(path: Path, quick: bool = False) -> list[str]:
-    """sqlite's own integrity check of a spool file: [] when sound, else what is wrong."""
-    if path.is_file() and path.stat().st_size == 0:
-        return ["the file is empty (0 bytes): a spool always holds its schema, so it was truncated"]
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check").fetchall()
-            db.execute("SELECT count(*) FROM jobs").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        return [str(e)]
-    problems = [r[0] for r in rows if r[0] != "ok"]
-    return problems
-
-
 class Writer:
     """The single group-committing writer of one sqlite file, its probe and its readers."""
 
@@ -134,7 +72,7 @@ class Writer:
         self.reserve_bytes = reserve_bytes
         self._on_probe = on_probe
         self.db = connect(path, create=True)
-        self._ident = _identity(path)
+        self._ident = identity(path)
         self._generation = 0
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -156,8 +94,8 @@ class Writer:
         """Why the spool cannot take deliveries now (for /readyz and 503s), or None."""
         if self._serving and time.monotonic() - self._probe_ok_at > PROBE_TIMEOUT_S + PROBE_INTERVAL_S:
             return "spool not responding"
-        if self._problem is None and _identity(self.path) != self._ident:
-            if _locked_out(self.path):
+        if self._problem is None and identity(self.path) != self._ident:
+            if locked_out(self.path):
                 return "spool directory or file mode changed"  # the next probe restores it
             return "spool file removed or replaced"  # the next probe restores it
         return self._problem
@@ -165,7 +103,7 @@ class Writer:
     def _restore_modes(self) -> None:
         """The spool directory and files are ours (0700/0600): a mode someone changed (chmod is
         not covered by Landlock) is put back, with the true reason logged, before the probe."""
-        for path, want in ((self.path.parent, 0o700), *((p, 0o600) for p in _companions(self.path))):
+        for path, want in ((self.path.parent, 0o700), *((p, 0o600) for p in companions(self.path))):
             try:
                 st = os.stat(path)
                 if st.st_uid != os.geteuid() or st.st_mode & want == want:
@@ -281,7 +219,7 @@ class Writer:
                         request.future.set_exception(e)
 
     def _commit(self, batch: list[_Request]) -> None:
-        if _identity(self.path) != self._ident:
+        if identity(self.path) != self._ident:
             self._file_lost(batch)
             return
         try:
@@ -298,7 +236,7 @@ class Writer:
             for request in batch:
                 request.future.set_exception(failure)
             return
-        if _identity(self.path) != self._ident:
+        if identity(self.path) != self._ident:
             # Committed, but into a file that is no longer at the path. The restore copies it
             # back, so nothing is lost; the senders are told 503 and their retries dedupe.
             self._file_lost(batch)
@@ -332,7 +270,7 @@ class Writer:
             logs.error("spool.foreign_file", spool=self.location, kept_as=str(aside),
                        detail="another file took the spool's place; kept aside, ours restored")
         staging = self.path.with_name(self.path.name + ".restoring")
-        for p in _companions(staging):
+        for p in companions(staging):
             p.unlink(missing_ok=True)
         copy = sqlite3.connect(staging)
         try:
@@ -351,7 +289,7 @@ class Writer:
             self._readers.clear()
             self._generation += 1
         self.db.close()
-        for p in _companions(self.path)[1:]:
+        for p in companions(self.path)[1:]:
             p.unlink(missing_ok=True)
         os.replace(staging, self.path)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
@@ -361,7 +299,7 @@ class Writer:
             os.close(dir_fd)
         self.db = connect(self.path)
         self._full_sync = True
-        self._ident = _identity(self.path)
+        self._ident = identity(self.path)
         logs.warning("spool.restored", spool=self.location, detail="the open database was copied back to its path")
 
     def _transaction(self, batch: list[_Request]) -> list[tuple[Any, BaseException | None]]:

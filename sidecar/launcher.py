@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from . import procs, runner
 from .config import Route
-from .sandbox import Policy, Sandbox
+from .sandbox import SANDBOX_DENIALS, Policy, Sandbox
 from .watchdog import Guard
 
 
@@ -55,9 +55,12 @@ class Launcher:
         result = runner.run(route.argv, stdin, self.env(extra), route.timeout_s, cwd=cwd, cancel=cancel,
                             cancel_grace_s=cancel_grace_s, tracker=self.tracker, sandbox=box, route=route.name,
                             delivery=delivery)
-        if result.ok or result.cancelled or self.sandbox is None:
+        if result.ok or result.cancelled or box is None or self.sandbox is None:
             return result
-        return replace(result, hint=self.sandbox.hint(live, result.output_tail + result.error))
+        said = result.output_tail + result.error
+        if not any(d in said for d in SANDBOX_DENIALS):  # not what a denied write looks like
+            return result
+        return replace(result, hint=self.sandbox.hint(live))
 
     def close(self) -> None:
         """At shutdown, after the last run ended: nothing left to recover from."""

@@ -10,16 +10,19 @@ that knows them. Four things close that:
 - Every process of a run carries `WEBHOOK_RUN_ID` in its environment (inherited
   by whatever it starts), so an orphan is attributed to its run even when several
   runs are going at once, and even after the sidecar that started it is gone.
-- Each sidecar keeps a journal in `run_dir` (`<its marker prefix>.journal`): a line
-  when a hook starts (its pid, route and delivery) and one when its run ended,
-  appended to one open file, so a run costs two writes and no file of its own.
-  At the next start, runs a dead sidecar's journal left open, and processes
-  whose marker names a dead sidecar, are leftovers, killed before any job runs.
+- Each sidecar keeps a journal in `run_dir` (journal.py): a line when a hook starts
+  (its pid, route and delivery) and one when its run ended. At the next start, runs
+  a dead sidecar's journal left open, and processes whose marker names a dead
+  sidecar, are leftovers, killed before any job runs.
 - A watchdog process (watchdog.py) is told of each run over a pipe and, when the
   sidecar dies, kills what is left of its runs at once, not at the next start.
 
 Pids are never trusted alone: a pid is taken for the process it was only while
 /proc/<pid>/stat shows the same start time (pids are reused).
+
+A run starts here (start: the tracker's part, then sandbox.spawn for the process) and is
+ended here (Hook.reap); what happens in between is the runner's. /proc is read through
+proctree.py.
 """
 
 from __future__ import annotations
@@ -28,17 +31,18 @@ import ctypes
 import errno
 import hashlib
 import itertools
-import json
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
+from . import journal, proctree, sandbox
+from .journal import Journal
+from .sandbox import Policy
 from .watchdog import MARKER_VAR as MARKER_VAR
 from .watchdog import start_time as _start_time
 from .watchdog import stat as _stat
@@ -78,85 +82,51 @@ def harden() -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
-def _started_near(pid: int, when: float, slack_s: float = 2.0) -> bool:
-    """Whether process `pid` started within `slack_s` of the wall-clock time `when` (btime is whole seconds)."""
-    ticks = _start_time(pid)
-    if ticks is None:
-        return False
-    try:
-        with open("/proc/stat", "rb") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
-    except (OSError, StopIteration):
-        return False
-    return abs(boot + ticks / os.sysconf("SC_CLK_TCK") - when) <= slack_s
+def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None = None, *,
+          policy: Policy | None = None, tracker: Tracker | None = None, route: str | None = None,
+          delivery: str | None = None) -> Hook:
+    """Start a hook (sandbox.spawn: `stdin` and `output` are its ends of the pipes, `policy` its sandbox),
+    tracked by `tracker` when given (`route` and `delivery` name the run in its journal)."""
+    if tracker is not None:
+        return tracker.start(argv, stdin, output, env, cwd, policy, route, delivery)
+    return Hook(sandbox.spawn(policy, argv, stdin, output, env, cwd))
 
 
-def _marker(pid: int) -> str | None:
-    """The run marker in a process's environment; None when absent or unreadable."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
-    except OSError:
-        return None
-    key = MARKER_VAR.encode() + b"="
-    for item in env.split(b"\0"):
-        if item.startswith(key):
-            return item[len(key):].decode("ascii", "replace")
-    return None
+@dataclass
+class Hook:
+    """A started hook: its process (leader of a session and group of its own), its run when tracked."""
 
+    proc: subprocess.Popen[bytes]
+    tracker: Tracker | None = None
+    run: Run | None = None
 
-def _children(pid: int) -> list[int]:
-    """Direct children of every thread of `pid` (orphans go to one thread, hooks to the spawning one)."""
-    out: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
+    def pidfd(self) -> int | None:
+        """A descriptor that polls readable when the hook exits; None where the kernel has none."""
         try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out.extend(int(p) for p in f.read().split())
-        except OSError:
-            continue
-    return out
+            return os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            return None
 
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
 
-def _orphans() -> list[int]:
-    """Children of the sidecar's main thread: where the kernel re-parents orphans to a subreaper
-    (the first live thread of its group). One read instead of one per thread."""
-    me = os.getpid()
-    try:
-        fd = os.open(f"/proc/{me}/task/{me}/children", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return _children(me)
-    try:
-        return [int(p) for p in os.read(fd, 65536).split()]
-    finally:
-        os.close(fd)
+    def signal_group(self, sig: int) -> None:
+        """Signal the hook's process group, not just its shell: scripts start children (curl, git)
+        that would outlive a timeout and hold its output open."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
-
-def _subtree(roots: list[int]) -> list[int]:
-    seen: list[int] = []
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.append(pid)
-        todo.extend(_children(pid))
-    return seen
-
-
-def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-JOURNAL_SUFFIX = ".journal"
-JOURNAL_COMPACT_BYTES = 1 << 20  # rewritten with only its open runs past this size
-JOURNAL_EMPTY_BYTES = 64 << 10  # emptied past this size when no run is open (one write per end below it)
+    def reap(self) -> tuple[int, int]:
+        """End what is left of the run: its group killed and the hook waited for, then (tracked) the
+        processes that left the group. The hook's return code and how many leftovers were killed."""
+        # Nothing of the group may survive the run: not children that ignored SIGTERM
+        # after their shell died, nor background ones a later attempt would overlap.
+        self.signal_group(signal.SIGKILL)
+        self.proc.wait()
+        leftovers = self.tracker.end(self.run) if self.tracker is not None and self.run is not None else []
+        return self.proc.returncode, len(leftovers)
 
 
 @dataclass
@@ -183,106 +153,51 @@ class Tracker:
         key = key if key is not None else os.path.realpath(run_dir or ".")
         self.prefix = hashlib.sha256(os.fsencode(key)).hexdigest()[:10]
         self.instance = f"{self.prefix}.{os.getpid()}-{_start_time(os.getpid())}"
-        self.journal = run_dir / (self.instance + JOURNAL_SUFFIX) if run_dir is not None else None
+        self.journal = Journal(run_dir / (self.instance + journal.SUFFIX) if run_dir is not None else None)
         self.subreaper = subreaper
         if subreaper:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         self._mains: dict[int, str] = {}  # pid of each running hook -> its marker
-        self._open: dict[int, bytes] = {}  # journal lines of the runs started and not ended
-        self._fd = -1  # the journal, opened at the first run
-        self._size = 0
         # watchdog.py's pipe: b"+<run> <pid>\n" when a hook starts, b"-<run>\n" when nothing of it is left.
         self.notify: Callable[[bytes], None] | None = None
         self.watchdog_pid = 0  # a child of the main thread like the orphans, never one of a run's
 
     # --- one run ----------------------------------------------------------------------
     def begin(self, route: str | None = None, delivery: str | None = None) -> Run:
-        """A new run's marker, to put in the hook's environment before it is started; `route` and
-        `delivery` go in its journal line (what a leftover of a crash is reported as)."""
+        """A new run's marker; `route` and `delivery` go in its journal line (what a leftover of a
+        crash is reported as)."""
         seq = next(self._seq)
         return Run(f"{self.instance}.{seq}", seq, {"route": route, "delivery": delivery})
 
-    @contextmanager
-    def spawning(self, run: Run) -> Iterator[None]:
-        """Hold around the spawn: end() must never reap a hook not yet registered as one."""
-        with self._lock:
-            yield
+    def start(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
+              policy: Policy | None, route: str | None = None, delivery: str | None = None) -> Hook:
+        """Start a tracked hook (sandbox.spawn's arguments) with its run's marker in its environment.
 
-    def spawned(self, run: Run, pid: int) -> None:
-        """Register the hook's pid (call inside spawning()) and journal the run.
-
-        The line's time stands for the pid's start time: recovery takes the pid for the
-        hook only if the process there started within 2 s of it (pids are reused). A crash
-        between the spawn and this line leaves the run to its marker alone.
+        Its pid is registered under the lock, so end() of another run never reaps it as an orphan,
+        and journaled: the line's time stands for the pid's start time (recovery takes the pid for
+        the hook only if the process there started within 2 s of it: pids are reused). A crash
+        between the spawn and the line leaves the run to its marker alone.
         """
-        run.pid = pid
-        self._mains[pid] = run.marker
-        if self.notify is not None:
-            self.notify(b"+%d %d\n" % (run.seq, pid))
-        if self.journal is None:
-            return
-        route, delivery = (_json_str(run.facts.get(k)) for k in ("route", "delivery"))
-        line = b'{"run":%d,"pid":%d,"t":%.3f,"route":%s,"delivery":%s}\n' % (run.seq, pid, time.time(), route, delivery)
-        self._open[run.seq] = line
-        self._append(line)
-
-    def _append(self, line: bytes) -> None:
-        """Add a line to the journal (lock held). No fsync: an entry only matters while its
-        processes live, and a power loss ends them too. A failed write is not fatal: the
-        marker still finds the run's processes."""
+        run = self.begin(route, delivery)
         try:
-            if self._fd < 0:
-                assert self.journal is not None
-                self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-                self._size = os.fstat(self._fd).st_size
-            os.write(self._fd, line)
-            self._size += len(line)
-        except OSError:
-            pass
-
-    def _ended(self, run: Run) -> None:
-        """Journal the run's end (lock held); empty the journal when nothing runs, compact it when big."""
-        if self._open.pop(run.seq, None) is None or self._fd < 0:
-            return
-        try:
-            if not self._open and self._size > JOURNAL_EMPTY_BYTES:
-                os.ftruncate(self._fd, 0)  # O_APPEND: the next line goes to the start
-                self._size = 0
-            elif self._size > JOURNAL_COMPACT_BYTES:
-                self._compact()
-            else:
-                self._append(b'{"end":%d}\n' % run.seq)
-        except OSError:
-            pass
-
-    def _compact(self) -> None:
-        """Replace the journal by one that holds only the open runs (lock held)."""
-        assert self.journal is not None
-        tmp = self.journal.with_name(self.journal.name + ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            data = b"".join(self._open.values())
-            os.write(fd, data)
-            os.replace(tmp, self.journal)
+            with self._lock:
+                proc = sandbox.spawn(policy, argv, stdin, output, {**env, MARKER_VAR: run.marker}, cwd)
+                run.pid = proc.pid
+                self._mains[proc.pid] = run.marker
+                if self.notify is not None:
+                    self.notify(b"+%d %d\n" % (run.seq, proc.pid))
+                self.journal.write_start(run.seq, proc.pid, route, delivery)
         except BaseException:
-            os.close(fd)
+            self.end(run)
             raise
-        os.close(self._fd)
-        self._fd, self._size = fd, len(data)
+        return Hook(proc, self, run)
 
     def close(self) -> None:
         """At shutdown, after the last run ended: remove the journal (nothing left to recover)."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            if self.journal is not None and not self._open:
-                try:
-                    self.journal.unlink()
-                except OSError:
-                    pass
+            self.journal.close()
 
     def end(self, run: Run, wait_s: float = END_WAIT_S) -> list[int]:
         """After the hook's main process was waited for: kill whatever of the run is left; the pids killed.
@@ -297,17 +212,17 @@ class Tracker:
                 self._mains.pop(run.pid, None)
                 found = self._leftovers(run.marker)
                 if not found:
-                    self._ended(run)
+                    self.journal.write_end(run.seq)
                     if self.notify is not None and run.pid:
                         self.notify(b"-%d\n" % run.seq)  # not when given up below: the watchdog keeps it
             for pid in found:
-                _kill(pid)
+                proctree.kill(pid)
             killed.extend(p for p in found if p not in killed)
             if not found:
                 return killed
             if time.monotonic() > deadline:
                 with self._lock:
-                    self._ended(run)
+                    self.journal.write_end(run.seq)
                 return killed
             time.sleep(0.01)
 
@@ -315,7 +230,7 @@ class Tracker:
         """Live processes of the run `marker` under the sidecar (lock held); reaps orphans that died."""
         others = set(self._mains.values())
         found: list[int] = []
-        for pid in _orphans():
+        for pid in proctree.orphans():
             if pid in self._mains or pid == self.watchdog_pid:
                 continue  # another run's hook (its own end() deals with it), or the watchdog
             st = _stat(pid)
@@ -330,10 +245,10 @@ class Tracker:
                     except ChildProcessError:
                         pass
                 continue
-            owner = _marker(pid)
+            owner = proctree.marker(pid)
             # An orphan that dropped its marker is attributed to this run when no other run is going.
             if owner == marker or (owner is None and not others):
-                found.extend(p for p in _subtree([pid]) if (_stat(p) or "Z")[0] not in "ZX")
+                found.extend(p for p in proctree.subtree([pid]) if (_stat(p) or "Z")[0] not in "ZX")
         return found
 
     # --- after a crash ----------------------------------------------------------------
@@ -346,12 +261,12 @@ class Tracker:
         files: list[Path] = []
         for path in self.run_dir.iterdir() if self.run_dir is not None else ():
             name = path.name.removesuffix(".new")
-            if name.endswith(JOURNAL_SUFFIX):
-                instance = name[:-len(JOURNAL_SUFFIX)]
+            if name.endswith(journal.SUFFIX):
+                instance = name[:-len(journal.SUFFIX)]
                 if self._owner_alive(instance + ".0"):
                     continue  # a live sidecar sharing this directory: its runs are its own
                 files.append(path)
-                for seq, d in _open_runs(path).items():
+                for seq, d in journal.open_runs(path).items():
                     t = d.get("t")
                     started = t if isinstance(t, (int, float)) else 0.0
                     runs[f"{instance}.{seq}"] = _facts(f"{instance}.{seq}", d, started)
@@ -359,7 +274,7 @@ class Tracker:
         while True:
             victims = self._scan(runs)
             for pid, marker in victims.items():
-                _kill(pid)
+                proctree.kill(pid)
                 pids = runs.setdefault(marker, {"marker": marker, "pids": []})["pids"]
                 if isinstance(pids, list) and pid not in pids:
                     pids.append(pid)
@@ -391,7 +306,7 @@ class Tracker:
         mains: dict[int, str] = {}
         for run, facts in runs.items():
             main = facts.get("_main")
-            if isinstance(main, tuple) and _started_near(main[0], main[1]):
+            if isinstance(main, tuple) and proctree.started_near(main[0], main[1]):
                 mains[main[0]] = run  # still the same process: its group and session are the run's
         victims: dict[int, str] = {}
         me = os.getpid()
@@ -402,35 +317,12 @@ class Tracker:
             st = _stat(pid)
             if st is None or st[0] in "ZX":
                 continue
-            marker = _marker(pid)
+            marker = proctree.marker(pid)
             if marker and marker.startswith(self.prefix + ".") and not self._owner_alive(marker):
                 victims[pid] = ".".join(marker.split(".")[:3])
             elif pid in mains or st[2] in mains or st[3] in mains:
                 victims[pid] = mains.get(pid) or mains.get(st[2]) or mains[st[3]]
         return victims
-
-
-def _open_runs(journal: Path) -> dict[int, dict[str, object]]:
-    """The runs a journal holds as started and not ended: number -> its start line."""
-    runs: dict[int, dict[str, object]] = {}
-    try:
-        lines = journal.read_bytes().splitlines()
-    except OSError:
-        return runs
-    for line in lines:
-        try:
-            d = json.loads(line)
-            if "run" in d:
-                runs[int(d["run"])] = d
-            elif "end" in d:
-                runs.pop(int(d["end"]), None)
-        except (ValueError, TypeError):
-            continue  # a line cut by the crash
-    return runs
-
-
-def _json_str(value: object) -> bytes:
-    return b"null" if value is None else encode_basestring_ascii(str(value)).encode()
 
 
 def _facts(marker: str, d: Mapping[str, object], started: float) -> dict[str, object]:

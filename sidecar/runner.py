@@ -1,14 +1,18 @@
-"""Run one hook: payload on stdin, a clean environment, a deadline for the whole group."""
+"""Run one hook: payload on stdin, a clean environment, a deadline for the whole group.
+
+The runner feeds the payload, keeps the output's tail and ends the run at its deadline or a
+cancel; it starts the hook through procs.start (tracked, then sandbox.spawn under the policy)
+and ends what is left of it with procs.Hook.reap. Nothing below calls back into it.
+"""
 
 from __future__ import annotations
 
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,62 +65,139 @@ def not_started(e: OSError, duration_s: float) -> Result:
     return Result(None, False, duration_s, "", error=f"cannot start: {e.strerror}", transient=procs.transient(e))
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    # Kill the process group, not just the shell: scripts start children
-    # (curl, git) that would outlive the timeout and hold the stdout pipe open.
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+class _Pipes:
+    """The hook's stdin and output as two plain pipes: the payload fed as the pipe takes it, the last
+    TAIL_BYTES of the output kept. Popen gets the child's ends as fds: its PIPE would wrap each end in a
+    buffered file object never used (about a fifth of the parent's cost of a spawn)."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.child_in, self.in_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.out_fd, self.child_out = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(self.child_in)
+            os.close(self.in_fd)
+            raise
+        self.view, self.sent = memoryview(payload), 0
+        self.tail = bytearray()
+        self.in_open = self.out_open = True
+
+    def handed_over(self) -> None:
+        """The hook holds its ends now (or never will): ours are closed."""
+        os.close(self.child_in)
+        os.close(self.child_out)
+
+    def feed(self) -> bool:
+        """Write what the pipe takes of the payload without blocking; True once all of it is written
+        (or the script closed its stdin: its choice), stdin closed then. The first call writes it
+        whole when it fits (the pipe holds 64 KiB), before any wait."""
+        if self.sent < len(self.view):
+            if self.sent == 0:
+                os.set_blocking(self.in_fd, False)
+            try:
+                self.sent += os.write(self.in_fd, self.view[self.sent:self.sent + 65536])
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                self.sent = len(self.view)
+        if self.sent >= len(self.view) and self.in_open:
+            os.close(self.in_fd)
+            self.in_open = False
+        return not self.in_open
+
+    def read(self) -> bool:
+        """Read the output (readable or hung up: a read does not block); False at its end."""
+        chunk = os.read(self.out_fd, 65536)
+        if not chunk:
+            self.out_open = False
+            return False
+        self.tail += chunk
+        del self.tail[:-TAIL_BYTES]
+        return True
+
+    def close(self) -> None:
+        if self.in_open:
+            os.close(self.in_fd)
+            self.in_open = False
+        os.close(self.out_fd)
+
+    def output(self) -> str:
+        return bytes(self.tail).decode("utf-8", "replace")
 
 
-def _spawn(argv: tuple[str, ...] | list[str], env: Mapping[str, str], cwd: str | None,
-           tracker: procs.Tracker | None, box: Policy | None, facts: tuple[str | None, str | None]
-           ) -> tuple[subprocess.Popen[bytes], int, int, procs.Run | None]:
-    """Start the hook (sandboxed and tracked when given): (process, stdin fd, output fd, run)."""
-    # Our own pipes, given to Popen as plain fds: Popen's PIPE would wrap each end in a
-    # buffered file object we never use (about a fifth of the parent's cost of a spawn).
-    child_in, in_fd = os.pipe2(os.O_CLOEXEC)
-    try:
-        out_fd, child_out = os.pipe2(os.O_CLOEXEC)
-    except OSError:
-        os.close(child_in)
-        os.close(in_fd)
-        raise
-    try:
-        run_rec = tracker.begin(*facts) if tracker is not None else None
-    except OSError:
-        for fd in (child_in, in_fd, out_fd, child_out):
-            os.close(fd)
-        raise
-    if run_rec is not None:
-        env = {**env, procs.MARKER_VAR: run_rec.marker}
+class _Watch:
+    """One run's watch over its pipes and its exit: run -> term -> kill on a timeout or a cancel,
+    run -> drain when the script exits (its background children may hold the output open)."""
 
-    def popen() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(list(argv), stdin=child_in, stdout=child_out, stderr=child_out,
-                                env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
+    def __init__(self, hook: procs.Hook, pipes: _Pipes, deadline: float, kill_grace_s: float,
+                 cancel: threading.Event | None, cancel_grace_s: float) -> None:
+        self.hook, self.pipes, self.deadline, self.kill_grace_s = hook, pipes, deadline, kill_grace_s
+        self.cancel, self.cancel_grace_s = cancel, cancel_grace_s
+        self.stage = "run"
+        self.timed_out = self.cancelled = self.exited = False
+        self.pidfd: int | None = None
 
-    launch: Callable[[], subprocess.Popen[bytes]] = popen if box is None else lambda: box.spawn(popen)
-    try:
-        if tracker is None or run_rec is None:
-            proc = launch()
-        else:
-            with tracker.spawning(run_rec):
-                proc = launch()
-                tracker.spawned(run_rec, proc.pid)
-    except BaseException:
-        os.close(in_fd)
-        os.close(out_fd)
-        if tracker is not None and run_rec is not None:
-            tracker.end(run_rec)
-        raise
-    finally:
-        os.close(child_in)
-        os.close(child_out)
-    return proc, in_fd, out_fd, run_rec
+    def watch(self) -> None:
+        """Feed, read and end the run until the script exited and its output closed, or the stages ran out.
+
+        select.poll on the plain fds: selectors' key objects, a dict and an epoll fd per run cost more
+        than the three fds watched here. The exit comes from the pidfd, not from a waitpid every turn.
+        """
+        pipes, poller = self.pipes, select.poll()
+        poller.register(pipes.out_fd, select.POLLIN)
+        if not pipes.feed():
+            poller.register(pipes.in_fd, select.POLLOUT)
+        self.pidfd = self.hook.pidfd()
+        if self.pidfd is not None:
+            poller.register(self.pidfd, select.POLLIN)
+        try:
+            while (wait := self._turn(time.monotonic())) is not None:
+                for fd, _ in poller.poll(wait * 1000):
+                    if fd == pipes.out_fd:
+                        if not pipes.read():
+                            poller.unregister(fd)
+                    elif fd == self.pidfd:
+                        poller.unregister(fd)  # the script exited
+                        self.exited = True
+                    elif pipes.in_open and pipes.feed():
+                        poller.unregister(fd)
+        finally:
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+
+    def _turn(self, now: float) -> float | None:
+        """Move the stages on at `now`: how long to wait for the pipes next, None when the watch is over."""
+        if not self.exited and self.pidfd is None:
+            self.exited = self.hook.exited()
+        if self.exited and not self.pipes.out_open:
+            return None
+        if self.exited and self.stage == "run":
+            self.stage, self.deadline = "drain", now + DRAIN_S
+        if self.cancel is not None and self.cancel.is_set() and self.stage in ("run", "drain") and not self.exited:
+            self.cancelled = True
+            self._stage("term", now + self.cancel_grace_s, signal.SIGTERM)
+        if now >= self.deadline:
+            if self.stage == "run":
+                self.timed_out = True
+                self._stage("term", now + self.kill_grace_s, signal.SIGTERM)
+            elif self.stage == "term":
+                self._stage("kill", now + 1.0, signal.SIGKILL)
+            else:
+                return None  # drained, or killed and a setsid'd grandchild still holds stdout
+            return 0.0
+        wait = self.deadline - now
+        if self.pidfd is None:
+            wait = min(wait, 0.05)
+        if self.cancel is not None:
+            wait = min(wait, 0.1)  # notice a cancel within 0.1 s
+        return max(0.0, wait)
+
+    def _stage(self, stage: str, deadline: float, sig: int) -> None:
+        self.stage, self.deadline = stage, deadline
+        self.hook.signal_group(sig)
 
 
-def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
+def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
         cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S, cancel: threading.Event | None = None,
         cancel_grace_s: float = KILL_GRACE_S, *, tracker: procs.Tracker | None = None,
         sandbox: Policy | None = None, route: str | None = None, delivery: str | None = None) -> Result:
@@ -130,114 +211,25 @@ def run(argv: tuple[str, ...] | list[str], stdin: bytes, env: Mapping[str, str],
     """
     start = time.monotonic()
     try:
-        proc, in_fd, out_fd, run_rec = _spawn(argv, env, cwd, tracker, sandbox, (route, delivery))
+        pipes = _Pipes(stdin)
     except OSError as e:
         return not_started(e, time.monotonic() - start)
-    tail = bytearray()
-    timed_out = cancelled = False
-    # select.poll on the plain fds: selectors' key objects, a dict and an epoll fd per run cost more
-    # than the three fds watched here. The exit comes from the pidfd, not from a waitpid every turn.
-    poller = select.poll()
-    poller.register(out_fd, select.POLLIN)
-    out_open = in_open = True
-    view, sent = memoryview(stdin), 0
-    if stdin:
-        # The payload in one write, before any wait, when the pipe takes it whole (it holds 64 KiB).
-        os.set_blocking(in_fd, False)
-        try:
-            sent = os.write(in_fd, view)
-        except BlockingIOError:
-            pass
-        except BrokenPipeError:
-            sent = len(view)  # the script closed stdin early: its choice
-    if sent >= len(view):
-        os.close(in_fd)
-        in_open = False
-    else:
-        poller.register(in_fd, select.POLLOUT)
-    pidfd = _pidfd(proc.pid)
-    if pidfd is not None:
-        poller.register(pidfd, select.POLLIN)
-    exited = False
-
-    deadline = start + timeout_s
-    stage = "run"  # run -> term -> kill on timeout; run -> drain when the script exits
     try:
-        while True:
-            now = time.monotonic()
-            if not exited and pidfd is None:
-                exited = proc.poll() is not None
-            if exited and not out_open:
-                break
-            if exited and stage == "run":
-                stage, deadline = "drain", now + DRAIN_S
-            if cancel is not None and cancel.is_set() and stage in ("run", "drain") and not exited:
-                cancelled, stage, deadline = True, "term", now + cancel_grace_s
-                _signal_group(proc, signal.SIGTERM)
-            if now >= deadline:
-                if stage == "run":
-                    timed_out, stage, deadline = True, "term", now + kill_grace_s
-                    _signal_group(proc, signal.SIGTERM)
-                elif stage == "term":
-                    stage, deadline = "kill", now + 1.0
-                    _signal_group(proc, signal.SIGKILL)
-                else:
-                    break  # drained, or killed and a setsid'd grandchild still holds stdout
-                continue
-            wait = deadline - now
-            if pidfd is None:
-                wait = min(wait, 0.05)
-            if cancel is not None:
-                wait = min(wait, 0.1)  # notice a cancel within 0.1 s
-            for fd, _ in poller.poll(max(0.0, wait) * 1000):
-                if fd == out_fd:
-                    # Readable or hung up: a read does not block, b"" is the end.
-                    chunk = os.read(out_fd, 65536)
-                    if chunk:
-                        tail += chunk
-                        del tail[:-TAIL_BYTES]
-                    else:
-                        poller.unregister(out_fd)
-                        out_open = False
-                elif fd == pidfd:
-                    poller.unregister(pidfd)  # the script exited
-                    exited = True
-                elif in_open:
-                    try:
-                        sent += os.write(in_fd, view[sent:sent + 65536])
-                    except BlockingIOError:
-                        pass
-                    except BrokenPipeError:
-                        sent = len(view)  # the script closed stdin early: its choice
-                    if sent >= len(view):
-                        poller.unregister(in_fd)
-                        os.close(in_fd)
-                        in_open = False
+        hook = procs.start(argv, pipes.child_in, pipes.child_out, env, cwd, policy=sandbox, tracker=tracker,
+                           route=route, delivery=delivery)
+    except BaseException as e:
+        pipes.close()
+        if isinstance(e, OSError):
+            return not_started(e, time.monotonic() - start)
+        raise
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
-        if in_open:
-            os.close(in_fd)
-        os.close(out_fd)
-        # Nothing of the group may survive the run: not children that ignored SIGTERM
-        # after their shell died, nor background ones a later attempt would overlap.
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
-        leftovers = tracker.end(run_rec) if tracker is not None and run_rec is not None else []
-    code = proc.returncode
-    return Result(
-        exit_code=code if code >= 0 else None,
-        timed_out=timed_out,
-        duration_s=time.monotonic() - start,
-        output_tail=bytes(tail).decode("utf-8", "replace"),
-        cancelled=cancelled,
-        signal=-code if code < 0 else None,
-        leftovers=len(leftovers),
-    )
-
-
-def _pidfd(pid: int) -> int | None:
+        pipes.handed_over()
+    watch = _Watch(hook, pipes, start + timeout_s, kill_grace_s, cancel, cancel_grace_s)
     try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
+        watch.watch()
+    finally:
+        pipes.close()
+        code, leftovers = hook.reap()
+    return Result(exit_code=code if code >= 0 else None, timed_out=watch.timed_out,
+                  duration_s=time.monotonic() - start, output_tail=pipes.output(), cancelled=watch.cancelled,
+                  signal=-code if code < 0 else None, leftovers=leftovers)

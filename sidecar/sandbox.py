@@ -21,12 +21,13 @@ import errno
 import functools
 import os
 import queue
+import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import landlock, logs
 from .grants import TEMP_DIRS, View, default_writes, exposed, walk
@@ -35,10 +36,27 @@ from .landlock import SYS_RESTRICT_SELF  # noqa: F401  (bench.spawn_cost applies
 if TYPE_CHECKING:
     from .config import Route
 
-T = TypeVar("T")
+# A spawn handed to a policy's thread: (popen's arguments, where its result goes, a lock held until it is there)
+_Job = tuple[tuple[Sequence[str], int, int, Mapping[str, str], "str | None"], list[Any], Any]
 
 SANDBOX_DENIALS = ("Permission denied", "Read-only file system")  # what a denied write looks like in a hook's output
 DENIED_REBUILD_S = 1.0  # an EACCES spawn rebuilds at most this often (a script that is simply not executable)
+
+
+def popen(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None
+          ) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session of its own (its group is the run's), reading `stdin` and writing stdout
+    and stderr to `output` (plain fds), with `env` alone and no other descriptor of the sidecar's."""
+    return subprocess.Popen(list(argv), stdin=stdin, stdout=output, stderr=output, env=dict(env), cwd=cwd,
+                            start_new_session=True, close_fds=True)
+
+
+def spawn(policy: Policy | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
+          cwd: str | None, retry_denied: bool = True) -> subprocess.Popen[bytes]:
+    """Start a hook (popen's arguments) under `policy`; None: as the sidecar's other children."""
+    if policy is None:
+        return popen(argv, stdin, output, env, cwd)
+    return policy.spawn(argv, stdin, output, env, cwd, retry_denied)
 
 
 def abi() -> int:
@@ -72,8 +90,7 @@ class Policy:
         self._layer = landlock.create_layer(level) if level and landlock.scopes(level) else -1
         if self._layer >= 0:
             weakref.finalize(self, os.close, self._layer)
-        # (what to run, where its result goes, a lock held until it is there)
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], Any] | None]
+        self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
         self._state = threading.Lock()
         self._replacement: Callable[[], Policy | None] | None = None  # set when retired
@@ -128,7 +145,7 @@ class Policy:
                 job[1].append((False, OSError(errno.EAGAIN, "cannot start a thread to spawn from")))
                 job[2].release()
 
-    def _layered(self, job: tuple[Callable[[], Any], list[Any], Any]) -> None:
+    def _layered(self, job: _Job) -> None:
         try:
             landlock.restrict_self(self._layer, first=False)
         except OSError as e:
@@ -137,33 +154,34 @@ class Policy:
             return
         _serve_one(job)
 
-    def spawn(self, fn: Callable[[], T], retry_denied: bool = True) -> T:
-        """Run `fn` (a Popen) on the sandboxed thread: what it starts inherits the domain.
+    def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
+              retry_denied: bool = True) -> subprocess.Popen[bytes]:
+        """Start a hook (popen's arguments) from the sandboxed thread: it inherits the domain.
 
         Refused with EACCES (the script, or the directory it runs in, is not in this ruleset): the
-        sandbox rebuilds once and `fn` is tried again under the new ruleset.
+        sandbox rebuilds once and the hook is started again under the new ruleset.
         """
         if self._owner is not None:
             self._owner.check()  # a changed directory retires this policy: the spawn goes to its successor
+        args = (argv, stdin, output, env, cwd)
         box: list[Any] = []
         done = _thread.allocate_lock()  # a one-shot signal, lighter than an Event's condition
         done.acquire()
         with self._state:
             replacement = self._replacement
             if replacement is None:
-                self._jobs.put((fn, box, done))  # before a retire()'s end mark: it is served
+                self._jobs.put((args, box, done))  # before a retire()'s end mark: it is served
         if replacement is not None:
             # Retired by a rebuild between the caller's lookup and now: the rebuilt policy spawns it.
-            successor = replacement()
-            return successor.spawn(fn, retry_denied) if successor is not None else fn()
+            return spawn(replacement(), *args, retry_denied=retry_denied)
         done.acquire()
         ok, value = box[0]
         if ok:
-            return cast(T, value)
+            return cast("subprocess.Popen[bytes]", value)
         if retry_denied and isinstance(value, PermissionError) and self._owner is not None:
             successor = self._owner.denied(self)
             if successor is not None:
-                return successor.spawn(fn, retry_denied=False)
+                return successor.spawn(*args, retry_denied=False)
         raise value
 
     def retire(self, replacement: Callable[[], Policy | None]) -> None:
@@ -173,10 +191,10 @@ class Policy:
             self._jobs.put(None)
 
 
-def _serve_one(job: tuple[Callable[[], Any], list[Any], Any]) -> None:
-    fn, box, done = job
+def _serve_one(job: _Job) -> None:
+    args, box, done = job
     try:
-        box.append((True, fn()))
+        box.append((True, popen(*args)))
     except BaseException as e:  # handed to the caller's thread
         box.append((False, e))
     done.release()
@@ -241,11 +259,10 @@ class Sandbox:
             return None
         return self.policy(route.sandbox_read, route.sandbox_write)
 
-    def hint(self, route: Route | None, output: str) -> str | None:
-        """For a failed hook's output: a line pointing at the sandbox when it looks like a denied write."""
+    def hint(self, route: Route | None) -> str | None:
+        """For a run of `route` whose output looks like a denied write (SANDBOX_DENIALS): why, and the fix;
+        None where the sandbox did not apply."""
         if not self.active or (route is not None and not route.sandbox):
-            return None
-        if not any(d in output for d in SANDBOX_DENIALS):
             return None
         temp = ", ".join(w for w in self.write if w in TEMP_DIRS)
         return (f"the hook runs in the sandbox (Landlock), which lets it write only its own $HOME and $TMPDIR,"

@@ -202,3 +202,12 @@ def where(name: str, sleep: float = 0, broadcast: bool = False) -> str:
     """The WHERE route named `name`, sleeping `sleep` s first, optionally a broadcast route."""
     text = WHERE.replace("NAME", name).replace("SLEEP", f"sleep {sleep}; " if sleep else "")
     return text.replace("  env:", "  broadcast: true\n  env:") if broadcast else text
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie is dead: only its parent's wait is missing)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False

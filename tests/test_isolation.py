@@ -18,12 +18,23 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import runner
+from sidecar import journal, procs, proctree, runner
 from sidecar.config import load
 from sidecar.errors import ConfigError
 
 from .conftest import ROOT, SECRET, Sidecar, wait_for, write_config
-from .test_runner import alive
+from .support import alive, table
+
+
+def start_tracked(tracker: procs.Tracker, argv: list[str], route: str | None = None,
+                  delivery: str | None = None) -> procs.Hook:
+    """A process started as the tracker starts a hook (marker, registration, journal), stdin and output
+    /dev/null."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return tracker.start(argv, null, null, {}, None, None, route, delivery)
+    finally:
+        os.close(null)
 
 
 def start_as(config: Path, prefix: list[str], env: dict[str, str] | None = None) -> Sidecar:
@@ -54,19 +65,14 @@ def finished(sidecar: Sidecar, n: int = 1, timeout: float = 15) -> list[dict[str
     return sidecar.find_logs("hook.finished")
 
 
-ESCAPE = """
-    endpoints:
-      - path: /webhook
-        provider: github
-        secret_env: WEBHOOK_SECRET
-        routes:
-          - event: "*"
-            run: {scripts}/escape.sh
-            timeout_s: {timeout}
-            retries: 0
-            concurrency: 1
-            env: {{OUT: {out}, SLEEP: "{sleep}"}}
-"""
+ESCAPE = table("""
+    - event: "*"
+      run: {scripts}/escape.sh
+      timeout_s: {timeout}
+      retries: 0
+      concurrency: 1
+      env: {{OUT: {out}, SLEEP: "{sleep}"}}
+""")
 
 
 def test_a_setsid_child_that_outlives_the_timeout_is_gone_after_the_run(tmp_path: Path, sidecars) -> None:
@@ -171,16 +177,11 @@ def test_a_hook_cannot_read_the_sidecars_environment_through_proc(tmp_path: Path
         directory = Path(tempfile.mkdtemp(prefix="webhook-sidecar-peek-", dir="/tmp"))
         os.chown(directory, 65534, 65534)
     try:
-        config = write_config(directory, """
-            endpoints:
-              - path: /webhook
-                provider: github
-                secret_env: WEBHOOK_SECRET
-                routes:
-                  - event: "*"
-                    run: {scripts}/peek.sh
-                    env: {{OUT: {out}}}
-        """)
+        config = write_config(directory, table("""
+            - event: "*"
+              run: {scripts}/peek.sh
+              env: {{OUT: {out}}}
+        """))
         if prefix:
             os.chown(directory / "out", 65534, 65534)
         sidecar = start_as(config, prefix, env={"SIDECAR_SANDBOX": "off"})
@@ -262,15 +263,7 @@ def test_secret_file_rewritten_in_place_rotates_and_trailing_newline_is_not_part
 
 def test_a_missing_or_empty_secret_file_is_a_config_error_with_line_and_key(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("\n")
-    path = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_file: [empty, missing]
-            routes:
-              - event: "*"
-                run: [/bin/true]
-    """)
+    path = write_config(tmp_path, SECRET_FILE_TABLE.replace("{secret}", "[empty, missing]"))
     with pytest.raises(ConfigError) as e:
         load(path, environ={})
     assert e.value.errors == [
@@ -282,16 +275,7 @@ def test_a_missing_or_empty_secret_file_is_a_config_error_with_line_and_key(tmp_
 
 def test_secret_file_and_secret_env_together_accept_either(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("from-file")
-    path = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            secret_file: token
-            routes:
-              - event: "*"
-                run: [/bin/true]
-    """)
+    path = write_config(tmp_path, SECRET_FILE_TABLE.replace("{secret}", "token\n        secret_env: WEBHOOK_SECRET"))
     ep = load(path, environ={"WEBHOOK_SECRET": "from-env"}).endpoints["/webhook"]
     assert ep.secrets == (b"from-env", b"from-file")
     assert ep.secret_files == (str(tmp_path / "token"),)
@@ -319,60 +303,51 @@ def test_prometheus_process_metrics_still_work_when_not_dumpable() -> None:
 def test_a_launcher_tracks_a_run_by_the_route_and_delivery_it_is_given(tmp_path: Path) -> None:
     """The journal names a run by the values the launcher was handed, not by what the hook's env says;
     the hook carries its marker and HOME/TMPDIR are the launcher's."""
-    from sidecar import procs
     from sidecar.config import Route
     from sidecar.launcher import Launcher
 
     tracker = procs.Tracker(tmp_path / "runs")
     launch = Launcher(tracker=tracker, private={"HOME": str(tmp_path), "TMPDIR": str(tmp_path)})
-    assert tracker.journal is not None
+    assert tracker.journal.path is not None
     route = Route(name="deploy", event="*", when=(), argv=("/bin/sh", "-c", 'echo "$HOME $WEBHOOK_RUN_ID"; cat "$J"'))
-    result = launch.run(route, b"", {"J": str(tracker.journal), "WEBHOOK_ROUTE": "other"}, live=None, delivery="d1")
+    result = launch.run(route, b"", {"J": str(tracker.journal.path), "WEBHOOK_ROUTE": "other"}, live=None,
+                        delivery="d1")
     assert result.ok, result
-    first, journal = result.output_tail.split("\n", 1)
+    first, written = result.output_tail.split("\n", 1)
     home, marker = first.split()
     assert home == str(tmp_path) and marker.startswith(tracker.instance + ".")
-    started = json.loads(journal.splitlines()[-1])
+    started = json.loads(written.splitlines()[-1])
     assert (started["route"], started["delivery"]) == ("deploy", "d1")
-    assert procs._open_runs(tracker.journal) == {}  # ended with the run
+    assert journal.open_runs(tracker.journal.path) == {}  # ended with the run
     tracker.close()
 
 
 def test_leftovers_of_a_live_sidecar_sharing_the_directory_are_left_alone(tmp_path: Path) -> None:
     """Records and markers name their sidecar: only a dead one's runs are leftovers."""
-    from sidecar import procs
-
     tracker = procs.Tracker(tmp_path / "runs")
-    run = tracker.begin("r", "d")
-    child = subprocess.Popen(["sleep", "30"], env={procs.MARKER_VAR: run.marker})
+    hook = start_tracked(tracker, ["sleep", "30"], route="r", delivery="d")
     try:
-        with tracker.spawning(run):
-            tracker.spawned(run, child.pid)
         assert procs.Tracker(tmp_path / "runs").reap_leftovers() == []  # this process is alive
-        assert child.poll() is None
-        assert tracker.journal is not None
-        started = json.loads(tracker.journal.read_text().splitlines()[0])
-        assert (started["pid"], started["run"], started["delivery"]) == (child.pid, run.seq, "d")
+        assert hook.proc.poll() is None and hook.run is not None
+        assert tracker.journal.path is not None
+        started = json.loads(tracker.journal.path.read_text().splitlines()[0])
+        assert (started["pid"], started["run"], started["delivery"]) == (hook.proc.pid, hook.run.seq, "d")
     finally:
-        child.kill()
-        child.wait()
-        tracker.end(run)
-    assert procs._open_runs(tracker.journal) == {}  # nothing runs: nothing to recover
+        hook.reap()
+    assert journal.open_runs(tracker.journal.path) == {}  # nothing runs: nothing to recover
     tracker.close()
     assert not any((tmp_path / "runs").iterdir())
 
 
 def test_without_records_a_dead_sidecars_leftovers_are_found_by_their_marker(tmp_path: Path) -> None:
     """A shared spool keeps no run directory: the marker (deployment, sidecar pid and start) is enough."""
-    from sidecar import procs
-
     tracker = procs.Tracker(None, key=str(tmp_path / "config.yaml"))
     dead = f"{tracker.prefix}.{os.getpid()}-1.7"  # this pid, another start time: a sidecar that is gone
     other = f"{'0' * 10}.{os.getpid()}-1.7"  # another deployment's: not ours to touch
     leftover = subprocess.Popen(["sleep", "30"], env={procs.MARKER_VAR: dead})
     stranger = subprocess.Popen(["sleep", "30"], env={procs.MARKER_VAR: other})
     try:
-        wait_for(lambda: procs._marker(leftover.pid) == dead and procs._marker(stranger.pid) == other)
+        wait_for(lambda: proctree.marker(leftover.pid) == dead and proctree.marker(stranger.pid) == other)
         killed = tracker.reap_leftovers()
         assert killed == [{"marker": dead, "pids": [leftover.pid]}]
         assert leftover.wait(5) == -9
@@ -384,17 +359,12 @@ def test_without_records_a_dead_sidecars_leftovers_are_found_by_their_marker(tmp
 
 
 def test_a_hook_killed_by_a_signal_is_logged_with_it(tmp_path: Path, sidecars) -> None:
-    config = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes:
-              - event: "*"
-                name: oom
-                run: [/bin/sh, -c, 'kill -KILL $$']
-                retries: 0
-    """)
+    config = write_config(tmp_path, table("""
+        - event: "*"
+          name: oom
+          run: [/bin/sh, -c, 'kill -KILL $$']
+          retries: 0
+    """))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="killed").status == 200
     line = finished(sidecar)[0]
@@ -403,44 +373,35 @@ def test_a_hook_killed_by_a_signal_is_logged_with_it(tmp_path: Path, sidecars) -
 
 def test_a_dead_sidecars_journal_gives_its_open_runs_and_only_those(tmp_path: Path) -> None:
     """A hook that cleared its environment has no marker: the journal's pid still finds it."""
-    from sidecar import procs
-
     tracker = procs.Tracker(tmp_path / "runs")
-    running, ended = tracker.begin(delivery="a"), tracker.begin(delivery="b")
-    kids = [subprocess.Popen(["sleep", "30"], env={}) for _ in range(2)]
+    running, ended = (start_tracked(tracker, ["env", "-i", "sleep", "30"], delivery=d) for d in "ab")
     try:
-        for run, child in zip((running, ended), kids, strict=True):
-            with tracker.spawning(run):
-                tracker.spawned(run, child.pid)
-        kids[1].kill()
-        kids[1].wait()
-        assert tracker.end(ended) == []
-        assert tracker.journal is not None
+        assert running.run is not None and ended.run is not None
+        ended.proc.kill()
+        ended.proc.wait()
+        assert tracker.end(ended.run) == []
+        assert tracker.journal.path is not None
         dead = f"{tracker.prefix}.{os.getpid()}-1"  # this pid, another start time: a sidecar that is gone
-        tracker.journal.rename(tracker.journal.with_name(dead + procs.JOURNAL_SUFFIX))
+        tracker.journal.path.rename(tracker.journal.path.with_name(dead + journal.SUFFIX))
         assert procs.Tracker(tmp_path / "runs").reap_leftovers() == [
-            {"marker": f"{dead}.{running.seq}", "pids": [kids[0].pid], "route": None, "delivery": "a"}]
-        assert kids[0].wait(5) == -9
+            {"marker": f"{dead}.{running.run.seq}", "pids": [running.proc.pid], "route": None, "delivery": "a"}]
+        assert running.proc.wait(5) == -9
         assert not any((tmp_path / "runs").iterdir())
     finally:
-        for child in kids:
-            child.kill()
-            child.wait()
+        for hook in (running, ended):
+            hook.proc.kill()
+            hook.proc.wait()
 
 
 def test_the_journal_stays_small_under_endless_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidecar import procs
-
-    monkeypatch.setattr(procs, "JOURNAL_COMPACT_BYTES", 4096)
-    tracker = procs.Tracker(tmp_path / "runs")
-    held = tracker.begin(delivery="held")
-    with tracker.spawning(held):
-        tracker.spawned(held, os.getpid())  # a pid that stays alive: the run stays open
-    for i in range(500):
-        run = tracker.begin(delivery=f"d{i}")
-        with tracker.spawning(run):
-            tracker.spawned(run, 1 << 22)  # beyond pid_max: never a live process
-        tracker.end(run)
-    assert tracker.journal is not None
-    assert 0 < tracker.journal.stat().st_size <= 4096 + 200
-    assert set(procs._open_runs(tracker.journal)) == {held.seq}
+    monkeypatch.setattr(journal, "COMPACT_BYTES", 4096)
+    runs = journal.Journal(tmp_path / ("sidecar" + journal.SUFFIX))
+    runs.write_start(1, os.getpid(), None, "held")  # a run that stays open
+    for seq in range(2, 502):
+        runs.write_start(seq, 1 << 22, "r", f"d{seq}")
+        runs.write_end(seq)
+    assert runs.path is not None
+    assert 0 < runs.path.stat().st_size <= 4096 + 200
+    assert set(journal.open_runs(runs.path)) == {1}
+    runs.close()
+    assert runs.path.exists()  # a run is open: kept for the next start

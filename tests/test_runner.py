@@ -14,18 +14,7 @@ from pathlib import Path
 from sidecar import runner
 
 from .conftest import SCRIPTS, Sidecar, wait_for, write_config
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is dead for our purpose.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+from .support import alive, table
 
 
 def test_stdin_is_byte_identical_and_large_payloads_pass(tmp_path: Path) -> None:
@@ -113,16 +102,11 @@ def test_hook_gets_exactly_the_documented_environment(basic: tuple[Sidecar, Path
 
 def test_hooks_get_no_file_descriptor_but_stdin_stdout_and_stderr(tmp_path: Path, sidecars) -> None:
     """Not the spool's files, the listening socket, a watcher's inotify fd, nor what the sidecar inherited."""
-    config = write_config(tmp_path, f"""
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes:
-              - event: "*"
-                run: [{sys.executable}, {{scripts}}/fds.py]
-                env: {{{{OUT: {{out}}}}}}
-    """)
+    config = write_config(tmp_path, table(f"""
+        - event: "*"
+          run: [{sys.executable}, {{scripts}}/fds.py]
+          env: {{{{OUT: {{out}}}}}}
+    """))
     sidecar = sidecars(config)
     for i in range(3):  # several, so pipes of runs at the same time would show too
         assert sidecar.deliver(b"{}", delivery=f"fds-{i}").status == 200
@@ -133,20 +117,15 @@ def test_hooks_get_no_file_descriptor_but_stdin_stdout_and_stderr(tmp_path: Path
 
 def test_server_times_out_a_stubborn_hook_and_logs_it(tmp_path: Path, sidecars) -> None:
     """Through the server with the real 5 s SIGTERM->SIGKILL grace."""
-    config = write_config(tmp_path, """
-        endpoints:
-          - path: /webhook
-            provider: github
-            secret_env: WEBHOOK_SECRET
-            routes:
-              - event: "*"
-                run: {scripts}/stubborn.sh
-                timeout_s: 0.5
-                retries: 0
-                env: {{OUT: {out}}}
-              - event: "*"
-                run: {scripts}/exit3.sh
-    """)
+    config = write_config(tmp_path, table("""
+        - event: "*"
+          run: {scripts}/stubborn.sh
+          timeout_s: 0.5
+          retries: 0
+          env: {{OUT: {out}}}
+        - event: "*"
+          run: {scripts}/exit3.sh
+    """))
     sidecar = sidecars(config)
     assert sidecar.deliver(b"{}", delivery="stuck").status == 200
     failed = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "exit3")

@@ -17,16 +17,7 @@ from typing import Any
 
 from .conftest import Sidecar, wait_for, write_config
 from .pg import server
-from .support import lines, shared_table, start_replicas, table
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie is dead: only its parent's wait is missing)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
+from .support import alive, lines, shared_table, start_replicas, table
 
 
 def holding(item: str) -> list[int]:

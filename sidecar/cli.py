@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import __version__, cli_sign, cli_spool, logs, procs
+from . import __version__, cli_explain, cli_sign, cli_spool, logs, procs
 from . import config as config_mod
 from .cli_env import env, env_file
 from .errors import ConfigError
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                             " (a chart's rendered ConfigMap): syntax, keys, types, providers, routes")
     cli_sign.add_parsers(sub)
     cli_spool.add_parser(sub)
+    cli_explain.add_parser(sub, config_flags)
     return p
 
 
@@ -119,11 +120,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     offline = "; offline: secrets, scripts and files not checked" if args.offline else ""
     print(f"{args.config}: ok ({len(cfg.endpoints)} endpoint(s), {cfg.route_count} route(s), hash {cfg.digest}"
           f"{offline})")
+    for warning in cfg.warnings:
+        print(warning)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"serve": cmd_serve, "check": cmd_check, "sign": cli_sign.cmd_sign, "send": cli_sign.cmd_send,
-               "spool": cli_spool.run}[args.command]
+               "spool": cli_spool.run, "explain": cli_explain.run}[args.command]
     return command(args)

@@ -78,6 +78,8 @@ class Config:
     tls: TLSFiles | None = None  # HTTPS on the listener: certificate and key, re-read when they change
     endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
     digest: str = ""
+    # Valid but probably not meant (a plain string that looks like a pattern): `check` prints them.
+    warnings: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> Path:
@@ -114,7 +116,7 @@ def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None =
     if doc.errors or config is None:
         found = [text for _, text in sorted(doc.errors, key=lambda e: e[0])]
         raise ConfigError(found or [f"{file}:1: (file): empty"])
-    return config
+    return replace(config, warnings=tuple(text for _, text in sorted(doc.warnings, key=lambda w: w[0])))
 
 
 def read_env_file(path: Path) -> dict[str, str]:

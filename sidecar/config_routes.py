@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .conditions import Rule, compile_rule
 from .config_sandbox import State, sandbox
 from .config_secrets import ENV_NAME
 from .yamldoc import Doc, Path_, _describe
@@ -16,7 +17,7 @@ from .yamldoc import Doc, Path_, _describe
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 3
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ROUTE_KEYS = {"name", "event", "if", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
+ROUTE_KEYS = {"name", "event", "if", "any", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Route:
     sandbox_read: tuple[str, ...] = ()
     sandbox_write: tuple[str, ...] = ()
     broadcast: bool = False  # with a shared spool: once on every live replica
+    # event, `if` and `any` compiled (conditions.py); None for a route built in code: `event` and `when`.
+    rule: Rule | None = None
 
 
 def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State = ()) -> Route | None:
@@ -44,11 +47,8 @@ def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State 
         doc.error(path, f"a route must be a mapping, got {_describe(raw)}")
         return None
     doc.unknown_keys(raw, path, ROUTE_KEYS)
-    event = doc.get(raw, path, "event", str, "", required=True)
-    when = doc.get(raw, path, "if", dict, {})
-    for key in when:
-        if not key or any(not part for part in key.split(".")):
-            doc.error(path + ("if", key), "must be a dotted payload path such as 'repository.full_name'")
+    rule = compile_rule(doc, path, raw)
+    when = raw.get("if") if isinstance(raw.get("if"), dict) else {}
     argv = _argv(doc, path, raw, base)
     timeout_s = doc.get(raw, path, "timeout_s", float, DEFAULT_TIMEOUT_S, minimum=0.001)
     concurrency = doc.get(raw, path, "concurrency", int, None, minimum=1)
@@ -62,9 +62,18 @@ def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State 
         doc.error(path + ("name",), f"must be 1-64 of [A-Za-z0-9._-], got {name!r}")
     if not argv:
         return None
-    return Route(name=name, event=event, when=tuple(when.items()), argv=argv, timeout_s=timeout_s,
+    return Route(name=name, event=",".join(rule.events), when=_frozen(when), rule=rule, argv=argv, timeout_s=timeout_s,
                  concurrency=concurrency, retries=retries, env=env, sandbox=sandboxed,
                  sandbox_read=sandbox_read, sandbox_write=sandbox_write, broadcast=broadcast)
+
+
+def _frozen(value: Any) -> Any:
+    """`if` as written, hashable (a Route is a dict key): mappings and lists as tuples."""
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def _argv(doc: Doc, path: Path_, raw: dict[str, Any], base: Path) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from . import logs, router
+from . import conditions, logs, router
 from .config import Config
 from .errors import BadRequest, MethodNotAllowed, SidecarError
 from .providers import HeaderMap
@@ -95,8 +95,10 @@ def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, conf
     reply = provider.reply(event, payload)
     if reply is not None:
         return Outcome(HTTPStatus.OK, reply.body, "delivery.answered", fields, reply.content_type)
-    routes = router.match(endpoint, event, payload)
+    # Conditions read the payload, the headers and the query string (target); the reason is logged only.
+    routes, why = conditions.select(endpoint.routes, conditions.Request(event, payload, headers, target))
     if not routes:
+        fields["reason"] = why
         return answer(HTTPStatus.OK, {"status": "ignored", "delivery": delivery}, "delivery.ignored", fields)
     accepted = scheduler.submit(
         Delivery(endpoint=endpoint.path, delivery=delivery, provider=provider.name, event=event,

@@ -57,6 +57,7 @@ class Doc:
         self.file = file
         self.lines: dict[Path_, int] = {}
         self.errors: list[tuple[int, str]] = []
+        self.warnings: list[tuple[int, str]] = []  # what `check` prints: valid, but probably not meant
         self._construct = yaml.constructor.SafeConstructor()
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -96,6 +97,10 @@ class Doc:
     def error(self, path: Path_, message: str, line: int | None = None) -> None:
         line = line or self.line(path)
         self.errors.append((line, f"{self.file}:{line}: {_key_path(path)}: {message}"))
+
+    def warn(self, path: Path_, message: str) -> None:
+        line = self.line(path)
+        self.warnings.append((line, f"{self.file}:{line}: {_key_path(path)}: warning: {message}"))
 
     # Offline (`check --offline`, a chart's rendered ConfigMap): what only this machine's files and
     # environment can tell (a secret's value, a script's presence) is not checked.

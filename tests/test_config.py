@@ -140,12 +140,13 @@ def test_every_error_is_reported_with_its_line(tmp_path: Path) -> None:
         "3: endpoints[0].path: must start with '/' and hold no query or spaces, got 'webhook'",
         found[1],
         f"7: endpoints[0].routes[0].run: no such file: {tmp_path / 'hooks' / 'missing.sh'}",
-        "8: endpoints[0].routes[1].event: must be a string, got boolean True (quote it if you meant a string)",
+        "8: endpoints[0].routes[1].event: must be a string or a list, got boolean True"
+        " (quote it if you meant a string)",
         "10: endpoints[0].routes[1].timeout_s: must be at least 0.001, got -1.0",
         "11: endpoints[0].routes[1].env.WEBHOOK_EVENT: must be a variable name not starting with WEBHOOK_",
         "14: endpoints[1].secret_env[1]: secret NOPE_SECRET is not set in the environment or the env file",
         "18: endpoints[1].routes[0].if.a..b: must be a dotted payload path such as 'repository.full_name'",
-        "19: endpoints[1].routes[0].colour: unknown key (expected one of: broadcast, concurrency, env, event, if,"
+        "19: endpoints[1].routes[0].colour: unknown key (expected one of: any, broadcast, concurrency, env, event, if,"
         " name, retries, run, sandbox, timeout_s)",
     ]
 

@@ -11,11 +11,13 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,3 +213,45 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except OSError:
         return False
+
+
+def start_as(config: Path, prefix: list[str], env: dict[str, str] | None = None) -> Sidecar:
+    """start_sidecar with a command in front (setpriv), for what depends on the sidecar's privileges."""
+    from .conftest import Sidecar, wait_for  # conftest imports this module
+
+    full_env = {**os.environ, "WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [*prefix, sys.executable, "-m", "sidecar", "serve", "--config", str(config),
+           "--listen", "127.0.0.1:0", "--log-level", "debug"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT)
+    sidecar = Sidecar(proc)
+    threading.Thread(target=sidecar._read, daemon=True).start()
+
+    def listening() -> dict[str, object] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"sidecar exited {proc.returncode}:\n{''.join(sidecar.raw)}")
+        return next((e for e in list(sidecar.logs) if e.get("msg") == "server.listening"), None)
+
+    sidecar.port = wait_for(listening, 15)["port"]
+    return sidecar
+
+
+class SecretVolume:
+    """A Kubernetes Secret volume: key -> ..data/key, ..data -> ..<timestamp>, swapped by rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self.n = 0
+
+    def publish(self, value: str) -> None:
+        self.n += 1
+        new = self.root / f"..2026_12_02_{self.n}"
+        new.mkdir()
+        (new / "token").write_text(value + "\n")
+        old = os.readlink(self.root / "..data") if (self.root / "..data").is_symlink() else None
+        os.symlink(new.name, self.root / "..data_tmp")
+        os.rename(self.root / "..data_tmp", self.root / "..data")
+        if not (self.root / "token").is_symlink():
+            os.symlink("..data/token", self.root / "token")
+        if old:
+            shutil.rmtree(self.root / old)

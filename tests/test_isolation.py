@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from sidecar.config import load
 from sidecar.errors import ConfigError
 
 from .conftest import ROOT, SECRET, Sidecar, wait_for, write_config
-from .support import alive, table
+from .support import SecretVolume, alive, start_as, table
 
 
 def start_tracked(tracker: procs.Tracker, argv: list[str], route: str | None = None,
@@ -35,24 +34,6 @@ def start_tracked(tracker: procs.Tracker, argv: list[str], route: str | None = N
         return tracker.start(argv, null, null, {}, None, None, route, delivery)
     finally:
         os.close(null)
-
-
-def start_as(config: Path, prefix: list[str], env: dict[str, str] | None = None) -> Sidecar:
-    """start_sidecar with a command in front (setpriv), for what depends on the sidecar's privileges."""
-    full_env = {**os.environ, "WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [*prefix, sys.executable, "-m", "sidecar", "serve", "--config", str(config),
-           "--listen", "127.0.0.1:0", "--log-level", "debug"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT)
-    sidecar = Sidecar(proc)
-    threading.Thread(target=sidecar._read, daemon=True).start()
-
-    def listening() -> dict[str, object] | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"sidecar exited {proc.returncode}:\n{''.join(sidecar.raw)}")
-        return next((e for e in list(sidecar.logs) if e.get("msg") == "server.listening"), None)
-
-    sidecar.port = wait_for(listening, 15)["port"]
-    return sidecar
 
 
 def read_pid(path: Path) -> int:
@@ -212,28 +193,6 @@ SECRET_FILE_TABLE = """
           - event: "*"
             run: [/bin/true]
 """
-
-
-class SecretVolume:
-    """A Kubernetes Secret volume: key -> ..data/key, ..data -> ..<timestamp>, swapped by rename."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir()
-        self.n = 0
-
-    def publish(self, value: str) -> None:
-        self.n += 1
-        new = self.root / f"..2026_12_02_{self.n}"
-        new.mkdir()
-        (new / "token").write_text(value + "\n")
-        old = os.readlink(self.root / "..data") if (self.root / "..data").is_symlink() else None
-        os.symlink(new.name, self.root / "..data_tmp")
-        os.rename(self.root / "..data_tmp", self.root / "..data")
-        if not (self.root / "token").is_symlink():
-            os.symlink("..data/token", self.root / "token")
-        if old:
-            shutil.rmtree(self.root / old)
 
 
 def test_secret_file_rotation_by_a_secret_volume_swap_needs_no_restart(tmp_path: Path, sidecars) -> None:

@@ -21,7 +21,7 @@ from sidecar.config import Route
 from sidecar.launcher import Launcher
 
 from .conftest import ROOT, SCRIPTS, Sidecar, wait_for
-from .support import outside_writable_dirs, table
+from .support import SecretVolume, outside_writable_dirs, table
 
 pytestmark = pytest.mark.skipif(sandbox.abi() == 0, reason="the kernel has no Landlock (or it is disabled)")
 
@@ -251,7 +251,6 @@ def test_a_secret_file_added_by_a_reload_is_hidden_too(state: Path) -> None:
 def test_a_secret_volume_stays_hidden_through_every_path_and_a_rotation(state: Path) -> None:
     """The chart's layout: token -> ..data/token -> ..<stamp>/token; the kubelet swaps ..data. The next
     ..<stamp> directory exists before the swap: a rebuild then must not grant the new secret."""
-    from .test_isolation import SecretVolume
 
     volume = SecretVolume(state / "secrets")
     volume.publish("first")

@@ -16,8 +16,7 @@ from sidecar import sandbox
 
 from .conftest import SECRET, Sidecar, wait_for
 from .pg import server
-from .test_isolation import start_as
-from .test_sandbox import outside_writable_dirs
+from .support import outside_writable_dirs, start_as
 
 pytestmark = pytest.mark.skipif(sandbox.abi() == 0, reason="the kernel has no Landlock (or it is disabled)")
 

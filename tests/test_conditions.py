@@ -239,3 +239,19 @@ def test_verdict_agrees_with_takes(payload: dict[str, Any], event: str) -> None:
     held, miss = verdict(r, request)
     assert takes(r, request) == (miss is None)
     assert (held < 0) == (event == "x")
+
+
+def test_the_reference_examples_load(tmp_path: Path) -> None:
+    """Every YAML example of docs/conditions.md is a valid route table, with no warning."""
+    import re
+
+    from .support import ROOT
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "conditions.md").read_text(), re.S)
+    assert len(blocks) == 3
+    routes = [textwrap.dedent(b) for b in blocks[1:]]
+    full = blocks[0] + "".join(textwrap.indent(r, "      ") for r in routes)
+    config = tmp_path / "config.yaml"
+    config.write_text(full)
+    loaded = config_mod.load(config, environ={}, offline=True)
+    assert loaded.route_count == 6 and loaded.warnings == ()

@@ -16,8 +16,9 @@ from typing import Any
 
 from . import logs, metrics, runner
 from .config import Config, Route
+from .config_context import header_variable
 from .launcher import Launcher
-from .spool import JobRow, route_spec
+from .spool import NO_CONTEXT, Context, JobRow, route_spec
 
 EX_TEMPFAIL = 75
 CRASH_RETRY_S = 30.0  # an attempt that failed in our code, not the hook's: tried again this much later
@@ -37,10 +38,11 @@ class Job:
     cwd: str
     attempt: int = 1
     replica: str = ""
+    context: Context = NO_CONTEXT  # what the delivery kept of its request (headers, query, env_from)
 
     def env(self) -> dict[str, str]:
-        """What the hook's environment adds to the launcher's (PATH, LANG, HOME, TMPDIR): route env, then
-        the WEBHOOK_* facts (no secrets)."""
+        """What the hook's environment adds to the launcher's (PATH, LANG, HOME, TMPDIR): route env, its
+        env_from values, then the WEBHOOK_* facts and the request's passed headers and query (no secrets)."""
         facts = {
             "WEBHOOK_EVENT": self.event,
             "WEBHOOK_DELIVERY": self.delivery,
@@ -52,7 +54,11 @@ class Job:
         }
         if self.replica:
             facts["WEBHOOK_REPLICA"] = self.replica
-        return {**dict(self.route.env), **facts}
+        for name, value in self.context.headers:
+            facts[header_variable(name)] = value
+        if self.context.query is not None:
+            facts["WEBHOOK_QUERY"] = self.context.query
+        return {**dict(self.route.env), **dict(self.context.route_env(self.route.name)), **facts}
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
@@ -123,7 +129,8 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
     attempt = (row.attempts if attempts_used is None else attempts_used) + 1
     route, why = resolve(row, cfg, known)
     job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
-              route=route or row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt, replica=replica)
+              route=route or row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt, replica=replica,
+              context=row.context)
     fields: dict[str, Any] = dict(job=job_id, delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
                                   event=job.event, route=job.route.name, attempt=attempt, request_id=job.request_id,
                                   replica=replica or None)

@@ -305,5 +305,5 @@ def _fresh_row(job_id: int, d: Delivery, route: Route) -> tuple[JobRow, bytes]:
     row = JobRow(id=job_id, state="pending", attempts=0, next_at=0.0, updated_at=0.0, route=route,
                  endpoint=d.endpoint, delivery=d.delivery, provider=d.provider, event=d.event,
                  request_id=d.request_id, cwd=d.cwd, received_at=0.0, exit_code=None, outcome=None,
-                 output_tail=None)
+                 output_tail=None, context=d.context)
     return row, d.body

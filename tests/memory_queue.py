@@ -107,7 +107,8 @@ class MemoryStore:
                     id=job_id, state="pending", attempts=0, next_at=0.0, updated_at=time.time(), route=route,
                     endpoint=delivery.endpoint, delivery=delivery.delivery, provider=delivery.provider,
                     event=delivery.event, request_id=delivery.request_id, cwd=delivery.cwd,
-                    received_at=time.time(), exit_code=None, outcome=None, output_tail=None)
+                    received_at=time.time(), exit_code=None, outcome=None, output_tail=None,
+                    context=delivery.context)
                 self.bodies[job_id] = delivery.body
                 ids.append(job_id)
             self.keys[key] = ids

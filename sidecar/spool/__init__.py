@@ -44,6 +44,37 @@ class SpoolUnreachable(Exception):
 
 
 @dataclass(frozen=True)
+class Context:
+    """What a delivery keeps of its request beside the body, for its hooks, on any replica and after a
+    restart: the endpoint's `pass_headers` found, the raw query string (`pass_query`), and per route
+    the `env_from` values read from the payload. Stored as one JSON text ("" when empty)."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    query: str | None = None
+    env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()  # (route name, ((VAR, value), ...))
+
+    def dumps(self) -> str:
+        if not (self.headers or self.query is not None or self.env):
+            return ""
+        return json.dumps({"headers": self.headers, "query": self.query,
+                           "env": {name: dict(pairs) for name, pairs in self.env}}, separators=(",", ":"))
+
+    @staticmethod
+    def loads(text: str | None) -> Context:
+        if not text:
+            return NO_CONTEXT
+        d = json.loads(text)
+        return Context(headers=tuple((str(k), str(v)) for k, v in d.get("headers") or ()), query=d.get("query"),
+                       env=tuple((name, tuple(pairs.items())) for name, pairs in (d.get("env") or {}).items()))
+
+    def route_env(self, route: str) -> tuple[tuple[str, str], ...]:
+        return next((pairs for name, pairs in self.env if name == route), ())
+
+
+NO_CONTEXT = Context()
+
+
+@dataclass(frozen=True)
 class Delivery:
     """What a verified request leaves for its jobs: enough to run them after a restart."""
 
@@ -54,6 +85,7 @@ class Delivery:
     request_id: str
     cwd: str
     body: bytes
+    context: Context = NO_CONTEXT
 
 
 @dataclass(frozen=True)
@@ -85,6 +117,7 @@ class JobRow:
     outcome: str | None
     output_tail: str | None
     replica: str | None = None  # shared spool: the replica holding the job, or that ran it last
+    context: Context = NO_CONTEXT
 
 
 class SpoolAdmin(Protocol):

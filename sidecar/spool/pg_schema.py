@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from . import JobRow, SpoolUnreachable, route_from_spec
+from . import Context, JobRow, SpoolUnreachable, route_from_spec
 
 SCHEMA_VERSION = 1
 MIGRATION_LOCK = 0x5EB400C  # pg_advisory_lock key: one replica migrates at a time
@@ -29,14 +29,15 @@ NOTIFY_CHANNEL = "sidecar_jobs"
 
 JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
     d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail,
-    COALESCE(j.owner, j.ran_on, j.replica)"""
+    COALESCE(j.owner, j.ran_on, j.replica), d.context"""
 
 
 def job_row(r: Sequence[Any]) -> JobRow:
     """A JobRow from the JOB_COLUMNS of a row."""
     return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
                   endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
-                  received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], replica=r[16])
+                  received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], replica=r[16],
+                  context=Context.loads(r[17]))
 
 MIGRATIONS = {1: """
 CREATE TABLE sidecar_deliveries (
@@ -91,6 +92,7 @@ ADDITIONS = (
     ("sidecar_jobs.skey", "ALTER TABLE sidecar_jobs ADD COLUMN skey text"),
     ("sidecar_jobs.stranded_since", "ALTER TABLE sidecar_jobs ADD COLUMN stranded_since float8"),
     ("sidecar_replicas.routes", "ALTER TABLE sidecar_replicas ADD COLUMN routes text[]"),
+    ("sidecar_deliveries.context", "ALTER TABLE sidecar_deliveries ADD COLUMN context text NOT NULL DEFAULT ''"),
 )
 
 

@@ -225,7 +225,7 @@ class Store(Upkeep):
         # The delivery and its jobs in one statement (one round trip); no row back: it is known already.
         ids = [r[0] for r in conn.execute(
             "WITH d AS (INSERT INTO sidecar_deliveries (endpoint, delivery, provider, event, request_id, cwd, body,"
-            f" received_at, accepted_by) VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, %s)"
+            f" received_at, accepted_by, context) VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, %s, %s)"
             " ON CONFLICT (endpoint, delivery) DO NOTHING RETURNING id)"
             " INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at, skey)"
             f" SELECT d.id, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW}, md5(convert_to(r.spec, 'UTF8'))"
@@ -233,7 +233,8 @@ class Store(Upkeep):
             " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) WITH ORDINALITY"
             " AS r(route, spec, rkey, concurrency, replica, n) ORDER BY r.n RETURNING id",
             (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
-             delivery.cwd, delivery.body, self.replica, [r.name for r, _ in jobs], [route_spec(r) for r, _ in jobs],
+             delivery.cwd, delivery.body, self.replica, delivery.context.dumps(), [r.name for r, _ in jobs],
+             [route_spec(r) for r, _ in jobs],
              ["\n".join((delivery.endpoint, r.name, replica or "")) for r, replica in jobs],
              [r.concurrency for r, _ in jobs], [replica for _, replica in jobs]))]
         if not ids:

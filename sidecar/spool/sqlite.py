@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .. import logs, metrics
 from ..config import Route
 from ..errors import Unavailable
-from . import Accepted, Delivery, JobRow, SpoolDamaged, route_from_spec, route_spec
+from . import Accepted, Context, Delivery, JobRow, SpoolDamaged, route_from_spec, route_spec
 from .sqlite_file import integrity, set_aside
 from .sqlite_writer import Writer
 
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     cwd         TEXT NOT NULL,
     body        BLOB NOT NULL,
     received_at REAL NOT NULL,
+    context     TEXT NOT NULL DEFAULT '',
     UNIQUE (endpoint, delivery)
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -61,13 +62,21 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL
 
 
 JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
-    d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail"""
+    d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail, d.context"""
+# Columns a spool file of an earlier release lacks: added at start (sqlite's ADD COLUMN is cheap).
+ADDITIONS = (("deliveries", "context", "ALTER TABLE deliveries ADD COLUMN context TEXT NOT NULL DEFAULT ''"),)
 
 
 def _job_row(r: Sequence[Any]) -> JobRow:
     return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
                   endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
-                  received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15])
+                  received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], context=Context.loads(r[16]))
+
+
+def _add_missing(db: sqlite3.Connection) -> None:
+    for table, column, statement in ADDITIONS:
+        if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(statement)
 
 
 DROP_MARGIN_S = 0.5  # drop_bodies looks this much further back than its last run (clock steps)
@@ -91,6 +100,7 @@ class Spool:
                 raise SpoolDamaged(self.path, aside, problems)
         self._writer = Writer(self.path, serving=serving, reserve_bytes=reserve_bytes, on_probe=self._on_probe)
         self._writer.db.executescript(SCHEMA)
+        _add_missing(self._writer.db)
         self.used_bytes = self._used_bytes(self._writer.db)
         metrics.track_spool(lambda: self.used_bytes, max_bytes)
         self._writer.start()
@@ -209,10 +219,10 @@ class Spool:
             now = time.time()
             # The insert checks the (endpoint, delivery) key anyway: a redelivery inserts nothing.
             cur = db.execute(
-                "INSERT INTO deliveries (endpoint, delivery, provider, event, request_id, cwd, body, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, delivery) DO NOTHING",
+                "INSERT INTO deliveries (endpoint, delivery, provider, event, request_id, cwd, body, received_at,"
+                " context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, delivery) DO NOTHING",
                 (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
-                 delivery.cwd, delivery.body, now))
+                 delivery.cwd, delivery.body, now, delivery.context.dumps()))
             if cur.rowcount == 0:
                 row = db.execute("SELECT id FROM deliveries WHERE endpoint = ? AND delivery = ?",
                                  (delivery.endpoint, delivery.delivery)).fetchone()

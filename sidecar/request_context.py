@@ -1,0 +1,46 @@
+"""What a delivery keeps of its request for its hooks (spool.Context), read once at acceptance: the
+endpoint's `pass_headers` found, the raw query string (`pass_query`), and each matched route's
+`env_from` values from the payload. Stored with the delivery, it reaches any replica and survives a
+restart; the hook's environment is built from it (attempts.Job.env)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from . import logs
+from .conditions import MISSING, lookup
+from .config import Endpoint, Route
+from .providers import HeaderMap
+from .spool import NO_CONTEXT, Context
+
+MAX_VALUE_BYTES = 32 * 1024  # an env_from value above this is not set (logged): environments are small
+
+
+def of_request(endpoint: Endpoint, headers: HeaderMap, target: str, payload: Any,
+               routes: Sequence[Route]) -> Context:
+    """The context to store with a delivery to `endpoint` whose jobs are `routes`."""
+    passed = tuple((name, value) for name in endpoint.pass_headers if (value := headers.get(name)) is not None)
+    query = target.partition("?")[2] if endpoint.pass_query else None
+    env = tuple((r.name, values) for r in routes if r.env_from and (values := env_values(r, payload)))
+    if not (passed or query is not None or env):
+        return NO_CONTEXT
+    return Context(headers=passed, query=query, env=env)
+
+
+def env_values(route: Route, payload: Any) -> tuple[tuple[str, str], ...]:
+    """`env_from` read from the payload: strings as they are, other scalars as JSON text, objects and
+    lists as compact JSON; a missing path leaves its variable unset, as does a value over 32 KiB."""
+    out = []
+    for name, path in route.env_from:
+        value = lookup(payload, path)
+        if value is MISSING:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES or "\x00" in text:
+            logs.warning("route.env_from_skipped", route=route.name, variable=name, path=path,
+                         detail=f"value over {MAX_VALUE_BYTES} bytes or holding a NUL: not set")
+            continue
+        out.append((name, text))
+    return tuple(out)

@@ -66,6 +66,7 @@ class Reply:
 
     body: bytes
     content_type: str = "application/json"
+    status: int = 200  # 204 where the sender wants no body (Discord's webhook events)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,11 @@ class Provider:
 
     def reply(self, event: str, payload: Any) -> Reply | None:
         """An immediate answer for protocol events that run no hook."""
+        return None
+
+    def answer(self, headers: HeaderMap, event: str, payload: Any) -> Reply | None:
+        """What this sender needs back for a delivery that ran (or was to run) hooks: accepted, ignored
+        or a duplicate alike; None when the JSON status document will do (sidecar/answers.py)."""
         return None
 
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:

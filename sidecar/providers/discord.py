@@ -16,6 +16,13 @@ HEX_KEY = re.compile(rb"[0-9a-fA-F]{64}")
 HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 INTERACTION_TYPES = {1: "PING", 2: "APPLICATION_COMMAND", 3: "MESSAGE_COMPONENT",
                      4: "APPLICATION_COMMAND_AUTOCOMPLETE", 5: "MODAL_SUBMIT"}
+# What Discord needs back within 3 s (else "This interaction failed"), by interaction type: a deferred
+# message (5: the hook follows up through the interaction token), a deferred update for a component
+# (6: the message stays as it is), and for autocomplete, whose only valid answer is a list of choices, none.
+DEFERRED = {3: b'{"type":6}', 4: b'{"type":8,"data":{"choices":[]}}'}
+DEFERRED_MESSAGE = b'{"type":5}'
+# Webhook events (and their PING) want 204 and no body, as Discord's own libraries answer.
+NO_CONTENT = Reply(b"", "text/plain", 204)
 
 
 def _ed25519() -> Any:
@@ -45,7 +52,10 @@ class Discord(Timestamped):
     `cryptography` package. Discord sends deliberately invalid signatures to check
     that an endpoint refuses them. X-Signature-Timestamp (Unix seconds) must lie
     within `tolerance_s` (default 300 s). A verified PING (interaction type 1) is
-    answered {"type": 1} without a hook. Event type: the interaction type's name
+    answered {"type": 1} without a hook, a webhook events PING 204 without a hook.
+    Other interactions are answered {"type": 5} (a deferred message), {"type": 6}
+    for message components, an empty choice list for autocomplete; webhook events
+    204 with an empty body. Event type: the interaction type's name
     ("APPLICATION_COMMAND") or, for webhook events, `event.type`
     ("APPLICATION_AUTHORIZED"). Delivery id: the interaction `id`.
     """
@@ -102,8 +112,18 @@ class Discord(Timestamped):
         if event == "PING":
             return Reply(b'{"type":1}')
         if event == "WEBHOOK_PING":
-            return Reply(b"", "text/plain")
+            return NO_CONTENT
         return None
+
+    def answer(self, headers: HeaderMap, event: str, payload: Any) -> Reply | None:
+        if not isinstance(payload, dict):
+            return None
+        if isinstance(payload.get("event"), dict):  # a webhook event (type 1)
+            return NO_CONTENT
+        kind = payload.get("type")
+        if isinstance(kind, bool) or not isinstance(kind, int) or kind < 2:
+            return None
+        return Reply(DEFERRED.get(kind, DEFERRED_MESSAGE))
 
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
         """Sign with the PRIVATE key (32-byte seed as 64 hex digits); the endpoint holds the public one."""

@@ -28,7 +28,9 @@ class Slack(Timestamped):
     JSON (Events API) and form bodies are accepted: slash commands (event type
     "slash_command", filter the command with `if: {command: /deploy}`) and
     interactivity (`payload=` JSON, event type from its `type`). A verified
-    `url_verification` is answered with its challenge as text/plain.
+    `url_verification` is answered with its challenge as text/plain. Slash commands
+    and interactions (form bodies) are answered with an empty 200: Slack posts a
+    non-empty answer into the channel, and an empty one closes a modal.
     """
 
     name = "slack"
@@ -73,6 +75,9 @@ class Slack(Timestamped):
         if event == "ssl_check":
             return Reply(b"", "text/plain")
         return None
+
+    def answer(self, headers: HeaderMap, event: str, payload: Any) -> Reply | None:
+        return Reply(b"", "text/plain") if is_form(headers) else None
 
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
         t = str(int(now))

@@ -12,6 +12,7 @@ from . import (
     HeaderMap,
     Option,
     Provider,
+    Reply,
     Signed,
     form_fields,
     form_pairs,
@@ -29,6 +30,8 @@ from . import (
 
 ALGORITHMS = {"HMAC_SHA1": "sha1", "HMAC_SHA256": "sha256"}
 STATUS_FIELDS = ("MessageStatus", "SmsStatus", "CallStatus")
+# An empty TwiML document: "do nothing" to a call or message; a JSON body would be an error in a call.
+EMPTY_TWIML = Reply(b'<?xml version="1.0" encoding="UTF-8"?><Response/>', "text/xml")
 
 
 def _without_port(uri: ParseResult) -> str:
@@ -73,7 +76,8 @@ class Twilio(Provider):
     `algorithm=HMAC_SHA256` (shared-key webhooks) the MAC is HMAC-SHA256.
     Event type: the form's MessageStatus, SmsStatus or CallStatus ("received",
     "delivered", "ringing"), or a JSON body's `type`. Delivery id:
-    I-Twilio-Idempotency-Token (the same on Twilio's retries).
+    I-Twilio-Idempotency-Token (the same on Twilio's retries). Every delivery is
+    answered with an empty TwiML document (text/xml).
     """
 
     name = "twilio"
@@ -141,6 +145,9 @@ class Twilio(Provider):
 
     def delivery(self, headers: HeaderMap, payload: Any) -> str | None:
         return header_text(headers, "I-Twilio-Idempotency-Token") or None
+
+    def answer(self, headers: HeaderMap, event: str, payload: Any) -> Reply | None:
+        return EMPTY_TWIML
 
     def sign(self, body: bytes, secret: bytes, now: float, event: str = "", delivery: str = "") -> dict[str, str]:
         """Headers for a form body POSTed to `url` itself (see request() for JSON and queries)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -22,9 +24,11 @@ from urllib.parse import urlencode
 
 import pytest
 
+from sidecar import config as config_mod
+
 from .conftest import Response, Sidecar, serving, wait_for, write_config
 from .provider_cases import DISCORD_PRIVATE, DISCORD_PUBLIC
-from .support import SECRET, endpoint_config, endpoint_error
+from .support import ROOT, SECRET, endpoint_config, endpoint_error
 
 signing = pytest.importorskip("nacl.signing", reason="PyNaCl not installed (dev extra)")
 interactions = pytest.importorskip("discord_interactions", reason="discord-interactions not installed (dev extra)")
@@ -293,3 +297,21 @@ def test_respond_defaults_its_content_type_from_the_body(tmp_path: Path) -> None
     for respond, expected in cases.items():
         config = endpoint_config(tmp_path, f"    provider: github\n    respond: {respond}\n", {"S": "x"})
         assert tuple(config.endpoints["/hook"].respond or ()) == expected
+
+
+def test_the_interactive_recipes_load_and_parse(tmp_path: Path) -> None:
+    """docs/interactive.md: its endpoints load as one config (offline: no secrets or scripts here), its
+    Python hooks compile and its shell hooks parse."""
+    text = (ROOT / "docs" / "interactive.md").read_text()
+    found = re.findall(r"```(yaml|python|sh)\n(.*?)```", text, re.S)
+    endpoints = "".join(code for kind, code in found if kind == "yaml")
+    (tmp_path / "config.yaml").write_text("endpoints:\n" + endpoints)
+    config = config_mod.load(tmp_path / "config.yaml", environ={}, offline=True)
+    assert set(config.endpoints) == {"/discord", "/slack/deploy", "/sms", "/voice"}
+    sms_answer = (200, "text/xml", b"<Response><Message>Deploy queued.</Message></Response>")
+    assert config.endpoints["/sms"].respond == sms_answer
+    for kind, code in found:
+        if kind == "python":
+            compile(code, "recipe", "exec")
+        elif kind == "sh":
+            assert subprocess.run(["sh", "-n"], input=code, text=True).returncode == 0, code

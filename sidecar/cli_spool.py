@@ -1,4 +1,4 @@
-"""`webhook-sidecar spool list|show|retry|purge|check`: the spool's jobs, while the server runs or not."""
+"""`webhook-sidecar spool list|show|retry|replay|purge|check`: the spool's jobs, while the server runs or not."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import cli_env
+from . import admin_replay, cli_env
 from . import config as config_mod
-from .errors import ConfigError
-from .spool import JobRow, SpoolAdmin, SpoolUnreachable
+from .errors import ConfigError, SidecarError
+from .spool import JobRow, SpoolAdmin, SpoolUnreachable, history
 from .spool.sqlite import DB_NAME, Spool, integrity
 
 
@@ -37,11 +37,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     retry = spool_sub.add_parser("retry", help="put dead letters back in the queue")
     retry.add_argument("ids", type=int, nargs="*")
     retry.add_argument("--all-failed", action="store_true")
+    replay = spool_sub.add_parser("replay", help="run a delivery again under the config's routes (new jobs)")
+    replay.add_argument("id", type=int, help="the delivery's spool id (`delivery_id` in `spool show`)")
     spool_check = spool_sub.add_parser("check", help="sqlite's integrity check of the spool file (exit 1 when damaged)")
     purge = spool_sub.add_parser("purge", help="delete finished jobs older than a duration")
     purge.add_argument("--older-than", required=True, type=_duration, help="e.g. 90s, 30m, 12h, 7d")
     purge.add_argument("--failed-too", action="store_true", help="also delete dead letters (default: done only)")
-    for action in (listing, show, retry, spool_check, purge):
+    for action in (listing, show, retry, replay, spool_check, purge):
         _flags(action, after=True)
 
 
@@ -156,8 +158,11 @@ def _action(args: argparse.Namespace, spool: SpoolAdmin) -> int:
         if args.payload:
             sys.stdout.buffer.write(spool.body(args.id))
             return 0
-        print(json.dumps({**job_dict(row), "output_tail": row.output_tail}, indent=2))
+        print(json.dumps({**job_dict(row), "delivery_id": history.of(spool).delivery_of_job(args.id),
+                          "output_tail": row.output_tail}, indent=2))
         return 0
+    if args.spool_command == "replay":
+        return _replay(args, spool)
     if args.spool_command == "retry":
         if not args.ids and not args.all_failed:
             print("webhook-sidecar: give job ids or --all-failed", file=sys.stderr)
@@ -168,6 +173,20 @@ def _action(args: argparse.Namespace, spool: SpoolAdmin) -> int:
         return 1 if missing else 0
     states = ("done", "failed") if args.failed_too else ("done",)
     print(f"purged {spool.purge(args.older_than, states)} job(s)")
+    return 0
+
+
+def _replay(args: argparse.Namespace, spool: SpoolAdmin) -> int:
+    """New jobs for a stored delivery, for the routes of the config that take it now; a running
+    sidecar picks them up (within a second with the embedded spool)."""
+    config = config_mod.load(args.config, cli_env.env_file(args.env_file, args.config), offline=True)
+    try:
+        done = admin_replay.replay(history.of(spool), config, args.id)
+    except SidecarError as e:
+        print(f"webhook-sidecar: {e}", file=sys.stderr)
+        return 1
+    print(f"replayed delivery {done.delivery.id} ({done.delivery.delivery}): jobs {', '.join(map(str, done.jobs))}"
+          f" for routes {', '.join(done.routes)}")
     return 0
 
 

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from . import intake, logs, metrics, router
 from .admission import AdmittedHandler, Listener
 from .config import Config, Endpoint
-from .errors import MethodNotAllowed, SidecarError, Unavailable
+from .errors import MethodNotAllowed, RouteNotFound, SidecarError, Unavailable
 from .http11 import content_length
 from .intake import Outcome
 from .live import Live
@@ -24,7 +24,8 @@ from .spool import Scheduler
 # \Z, not $: "$" also matches before a final newline, and "evt_1\n" is no safe token.
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 HEALTH_PATHS = {"/healthz", "/readyz", "/metrics"}
-LEVELS = {"request.failed": logs.error, "request.rejected": logs.warning, "delivery.rejected": logs.warning}
+LEVELS = {"request.failed": logs.error, "request.rejected": logs.warning, "delivery.rejected": logs.warning,
+          "admin.unauthorized": logs.warning}
 
 
 class Handler(AdmittedHandler):
@@ -87,6 +88,8 @@ class Handler(AdmittedHandler):
         if path == "/healthz":
             return intake.answer(HTTPStatus.OK, {"status": "ok"}, "health")
         if path == "/metrics":
+            if not self.server.metrics_here:
+                raise RouteNotFound("/metrics is served on the admin listener")
             data, ctype = metrics.exposition()
             return Outcome(HTTPStatus.OK, data, "health", content_type=ctype)
         if path == "/readyz":
@@ -122,6 +125,8 @@ class Handler(AdmittedHandler):
 
 class SidecarServer(Listener):
     """The listener (admission, live table, deadlines) serving this application's Handler."""
+
+    metrics_here = True  # False when an admin listener serves /metrics (see admin.py)
 
     def __init__(self, address: tuple[str, int], live: Live, workers: Scheduler) -> None:
         super().__init__(address, live, workers, Handler)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import attempts, isolation, logs, metrics
 from . import config as config_mod
+from .admin import AdminServer
 from .jobs import QueuePolicy
 from .launcher import Launcher
 from .live import Live
@@ -35,7 +36,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _local(cfg: config_mod.Config, config: Callable[[], config_mod.Config]) -> QueuePolicy:
-    spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536)
+    spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, reserve_bytes=2 * cfg.max_body_bytes + 65536,
+                  keep_bodies_s=cfg.keep_bodies_s)
     return LocalQueue(spool, cfg.max_queue, config)
 
 
@@ -46,6 +48,7 @@ def _leased(cfg: config_mod.Config, config: Callable[[], config_mod.Config], rep
     # Named in messages by where the URL comes from, never by its value.
     source = cfg.spool_url_env or f"spool_url_file {cfg.spool_url_file}"
     store = Store(cfg.spool_url or "", source, replica, cfg.lease_s, pool_size=cfg.max_workers + 16)
+    store.keep_bodies_s = cfg.keep_bodies_s
     # Serves at once, the database reachable or not: unready (POSTs 503) until it can be used.
     return LeasedQueue(store, cfg.max_queue, config, max_bytes=cfg.spool_max_bytes)
 
@@ -78,6 +81,9 @@ class Service:
         self.replica = replica or socket.gethostname()
         self.workers = open_workers(cfg, lambda: live.current, self.known, self.replica, self.launcher)
         self.server = SidecarServer(parse_listen(listen or cfg.listen), live, self.workers)  # its "limits"
+        # /metrics and /admin/* on a second listener when configured (a change of `admin` needs a restart).
+        self.admin = AdminServer(parse_listen(cfg.admin.listen), live, self.workers) if cfg.admin else None
+        self.server.metrics_here = self.admin is None
         metrics.track_ready(lambda: self.server.is_ready[0])
         self.reloader = Reloader(live, env_file, mode=watch)
         self._stopping = threading.Event()
@@ -93,12 +99,21 @@ class Service:
         warn_unverified(cfg)
         # Watch before announcing: a change made right after "listening" must not be missed.
         self.reloader.start()
+        if self.admin is not None:
+            host, port = self.admin.socket.getsockname()[:2]
+            threading.Thread(target=self.admin.serve_forever, kwargs={"poll_interval": 0.2}, name="admin",
+                             daemon=True).start()
+            logs.info("admin.listening", address=f"{host}:{port}", port=port,
+                      token="token_env" if cfg.admin and cfg.admin.token_env else "token_file")
         host, port = self.server.socket.getsockname()[:2]
         logs.info("server.listening", address=f"{host}:{port}", port=port, config=str(cfg.file),
                   config_hash=cfg.digest, endpoints=len(cfg.endpoints), routes=cfg.route_count,
                   watch=self.reloader.mode, spool=self.workers.spool.location, pending=self.workers.depth)
         self.server.serve_forever(poll_interval=0.2)
         self.reloader.stop()
+        if self.admin is not None:
+            self.admin.shutdown()
+            self.admin.server_close()
         self.server.server_close()
         self.workers.close()
         self.launcher.close()  # every run has ended: no journal left to recover from
@@ -116,6 +131,8 @@ class Service:
             return
         self._stopping.set()
         self.server.draining = True
+        if self.admin is not None:
+            self.admin.draining = True  # its /readyz too
         logs.info("server.draining", reason=reason, grace_s=self.grace_s, running=self.workers.running,
                   pending=self.workers.depth)
         # Not on this thread: a signal handler runs on the serving thread, and

@@ -93,6 +93,7 @@ ADDITIONS = (
     ("sidecar_jobs.stranded_since", "ALTER TABLE sidecar_jobs ADD COLUMN stranded_since float8"),
     ("sidecar_replicas.routes", "ALTER TABLE sidecar_replicas ADD COLUMN routes text[]"),
     ("sidecar_deliveries.context", "ALTER TABLE sidecar_deliveries ADD COLUMN context text NOT NULL DEFAULT ''"),
+    ("sidecar_jobs.replay_of", "ALTER TABLE sidecar_jobs ADD COLUMN replay_of bigint"),
 )
 
 

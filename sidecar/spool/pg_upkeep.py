@@ -26,6 +26,8 @@ class Upkeep:
 
     pool: ConnectionPool[psycopg.Connection[Any]]
     lease_s: float
+    keep_bodies_s = 0.0  # finished deliveries keep their bodies this long: dropped here, not by finish_many
+    _kept_to = 0.0
 
     def stats(self) -> tuple[int, int, int]:
         """(pending jobs in the whole spool, live replicas, bytes of the bodies it holds).
@@ -33,6 +35,8 @@ class Upkeep:
         The bytes are what spool_max_bytes bounds: the bodies of deliveries with a job pending or
         failed (done ones drop theirs), found from those jobs (an index), not by reading every delivery."""
         with self.pool.connection() as conn:
+            if self.keep_bodies_s:
+                self._drop_kept(conn)
             row = conn.execute("SELECT (SELECT count(*) FROM sidecar_jobs WHERE state = 'pending'),"
                                f" (SELECT count(*) FROM sidecar_replicas WHERE seen_at >= {NOW} - %s),"
                                " (SELECT coalesce(sum(octet_length(body)), 0) FROM sidecar_deliveries WHERE id IN"
@@ -40,6 +44,24 @@ class Upkeep:
                                (self.lease_s,)).fetchone()
             conn.commit()
         return (row[0], row[1], int(row[2])) if row else (0, 0, 0)
+
+    def _drop_kept(self, conn: psycopg.Connection[Any]) -> None:
+        """Empty the bodies of deliveries whose jobs are all done, the last more than keep_bodies_s ago
+        (looking back to the last call's mark, less a margin). The rows are locked first, as a replay
+        locks its delivery's: the emptying statement then sees a replay's new jobs, or the replay finds
+        the body gone."""
+        row = conn.execute(f"SELECT {NOW} - %s", (self.keep_bodies_s,)).fetchone()
+        until = float(row[0]) if row else 0.0
+        locked = [r[0] for r in conn.execute(
+            "SELECT id FROM sidecar_deliveries WHERE id IN (SELECT delivery_id FROM sidecar_jobs WHERE state = 'done'"
+            " AND updated_at >= %s AND updated_at <= %s) AND octet_length(body) > 0 ORDER BY id FOR UPDATE",
+            (self._kept_to, until))]
+        if locked:
+            conn.execute("UPDATE sidecar_deliveries d SET body = '' WHERE d.id = ANY(%s) AND NOT EXISTS"
+                         " (SELECT 1 FROM sidecar_jobs j WHERE j.delivery_id = d.id"
+                         " AND (j.state <> 'done' OR j.updated_at > %s))",
+                         (locked, until))
+        self._kept_to = until - 5.0
 
     def drop_gone(self) -> list[tuple[int, str, str, str]]:
         """Pending broadcast jobs of replicas not seen for GONE_LEASES x lease_s: deleted, with the replicas.

@@ -382,7 +382,7 @@ class Store(Upkeep):
                     (state, attempts, next_at, exit_code, outcome, output_tail, self.replica, job_id, claim,
                      self.replica)).fetchone()
                 ours.append(row is not None)
-                if row is not None and state == "done":
+                if row is not None and state == "done" and not self.keep_bodies_s:
                     # The delivery's row lock orders two jobs of one delivery finishing at once: the later
                     # sees both.
                     conn.execute("SELECT 1 FROM sidecar_deliveries WHERE id = %s FOR UPDATE", (row[0],))

@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL
 JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.endpoint, d.delivery, d.provider,
     d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail, d.context"""
 # Columns a spool file of an earlier release lacks: added at start (sqlite's ADD COLUMN is cheap).
-ADDITIONS = (("deliveries", "context", "ALTER TABLE deliveries ADD COLUMN context TEXT NOT NULL DEFAULT ''"),)
+ADDITIONS = (("deliveries", "context", "ALTER TABLE deliveries ADD COLUMN context TEXT NOT NULL DEFAULT ''"),
+             ("jobs", "replay_of", "ALTER TABLE jobs ADD COLUMN replay_of INTEGER"))
 
 
 def _job_row(r: Sequence[Any]) -> JobRow:
@@ -85,10 +86,13 @@ DROP_MARGIN_S = 0.5  # drop_bodies looks this much further back than its last ru
 class Spool:
     """sqlite3 store with a single group-committing writer; readers use their own connections."""
 
-    def __init__(self, directory: Path, max_bytes: int = 0, *, serving: bool = True, reserve_bytes: int = 0) -> None:
+    def __init__(self, directory: Path, max_bytes: int = 0, *, serving: bool = True, reserve_bytes: int = 0,
+                 keep_bodies_s: float = 0.0) -> None:
         """Open (or create) the spool in `directory`. serving=True (the server): a damaged file is
         set aside and SpoolDamaged raised, and a probe keeps health() true; False (the CLI): neither.
-        `reserve_bytes`: free disk space below which the spool reports itself full (one delivery must fit)."""
+        `reserve_bytes`: free disk space below which the spool reports itself full (one delivery must fit).
+        `keep_bodies_s`: finished deliveries keep their bodies this long (dropped by the probe, not drop_bodies)."""
+        self.keep_bodies_s, self._kept_to = keep_bodies_s, 0.0
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / DB_NAME
         self.location = str(self.path)
@@ -125,6 +129,8 @@ class Spool:
     def _on_probe(self, db: sqlite3.Connection) -> None:
         """Measure the spool at every probe; near spool_max_bytes, make room."""
         self.used_bytes = self._used_bytes(db)
+        if self.keep_bodies_s:
+            self._kept_to = self._drop(db, self._kept_to, self.keep_bodies_s)
         if self.max_bytes and self.used_bytes > self.max_bytes * 0.9:
             self._shrink(db)
 
@@ -133,7 +139,13 @@ class Spool:
         return int(pages * db.execute("PRAGMA page_size").fetchone()[0])
 
     def _shrink(self, db: sqlite3.Connection) -> None:
-        """Near spool_max_bytes: drop the oldest finished records first (dead letters last)."""
+        """Near spool_max_bytes: drop the bodies kept for replay, then the oldest finished records
+        (dead letters last)."""
+        if self.keep_bodies_s:
+            self._drop(db, 0.0, 0.0)
+            self.used_bytes = self._used_bytes(db)
+            if self.used_bytes <= self.max_bytes * 0.9:
+                return
         for state in ("done", "failed"):
             n = db.execute("SELECT count(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
             if not n:
@@ -266,15 +278,19 @@ class Spool:
         The statement runs in the writer's order, after every finish committed before it, and a
         finish stamps its time as it runs: the next call need only look back to when this one
         ran (less a margin for the clock), not over every job done in the last seconds."""
-        def op(db: sqlite3.Connection) -> float:
-            ran_at = time.time()
-            db.execute(
-                "UPDATE deliveries SET body = x'' WHERE id IN (SELECT delivery_id FROM jobs WHERE state = 'done'"
-                " AND updated_at >= ?) AND length(body) > 0 AND NOT EXISTS (SELECT 1 FROM jobs"
-                " WHERE delivery_id = deliveries.id AND state != 'done')", (done_since,))
-            return ran_at - DROP_MARGIN_S
+        if self.keep_bodies_s:
+            return done_since  # the probe drops them, keep_bodies_s after the last job is done
+        return float(self.submit_write(lambda db: self._drop(db, done_since, 0.0), durable=False).result(30))
 
-        return float(self.submit_write(op, durable=False).result(30))
+    @staticmethod
+    def _drop(db: sqlite3.Connection, done_since: float, keep_s: float) -> float:
+        """drop_bodies' statement, for the deliveries whose last job was done more than `keep_s` ago."""
+        until = time.time() - keep_s
+        db.execute(
+            "UPDATE deliveries SET body = x'' WHERE id IN (SELECT delivery_id FROM jobs WHERE state = 'done'"
+            " AND updated_at >= ? AND updated_at <= ?) AND length(body) > 0 AND NOT EXISTS (SELECT 1 FROM jobs"
+            " WHERE delivery_id = deliveries.id AND (state != 'done' OR updated_at > ?))", (done_since, until, until))
+        return until - DROP_MARGIN_S
 
     def retry(self, job_ids: Sequence[int] | None = None) -> list[int]:
         """Put failed jobs (the given ones, or all) back in the queue; the ids that were requeued."""

@@ -104,6 +104,7 @@ INVALID = [
 ]
 
 SHARED = {"spool": {"postgres": {"existingSecret": "hooks-spool-app"}}}
+ADMIN_DIR = "/run/secrets/webhook-sidecar-admin"  # where the admin token's Secret is mounted
 # A table whose secret is a variable (secrets.asEnv) and whose first line is `{top}`.
 TABLE = ("{top}endpoints:\n- {{path: /w, provider: github, secret_env: WEBHOOK_SECRET, routes: "
          "[{{event: '*', run: ./log_event.sh}}]}}\n")
@@ -126,6 +127,12 @@ EXTRA_SETS: dict[str, dict[str, Any]] = {
     "extra: pdb minAvailable 1 of 1": {"podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
     "extra: pdb maxUnavailable 0%, persistent spool": {"podDisruptionBudget": {"enabled": True, "maxUnavailable": "0%"},
                                                        "spool": {"persistence": {"enabled": True}}},
+    # The admin listener with every part that follows it: probes, Service port, ServiceMonitor, NetworkPolicy rule.
+    "extra: admin listener, its own NetworkPolicy rule, ServiceMonitor on it": {
+        "admin": {"enabled": True, "from": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}]},
+        "networkPolicy": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}},
+    "extra: admin listener, token from an existing Secret, the shared spool": {
+        **SHARED, "admin": {"enabled": True, "existingSecret": "ops-admin-token", "key": "bearer", "port": 9443}},
     "extra: alerts without runbook_url, a global registry": {"prometheusRule": {"enabled": True, "runbookUrl": ""},
                                                              "global": {"imageRegistry": "mirror.example.com/"}},
 }
@@ -143,6 +150,10 @@ REFUSED = [
     ("secrets.mountPath around the shared spool's URL", {**SHARED, "secrets": {"mountPath": "/run/secrets"}}),
     ("a spool_url_env that nothing sets beside spool.postgres",
      {**SHARED, "secrets": {"asEnv": True}, "config": TABLE.format(top="spool_url_env: MY_URL\n")}),
+    ("the admin token file without an fsGroup (unreadable at mode 0440)",
+     {"admin": {"enabled": True}, "secrets": {"asEnv": True}, "podSecurityContext": {"fsGroup": None},
+      "config": TABLE.format(top="spool_dir: /var/lib/webhook-sidecar\n")}),
+    ("the admin port on the webhook port", {"admin": {"enabled": True, "port": 8080}}),
     ("secret_env while secrets are files (the sidecar would refuse its table)",
      {"config": "spool_dir: /var/lib/webhook-sidecar\nendpoints:\n- {path: /w, provider: github, secret_env: S,"
                 " routes: []}\n"}),
@@ -540,11 +551,12 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     problems.check(deployment["spec"].get("revisionHistoryLimit") == values["revisionHistoryLimit"],
                    f"{p} revisionHistoryLimit does not follow the value")
 
-    # Probes.
+    # Probes: on the admin port when there is one (both ports serve health).
+    probe_port = ("admin", values["admin"]["port"]) if values["admin"]["enabled"] else ("http", 8080)
     for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = (sidecar.get(probe) or {}).get("httpGet") or {}
-        problems.check(get.get("path") == path and get.get("port") in ("http", 8080),
-                       f"{p} {probe} is not GET {path} on the http port")
+        problems.check(get.get("path") == path and get.get("port") in probe_port,
+                       f"{p} {probe} is not GET {path} on the {probe_port[0]} port")
     problems.check(any(port.get("containerPort") == 8080 and port.get("name") == "http"
                        for port in sidecar.get("ports", [])), f"{p} no containerPort 8080 named http")
 
@@ -586,6 +598,7 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     for run in run_paths(config):
         key = posixpath.normpath(run)
         problems.check(key in data and "/" not in key, f"{p} config.yaml runs {run}, which is no key of the ConfigMap")
+    check_admin(p, values, docs, config, pod, sidecar, problems)
     if shared:
         check_shared_spool(p, values, config, pod, sidecar, problems)
     else:
@@ -610,7 +623,7 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
     # the user's business).
     secret_refs = [e["secretRef"]["name"] for e in sidecar.get("envFrom", []) if "secretRef" in e]
     existing = values["secrets"]["existingSecret"]
-    secrets = by_kind(docs, "Secret")
+    secrets = [d for d in by_kind(docs, "Secret") if not d["metadata"]["name"].endswith("-admin")]  # check_admin's
     secret_name = existing or (secrets[0]["metadata"]["name"] if len(secrets) == 1 else None)
     problems.check(not existing or not secrets, f"{p} existingSecret {existing} and a Secret of the chart")
     problems.check(existing or len(secrets) == 1, f"{p} expected the chart's Secret")
@@ -667,10 +680,14 @@ def check_render(name: str, values: dict[str, Any], docs: list[dict[str, Any]], 
 
 
 def expected_config(values: dict[str, Any]) -> str:
-    """config.yaml as the ConfigMap must hold it: values.config; with spool.postgres the chart's URL file instead of
+    """config.yaml as the ConfigMap must hold it: values.config; with admin.enabled the admin listener's line first
+    (unless the table has one); with spool.postgres the chart's URL file instead of
     spool_dir, and instead of the `spool_url_env: SPOOL_DATABASE_URL` of earlier charts (a table's own
     spool_url_file or other spool_url_env stays)."""
     text = values["config"]
+    admin = values["admin"]
+    if admin["enabled"] and not re.search(r"(?m)^admin:", text):
+        text = f'admin: {{listen: "0.0.0.0:{admin["port"]}", token_file: {ADMIN_DIR}/{admin["key"]}}}\n' + text
     postgres = values["spool"].get("postgres") or {}
     if not postgres.get("existingSecret"):
         return text
@@ -678,6 +695,56 @@ def expected_config(values: dict[str, Any]) -> str:
     if re.search(r"(?m)^spool_url_(env|file):", text):
         return text
     return f"spool_url_file: {SPOOL_URL_DIR}/{postgres['key']}\n" + re.sub(r"(?m)^spool_dir:.*(\n|$)", "", text)
+
+
+def check_admin(p: str, values: dict[str, Any], docs: list[dict[str, Any]], config: dict[str, Any],
+                pod: dict[str, Any], sidecar: dict[str, Any], problems: Problems) -> None:
+    """The admin listener: its container and Service port, config.yaml's admin naming the token mounted read-only
+    from its Secret (that key alone), the ServiceMonitor on it, and its own NetworkPolicy rule; none when off."""
+    admin = values["admin"]
+    ports = {port.get("name"): port.get("containerPort") for port in sidecar.get("ports", [])}
+    service_ports = [port for s in by_kind(docs, "Service") for port in s["spec"]["ports"]]
+    monitors = by_kind(docs, "ServiceMonitor")
+    if not admin["enabled"]:
+        problems.check("admin" not in ports and "admin" not in config, f"{p} an admin port or admin: while disabled")
+        problems.check(all(e.get("port") == "http" for m in monitors for e in m["spec"]["endpoints"]),
+                       f"{p} the ServiceMonitor does not scrape the http port")
+        return
+    problems.check(ports.get("admin") == admin["port"], f"{p} no containerPort {admin['port']} named admin")
+    problems.check(any(s.get("name") == "admin" and s.get("targetPort") == "admin"
+                       and s.get("port") == admin["servicePort"] for s in service_ports), f"{p} no Service port admin")
+    problems.check(all(e.get("port") == "admin" for m in monitors for e in m["spec"]["endpoints"]),
+                   f"{p} the ServiceMonitor does not scrape the admin port")
+    token_file = f"{ADMIN_DIR}/{admin['key']}"
+    listen = (config.get("admin") or {}).get("listen", "")
+    problems.check(str(listen).endswith(f":{admin['port']}") or "admin:" in values["config"],
+                   f"{p} config.yaml's admin listens on {listen}, not the admin port")
+    mounts = {m["mountPath"]: m for m in sidecar.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mount = mounts.get(ADMIN_DIR) or {}
+    problems.check(mount.get("readOnly") is True, f"{p} the admin token is not mounted read-only at {ADMIN_DIR}")
+    sources = secret_sources(volumes.get(mount.get("name", ""), {}))
+    secret = admin["existingSecret"] or next((d["metadata"]["name"] for d in by_kind(docs, "Secret")
+                                              if d["metadata"]["name"].endswith("-admin")), "")
+    problems.check(sources == [(secret, [{"key": admin["key"], "path": admin["key"]}], 0o440)],
+                   f"{p} the admin token volume is {sources}, not the key {admin['key']} of {secret!r} at 0440")
+    if "admin:" not in values["config"]:
+        problems.check((config.get("admin") or {}).get("token_file") == token_file,
+                       f"{p} config.yaml's admin.token_file is not {token_file}")
+    np = values["networkPolicy"]
+    for policy in by_kind(docs, "NetworkPolicy"):
+        rules = policy["spec"].get("ingress") or []
+        on_admin = [r for r in rules if {"port": "admin", "protocol": "TCP"} in (r.get("ports") or [])]
+        on_http = [r for r in rules if {"port": "http", "protocol": "TCP"} in (r.get("ports") or [])]
+        problems.check(len(on_admin) == 1 and any(peer.get("namespaceSelector") == np["monitoring"]["namespaceSelector"]
+                                                  for peer in on_admin[0].get("from") or []),
+                       f"{p} NetworkPolicy has no admin-port rule admitting networkPolicy.monitoring")
+        problems.check(all(peer in (on_admin[0].get("from") or []) for peer in admin["from"]) if on_admin else False,
+                       f"{p} NetworkPolicy's admin rule lacks admin.from")
+        problems.check(not any(peer.get("namespaceSelector") == np["monitoring"]["namespaceSelector"]
+                               and np["monitoring"]["namespaceSelector"] != np["ingressController"]["namespaceSelector"]
+                               for r in on_http for peer in r.get("from") or []),
+                       f"{p} NetworkPolicy still admits Prometheus to the webhook port")
 
 
 def secret_sources(volume: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]] | None, Any]]:

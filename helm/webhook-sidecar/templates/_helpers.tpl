@@ -126,6 +126,13 @@ Both are fixed by the Dockerfile (CMD --config, and the spool_dir of the default
 With spool.postgres: where the URL's Secret is mounted (a directory of its own, outside the config directory,
 /tmp, the spool and secrets.mountPath), and the file config.yaml's spool_url_file names.
 */}}
+{{- define "webhook-sidecar.adminTokenDir" -}}/run/secrets/webhook-sidecar-admin{{- end }}
+{{- define "webhook-sidecar.adminTokenFile" -}}
+{{- include "webhook-sidecar.adminTokenDir" . }}/{{ .Values.admin.key }}
+{{- end }}
+{{- define "webhook-sidecar.adminSecretName" -}}
+{{- .Values.admin.existingSecret | default (printf "%s-admin" (include "webhook-sidecar.fullname" .)) }}
+{{- end }}
 {{- define "webhook-sidecar.spoolUrlDir" -}}/run/secrets/webhook-sidecar-spool{{- end }}
 {{- define "webhook-sidecar.spoolUrlFile" -}}
 {{- printf "%s/%s" (include "webhook-sidecar.spoolUrlDir" .) .Values.spool.postgres.key }}
@@ -139,6 +146,9 @@ is kept as written.
 */}}
 {{- define "webhook-sidecar.config" -}}
 {{- $config := .Values.config }}
+{{- if and .Values.admin.enabled (not (regexMatch "(?m)^admin:" $config)) }}
+{{- $config = printf "admin: {listen: \"0.0.0.0:%d\", token_file: %s}\n%s" (int .Values.admin.port) (include "webhook-sidecar.adminTokenFile" .) $config }}
+{{- end }}
 {{- if .Values.spool.postgres.existingSecret }}
 {{- $config = regexReplaceAll "(?m)^spool_url_env:[ \t]*[\"']?SPOOL_DATABASE_URL[\"']?[ \t]*(#.*)?(\n|$)" $config "" }}
 {{- if not (regexMatch "(?m)^spool_url_(env|file):" $config) }}

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import config_routes, config_secrets, config_spool
+from . import config_admin, config_context, config_respond, config_routes, config_secrets, config_spool
+from .answers import Answer
 from .config_routes import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Route
 from .config_sandbox import State, state_of
 from .config_spool import read_spool_url_file, spool_dir_of, spool_source_of
@@ -31,9 +32,10 @@ TOP_KEYS = {
     "listen", "max_body_bytes", "spool_dir", "endpoints", "max_workers", "max_queue",
     "request_timeout_s", "retry_backoff_s", "retry_backoff_max_s", "retention_hours",
     "max_connections", "max_connections_per_client", "spool_max_bytes", "spool_url_env", "spool_url_file", "lease_s",
-    "tls",
+    "tls", "admin", "keep_bodies_s",
 }
-ENDPOINT_KEYS = {"path", "provider", "secret_env", "secret_file", "routes"}
+ENDPOINT_KEYS = {"path", "provider", "secret_env", "secret_file", "routes", "pass_headers", "pass_query",
+                 "respond"}
 
 __all__ = [
     "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "Config", "ConfigError", "Endpoint", "Route", "load", "read_env_file",
@@ -50,6 +52,9 @@ class Endpoint:
     # Never printed: repr=False keeps secrets out of tracebacks and debug output.
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     secret_files: tuple[str, ...] = ()  # absolute paths, re-read on reload
+    pass_headers: tuple[str, ...] = ()  # request headers stored with each delivery for hooks
+    pass_query: bool = False  # the raw query string stored with each delivery for hooks
+    respond: Answer | None = None  # replaces the provider's answer to accepted/ignored/duplicate deliveries
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ class Config:
     spool_url: str | None = field(default=None, repr=False)
     lease_s: float = 30.0
     tls: TLSFiles | None = None  # HTTPS on the listener: certificate and key, re-read when they change
+    admin: config_admin.Admin | None = None  # the second listener: /metrics and /admin/*
+    keep_bodies_s: float = 0.0  # finished deliveries keep their bodies this long, for replay
     endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
     digest: str = ""
     # Valid but probably not meant (a plain string that looks like a pattern): `check` prints them.
@@ -94,7 +101,8 @@ class Config:
         """Every file holding a secret: the endpoints', the spool URL's, the TLS key (hidden from hooks, watched)."""
         spool = (self.spool_url_file,) if self.spool_url_file else ()
         key = (self.tls.key_file,) if self.tls else ()
-        return tuple(f for e in self.endpoints.values() for f in e.secret_files) + spool + key
+        token = (self.admin.token_file,) if self.admin and self.admin.token_file else ()
+        return tuple(f for e in self.endpoints.values() for f in e.secret_files) + spool + key + token
 
 
 def load(path: str | os.PathLike[str], env_file: str | os.PathLike[str] | None = None,
@@ -151,6 +159,7 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
     lease_s = doc.get(top, (), "lease_s", float, Config.lease_s, minimum=1)
     spool_url_env, spool_url_file, spool_url = config_spool.spool_url(doc, top, file.parent, environ, dotenv)
     tls = config_secrets.tls(doc, top, file.parent)
+    admin = config_admin.admin(doc, top, file.parent, environ, dotenv, listen)
     raw_endpoints = doc.get(top, (), "endpoints", list, [], required=True)
     if "endpoints" in top and isinstance(top["endpoints"], list) and not top["endpoints"]:
         doc.error(("endpoints",), "needs at least one endpoint")
@@ -169,6 +178,8 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
         secrets_used.extend(hashlib.sha256(s).hexdigest() for s in ep.secrets)
     if doc.errors:
         return None
+    if admin and admin.token:
+        secrets_used.append(hashlib.sha256(admin.token).hexdigest())
     # The digest covers the text and the secrets' hashes, so a rotated secret in
     # .env is a change even when config.yaml is untouched.
     digest = hashlib.sha256("\0".join([text, *secrets_used]).encode()).hexdigest()
@@ -179,7 +190,8 @@ def _build(doc: _Doc, file: Path, text: str, environ: Mapping[str, str], dotenv:
         retry_backoff_s=backoff, retry_backoff_max_s=backoff_max, retention_hours=retention,
         spool_max_bytes=spool_max_bytes, spool_url_env=spool_url_env, spool_url_file=spool_url_file,
         spool_url=spool_url, lease_s=lease_s,
-        tls=tls, endpoints=endpoints, digest=digest[:16],
+        tls=tls, admin=admin, keep_bodies_s=config_admin.keep_bodies_s(doc, top), endpoints=endpoints,
+        digest=digest[:16],
     )
 
 
@@ -206,11 +218,12 @@ def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str
 
     secret_env, secrets = config_secrets.secrets(doc, path, raw, cls, environ, dotenv)
     secret_files, file_secrets = config_secrets.secret_files(doc, path, raw, cls, base)
+    passed = config_context.pass_headers(doc, path, raw, str(options.get("header") or ""))
     raw_routes = doc.get(raw, path, "routes", list, [], required=True)
     routes: list[Route] = []
     names: set[str] = set()
     for j, raw_route in enumerate(raw_routes):
-        route = config_routes.route(doc, path + ("routes", j), raw_route, base, j, state)
+        route = config_routes.route(doc, path + ("routes", j), raw_route, base, j, state, (environ, dotenv))
         if route is None:
             continue
         if route.name in names and "name" not in raw_route:
@@ -227,4 +240,6 @@ def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str
         doc.error(path, str(e))
         return None
     return Endpoint(path=ep_path, provider=provider, secret_env=secret_env, routes=tuple(routes),
-                    secrets=secrets + file_secrets, secret_files=secret_files)
+                    secrets=secrets + file_secrets, secret_files=secret_files, pass_headers=passed,
+                    pass_query=config_context.pass_query(doc, path, raw),
+                    respond=config_respond.respond(doc, path, raw))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from . import conditions, logs, router
+from . import answers, conditions, logs, request_context, router
 from .config import Config
 from .errors import BadRequest, MethodNotAllowed, SidecarError
 from .providers import HeaderMap
@@ -94,18 +94,24 @@ def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, conf
 
     reply = provider.reply(event, payload)
     if reply is not None:
-        return Outcome(HTTPStatus.OK, reply.body, "delivery.answered", fields, reply.content_type)
+        return Outcome(HTTPStatus(reply.status), reply.body, "delivery.answered", fields, reply.content_type)
+
+    def answered(kind: answers.Kind, names: list[str] | None = None) -> Outcome:
+        # The provider's answer (Discord, Twilio, Slack forms) or the endpoint's `respond`, else the JSON status.
+        chosen = answers.choose(endpoint, headers, event, payload, kind, delivery, names or ())
+        return Outcome(chosen.status, chosen.body, f"delivery.{kind}", fields, chosen.content_type)
+
     # Conditions read the payload, the headers and the query string (target); the reason is logged only.
     routes, why = conditions.select(endpoint.routes, conditions.Request(event, payload, headers, target))
     if not routes:
         fields["reason"] = why
-        return answer(HTTPStatus.OK, {"status": "ignored", "delivery": delivery}, "delivery.ignored", fields)
+        return answered("ignored")
     accepted = scheduler.submit(
         Delivery(endpoint=endpoint.path, delivery=delivery, provider=provider.name, event=event,
-                 request_id=request_id, cwd=str(config.base_dir), body=body), routes)
+                 request_id=request_id, cwd=str(config.base_dir), body=body,
+                 context=request_context.of_request(endpoint, headers, target, payload, routes)), routes)
     if accepted.status == "duplicate":
-        return answer(HTTPStatus.OK, {"status": "duplicate", "delivery": delivery}, "delivery.duplicate", fields)
+        return answered("duplicate")
     names = list(accepted.routes)
     fields["routes"] = names
-    return answer(HTTPStatus.OK, {"status": "accepted", "delivery": delivery, "routes": names},
-                  "delivery.accepted", fields)
+    return answered("accepted", names)

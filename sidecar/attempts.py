@@ -17,6 +17,8 @@ from typing import Any
 from . import logs, metrics, runner
 from .config import Config, Route
 from .config_context import header_variable
+from .forward import Forwarder
+from .forward_sign import Facts
 from .launcher import Launcher
 from .spool import NO_CONTEXT, Context, JobRow, route_spec
 
@@ -123,7 +125,8 @@ class Attempt:
 
 
 def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, cancel: threading.Event,
-        replica: str = "", attempts_used: int | None = None, *, launcher: Launcher) -> Attempt:
+        replica: str = "", attempts_used: int | None = None, *, launcher: Launcher,
+        forwarder: Forwarder | None = None) -> Attempt:
     """Run one attempt of a stored job with `body` on stdin through `launcher`; decide its outcome
     (nothing recorded here)."""
     attempt = (row.attempts if attempts_used is None else attempts_used) + 1
@@ -142,9 +145,13 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
                 "no route of that name: not run, kept as a dead letter"))
     if route is None:
         return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
-    # The sandbox options are the live table's route's (by name), never a stored job's: a spool row is data.
-    result = launcher.run(route, body, job.env(), live=live_route(cfg, row.endpoint, route.name),
-                          delivery=job.delivery, cwd=row.cwd, cancel=cancel, cancel_grace_s=STOP_KILL_GRACE_S)
+    # The sandbox options and a forward's target are the live table's route's (by name), never a stored
+    # job's: a spool row is data, and a target's signing secret is never stored.
+    live = live_route(cfg, row.endpoint, route.name)
+    if route.forward is not None:
+        return _forwarded(job_id, job, body, live, row.received_at, cfg, forwarder or Forwarder(), fields)
+    result = launcher.run(route, body, job.env(), live=live, delivery=job.delivery, cwd=row.cwd, cancel=cancel,
+                          cancel_grace_s=STOP_KILL_GRACE_S)
     signum = result.signal
     fields.update(exit_code=result.exit_code, signal=signum, duration_ms=round(result.duration_s * 1000, 1),
                   output_tail=result.output_tail or None, error=result.error or None,
@@ -171,6 +178,32 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
     else:
         state, next_at = "failed", 0.0
     return Attempt(job_id, job, result, state, next_at, outcome, fields)
+
+
+def _forwarded(job_id: int, job: Job, body: bytes, live: Route | None, received: float, cfg: Config,
+               forwarder: Forwarder, fields: dict[str, Any]) -> Attempt:
+    """One POST of a forward route: 2xx done; a connection error, timeout, 408, 429 or 5xx retried (a
+    longer Retry-After honoured); any other status a dead letter at once."""
+    target = live.forward if live is not None else None
+    if target is None:
+        logs.error("job.route_unknown", **fields, detail="the table has no forward route of this name:"
+                                                         " not run, kept as a dead letter")
+        return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
+    ctx = job.context
+    facts = Facts(delivery=job.delivery, event=job.event, attempt=job.attempt, request_id=job.request_id,
+                  endpoint=job.endpoint, provider=job.provider, headers=dict(ctx.forwarded), received=received or None,
+                  cloudevent=dict(ctx.cloudevent) or None)
+    sent = forwarder.post(target, body, ctx.content_type, facts)
+    fields.update(sent.log_fields())
+    timed_out = sent.error == "timeout"
+    result = runner.Result(0 if sent.ok else None, timed_out, sent.duration_s, sent.tail, error=sent.error)
+    if sent.ok:
+        return Attempt(job_id, job, result, "done", 0.0, "ok", fields)
+    outcome = "timeout" if timed_out else "failed"
+    if sent.retryable and job.attempt <= job.route.retries:
+        wait = max(backoff_s(job.attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s), sent.retry_after_s or 0.0)
+        return Attempt(job_id, job, result, "pending", time.time() + wait, outcome, fields)
+    return Attempt(job_id, job, result, "failed", 0.0, outcome, fields)
 
 
 def report(a: Attempt) -> None:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import config_context, config_forward
 from .conditions import Rule, compile_rule
 from .config_sandbox import State, sandbox
 from .config_secrets import ENV_NAME
+from .forward import Target
 from .yamldoc import Doc, Path_, _describe
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 3
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ROUTE_KEYS = {"name", "event", "if", "any", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast"}
+ROUTE_KEYS = {"name", "event", "if", "any", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast",
+              "env_from", "forward"}
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,12 @@ class Route:
     broadcast: bool = False  # with a shared spool: once on every live replica
     # event, `if` and `any` compiled (conditions.py); None for a route built in code: `event` and `when`.
     rule: Rule | None = None
+    env_from: tuple[tuple[str, str], ...] = ()  # (VAR, payload path): read at acceptance, stored
+    forward: Target | None = None  # instead of argv: POST the delivery here (config_forward.py)
 
 
-def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State = ()) -> Route | None:
+def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State = (),
+          secrets: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})) -> Route | None:
     """One entry of an endpoint's `routes`; None when it cannot run (its errors are in `doc`)."""
     if not isinstance(raw, dict):
         doc.error(path, f"a route must be a mapping, got {_describe(raw)}")
@@ -49,22 +56,27 @@ def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State 
     doc.unknown_keys(raw, path, ROUTE_KEYS)
     rule = compile_rule(doc, path, raw)
     when = raw.get("if") if isinstance(raw.get("if"), dict) else {}
-    argv = _argv(doc, path, raw, base)
     timeout_s = doc.get(raw, path, "timeout_s", float, DEFAULT_TIMEOUT_S, minimum=0.001)
+    target = config_forward.forward(doc, path, raw, base, timeout_s, secrets)
+    if "forward" in raw and "run" in raw:
+        doc.error(path + ("forward",), "a route has run or forward, never both")
+    argv = () if "forward" in raw else _argv(doc, path, raw, base)
     concurrency = doc.get(raw, path, "concurrency", int, None, minimum=1)
     retries = doc.get(raw, path, "retries", int, DEFAULT_RETRIES, minimum=0)
     sandboxed, sandbox_read, sandbox_write = sandbox(doc, path, raw, base, state)
     broadcast = doc.get(raw, path, "broadcast", bool, False)
     env = _route_env(doc, path, raw)
+    env_from = config_context.env_from(doc, path, raw)
     default_name = Path(argv[0]).stem if argv else f"route{index}"
     name = doc.get(raw, path, "name", str, default_name)
     if not ROUTE_NAME.match(name):
         doc.error(path + ("name",), f"must be 1-64 of [A-Za-z0-9._-], got {name!r}")
-    if not argv:
+    if not argv and target is None:
         return None
     return Route(name=name, event=",".join(rule.events), when=_frozen(when), rule=rule, argv=argv, timeout_s=timeout_s,
                  concurrency=concurrency, retries=retries, env=env, sandbox=sandboxed,
-                 sandbox_read=sandbox_read, sandbox_write=sandbox_write, broadcast=broadcast)
+                 sandbox_read=sandbox_read, sandbox_write=sandbox_write, broadcast=broadcast, env_from=env_from,
+                 forward=target)
 
 
 def _frozen(value: Any) -> Any:

@@ -6,7 +6,7 @@ restart; the hook's environment is built from it (attempts.Job.env)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import logs
@@ -18,15 +18,22 @@ from .spool import NO_CONTEXT, Context
 MAX_VALUE_BYTES = 32 * 1024  # an env_from value above this is not set (logged): environments are small
 
 
-def of_request(endpoint: Endpoint, headers: HeaderMap, target: str, payload: Any,
-               routes: Sequence[Route]) -> Context:
+def of_request(endpoint: Endpoint, headers: HeaderMap, target: str, payload: Any, routes: Sequence[Route],
+               cloudevent: Mapping[str, str] | None = None) -> Context:
     """The context to store with a delivery to `endpoint` whose jobs are `routes`."""
-    passed = tuple((name, value) for name in endpoint.pass_headers if (value := headers.get(name)) is not None)
+    passed = _found(headers, endpoint.pass_headers)
     query = target.partition("?")[2] if endpoint.pass_query else None
     env = tuple((r.name, values) for r in routes if r.env_from and (values := env_values(r, payload)))
-    if not (passed or query is not None or env):
-        return NO_CONTEXT
-    return Context(headers=passed, query=query, env=env)
+    forwards = [r.forward for r in routes if r.forward is not None]
+    forwarded = _found(headers, dict.fromkeys(n for t in forwards for n in t.pass_headers))
+    content_type = (headers.get("Content-Type") or "") if forwards else ""
+    context = Context(headers=passed, query=query, env=env, content_type=content_type, forwarded=forwarded,
+                      cloudevent=tuple(cloudevent.items()) if cloudevent else ())
+    return NO_CONTEXT if context == NO_CONTEXT else context
+
+
+def _found(headers: HeaderMap, names: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, value) for name in names if (value := headers.get(name)) is not None)
 
 
 def env_values(route: Route, payload: Any) -> tuple[tuple[str, str], ...]:

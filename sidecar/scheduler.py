@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from . import attempts, logs, metrics
 from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
+from .forward import Forwarder
 from .jobs import JobState, QueuePolicy, Ticket
 from .launcher import Launcher
 from .spool import Accepted, Delivery, SpoolAdmin
@@ -32,12 +33,14 @@ class Executor:
     def __init__(self, policy: QueuePolicy, workers: int, max_queue: int, config: Callable[[], Config],
                  known: KnownRoutes | None = None, replica: str = "", *, launcher: Launcher | None = None,
                  execute: Callable[[Ticket], Attempt] | None = None) -> None:
-        """`execute` runs one ticket (default: its hook through `launcher`); tests pass their own."""
+        """`execute` runs one ticket (default: its hook through `launcher`, or its forward through a pool of
+        keep-alive connections); tests pass their own."""
         self.policy = policy
         self.config = config
         self.known = known or attempts.routes_of([config()])
         self.replica = replica
         self.launcher = launcher or Launcher()
+        self.forwarder = Forwarder()
         self.execute = execute or self._run
         self.crash_retry_s = CRASH_RETRY_S
         self._cond = threading.Condition()
@@ -76,7 +79,7 @@ class Executor:
     # --- running ----------------------------------------------------------------------------
     def _run(self, t: Ticket) -> Attempt:
         return attempts.run(t.job_id, t.row, t.body, self.config(), self.known, t.cancel, self.replica,
-                            launcher=self.launcher)
+                            launcher=self.launcher, forwarder=self.forwarder)
 
     def _work(self) -> None:
         while (t := self.policy.next()) is not None:
@@ -171,4 +174,5 @@ class Executor:
 
     def close(self) -> None:
         """After stop(): the policy's store closes (what it has queued is committed first)."""
+        self.forwarder.close()
         self.policy.close()

@@ -196,6 +196,11 @@ class HttpTarget:
         with self._lock:
             self._scripts[path].extend(a if isinstance(a, Answer) else Answer(a) for a in answers)
 
+    def clear_scripts(self) -> None:
+        """Forget the answers still scripted: every path answers `default` from now on."""
+        with self._lock:
+            self._scripts.clear()
+
     def next_answer(self, path: str) -> Answer:
         with self._lock:
             queue = self._scripts.get(path)

@@ -146,8 +146,8 @@ def test_every_error_is_reported_with_its_line(tmp_path: Path) -> None:
         "11: endpoints[0].routes[1].env.WEBHOOK_EVENT: must be a variable name not starting with WEBHOOK_",
         "14: endpoints[1].secret_env[1]: secret NOPE_SECRET is not set in the environment or the env file",
         "18: endpoints[1].routes[0].if.a..b: must be a dotted payload path such as 'repository.full_name'",
-        "19: endpoints[1].routes[0].colour: unknown key (expected one of: any, broadcast, concurrency, env, event, if,"
-        " name, retries, run, sandbox, timeout_s)",
+        "19: endpoints[1].routes[0].colour: unknown key (expected one of: any, broadcast, concurrency, env, env_from,"
+        " event, forward, if, name, retries, run, sandbox, timeout_s)",
     ]
 
 

@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import logs
 from ..config import Route
+from ..forward import Target
 
 PRUNE_INTERVAL_S = 600.0
 
@@ -47,31 +48,43 @@ class SpoolUnreachable(Exception):
 class Context:
     """What a delivery keeps of its request beside the body, for its hooks, on any replica and after a
     restart: the endpoint's `pass_headers` found, the raw query string (`pass_query`), and per route
-    the `env_from` values read from the payload. Stored as one JSON text ("" when empty)."""
+    the `env_from` values read from the payload; for forwards, the request's Content-Type and the headers
+    their `pass_headers` name; for a CloudEvent, its context attributes. Stored as one JSON text ("" when
+    empty)."""
 
     headers: tuple[tuple[str, str], ...] = ()
     query: str | None = None
     env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()  # (route name, ((VAR, value), ...))
+    content_type: str = ""
+    forwarded: tuple[tuple[str, str], ...] = ()  # request headers a forward carries (its pass_headers)
+    cloudevent: tuple[tuple[str, str], ...] = ()  # the event's context attributes (id, source, type, ...)
 
     def dumps(self) -> str:
-        if not (self.headers or self.query is not None or self.env):
+        if self == NO_CONTEXT:
             return ""
         return json.dumps({"headers": self.headers, "query": self.query,
-                           "env": {name: dict(pairs) for name, pairs in self.env}}, separators=(",", ":"))
+                           "env": {name: dict(pairs) for name, pairs in self.env}, "content_type": self.content_type,
+                           "forwarded": self.forwarded, "cloudevent": dict(self.cloudevent)}, separators=(",", ":"))
 
     @staticmethod
     def loads(text: str | None) -> Context:
         if not text:
             return NO_CONTEXT
         d = json.loads(text)
-        return Context(headers=tuple((str(k), str(v)) for k, v in d.get("headers") or ()), query=d.get("query"),
-                       env=tuple((name, tuple(pairs.items())) for name, pairs in (d.get("env") or {}).items()))
+        return Context(headers=_pairs(d.get("headers")), query=d.get("query"),
+                       env=tuple((name, tuple(pairs.items())) for name, pairs in (d.get("env") or {}).items()),
+                       content_type=str(d.get("content_type") or ""), forwarded=_pairs(d.get("forwarded")),
+                       cloudevent=tuple((d.get("cloudevent") or {}).items()))
 
     def route_env(self, route: str) -> tuple[tuple[str, str], ...]:
         return next((pairs for name, pairs in self.env if name == route), ())
 
 
 NO_CONTEXT = Context()
+
+
+def _pairs(items: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((str(k), str(v)) for k, v in items or ())
 
 
 @dataclass(frozen=True)
@@ -196,13 +209,17 @@ def route_spec(route: Route) -> str:
 
 
 def _route_spec(route: Route) -> str:
-    return json.dumps({"name": route.name, "event": route.event, "argv": list(route.argv),
-                       "timeout_s": route.timeout_s, "concurrency": route.concurrency,
-                       "retries": route.retries, "env": dict(route.env)})
+    spec = {"name": route.name, "event": route.event, "argv": list(route.argv), "timeout_s": route.timeout_s,
+            "concurrency": route.concurrency, "retries": route.retries, "env": dict(route.env)}
+    if route.forward is not None:  # where, never how it signs: a forward runs with the live table's target
+        spec["forward"] = {"url": route.forward.url, "format": route.forward.mode}
+    return json.dumps(spec)
 
 
 @functools.lru_cache(maxsize=1024)
 def route_from_spec(spec: str) -> Route:
     d = json.loads(spec)
+    forward = d.get("forward")
     return Route(name=d["name"], event=d["event"], when=(), argv=tuple(d["argv"]), timeout_s=d["timeout_s"],
-                 concurrency=d["concurrency"], retries=d["retries"], env=tuple(d["env"].items()))
+                 concurrency=d["concurrency"], retries=d["retries"], env=tuple(d["env"].items()),
+                 forward=Target(forward["url"], mode=forward["format"]) if forward else None)

@@ -38,13 +38,15 @@ class Launcher:
 
     def run(self, route: Route, stdin: bytes, extra: Mapping[str, str], *, live: Route | None, delivery: str,
             cwd: str | None = None, cancel: threading.Event | None = None,
-            cancel_grace_s: float = runner.KILL_GRACE_S) -> runner.Result:
+            cancel_grace_s: float = runner.KILL_GRACE_S, reply_bytes: int = 0) -> runner.Result:
         """Run `route`'s hook (its argv, within its timeout) with `extra` added to the hooks' environment,
         tracked, under the policy of `live`; a failure that looks like a denied write gets a hint.
 
         `live` is the live table's route of that name, whose sandbox options apply (a stored job carries
         none); None when the table has no such route: the default sandbox then. The route's name and
-        `delivery` name the run in the tracker's journal.
+        `delivery` name the run in the tracker's journal. `reply_bytes` > 0: the hook's stdout is kept
+        apart (Result.stdout, at most reply_bytes + 1 bytes: one more says "too long"); stderr alone
+        goes to the output tail then.
         """
         start = time.monotonic()
         try:
@@ -54,7 +56,7 @@ class Launcher:
             return runner.not_started(e, time.monotonic() - start)
         result = runner.run(route.argv, stdin, self.env(extra), route.timeout_s, cwd=cwd, cancel=cancel,
                             cancel_grace_s=cancel_grace_s, tracker=self.tracker, sandbox=box, route=route.name,
-                            delivery=delivery)
+                            delivery=delivery, reply_bytes=reply_bytes)
         if result.ok or result.cancelled or box is None or self.sandbox is None:
             return result
         said = result.output_tail + result.error

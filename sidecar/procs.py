@@ -84,12 +84,13 @@ def harden() -> None:
 
 def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None = None, *,
           policy: Policy | None = None, tracker: Tracker | None = None, route: str | None = None,
-          delivery: str | None = None) -> Hook:
-    """Start a hook (sandbox.spawn: `stdin` and `output` are its ends of the pipes, `policy` its sandbox),
-    tracked by `tracker` when given (`route` and `delivery` name the run in its journal)."""
+          delivery: str | None = None, stdout: int | None = None) -> Hook:
+    """Start a hook (sandbox.spawn: `stdin` and `output` are its ends of the pipes, `stdout` its stdout's
+    when apart from `output`, `policy` its sandbox), tracked by `tracker` when given (`route` and
+    `delivery` name the run in its journal)."""
     if tracker is not None:
-        return tracker.start(argv, stdin, output, env, cwd, policy, route, delivery)
-    return Hook(sandbox.spawn(policy, argv, stdin, output, env, cwd))
+        return tracker.start(argv, stdin, output, env, cwd, policy, route, delivery, stdout=stdout)
+    return Hook(sandbox.spawn(policy, argv, stdin, output, env, cwd, stdout=stdout))
 
 
 @dataclass
@@ -172,7 +173,8 @@ class Tracker:
         return Run(f"{self.instance}.{seq}", seq, {"route": route, "delivery": delivery})
 
     def start(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              policy: Policy | None, route: str | None = None, delivery: str | None = None) -> Hook:
+              policy: Policy | None, route: str | None = None, delivery: str | None = None,
+              stdout: int | None = None) -> Hook:
         """Start a tracked hook (sandbox.spawn's arguments) with its run's marker in its environment.
 
         Its pid is registered under the lock, so end() of another run never reaps it as an orphan,
@@ -183,7 +185,7 @@ class Tracker:
         run = self.begin(route, delivery)
         try:
             with self._lock:
-                proc = sandbox.spawn(policy, argv, stdin, output, {**env, MARKER_VAR: run.marker}, cwd)
+                proc = sandbox.spawn(policy, argv, stdin, output, {**env, MARKER_VAR: run.marker}, cwd, stdout=stdout)
                 run.pid = proc.pid
                 self._mains[proc.pid] = run.marker
                 if self.notify is not None:

@@ -41,6 +41,7 @@ class Result:
     transient: bool = False  # could not start for lack of processes, memory or fds: worth a retry
     leftovers: int = 0  # processes of the run still alive after the script ended, killed then
     hint: str | None = None  # for a failure that looks like a denied write: why, and the fix (the launcher's)
+    stdout: bytes = b""  # with reply_bytes: the hook's stdout apart, at most reply_bytes + 1 of its first bytes
 
     @property
     def ok(self) -> bool:
@@ -68,24 +69,53 @@ def not_started(e: OSError, duration_s: float) -> Result:
 class _Pipes:
     """The hook's stdin and output as two plain pipes: the payload fed as the pipe takes it, the last
     TAIL_BYTES of the output kept. Popen gets the child's ends as fds: its PIPE would wrap each end in a
-    buffered file object never used (about a fifth of the parent's cost of a spawn)."""
+    buffered file object never used (about a fifth of the parent's cost of a spawn).
 
-    def __init__(self, payload: bytes) -> None:
-        self.child_in, self.in_fd = os.pipe2(os.O_CLOEXEC)
+    `reply_bytes` > 0: stdout gets a third pipe of its own, whose first reply_bytes + 1 bytes are kept
+    (the rest read and dropped, so the hook never blocks on it); stderr alone goes to the tail then."""
+
+    def __init__(self, payload: bytes, reply_bytes: int = 0) -> None:
+        fds: list[int] = []
         try:
-            self.out_fd, self.child_out = os.pipe2(os.O_CLOEXEC)
+            for _ in range(2 if reply_bytes > 0 else 1):
+                fds.extend(os.pipe2(os.O_CLOEXEC))
+            fds.extend(os.pipe2(os.O_CLOEXEC))
         except OSError:
-            os.close(self.child_in)
-            os.close(self.in_fd)
+            for fd in fds:
+                os.close(fd)
             raise
+        self.child_in, self.in_fd = fds[-2:]
+        self.out_fd, self.child_out = fds[:2]
+        self.reply_fd = fds[2] if reply_bytes > 0 else -1
+        self.child_reply: int | None = fds[3] if reply_bytes > 0 else None
         self.view, self.sent = memoryview(payload), 0
         self.tail = bytearray()
+        self.reply, self.reply_bytes = bytearray(), reply_bytes
         self.in_open = self.out_open = True
+        self.reply_open = reply_bytes > 0
 
     def handed_over(self) -> None:
         """The hook holds its ends now (or never will): ours are closed."""
         os.close(self.child_in)
         os.close(self.child_out)
+        if self.child_reply is not None:
+            os.close(self.child_reply)
+
+    @property
+    def open(self) -> bool:
+        """Some output of the hook's may still come."""
+        return self.out_open or self.reply_open
+
+    def read_reply(self) -> bool:
+        """Read the hook's stdout (with reply_bytes): False at its end."""
+        chunk = os.read(self.reply_fd, 65536)
+        if not chunk:
+            self.reply_open = False
+            return False
+        room = self.reply_bytes + 1 - len(self.reply)
+        if room > 0:
+            self.reply += chunk[:room]
+        return True
 
     def feed(self) -> bool:
         """Write what the pipe takes of the payload without blocking; True once all of it is written
@@ -120,6 +150,8 @@ class _Pipes:
             os.close(self.in_fd)
             self.in_open = False
         os.close(self.out_fd)
+        if self.reply_fd >= 0:
+            os.close(self.reply_fd)
 
     def output(self) -> str:
         return bytes(self.tail).decode("utf-8", "replace")
@@ -145,6 +177,8 @@ class _Watch:
         """
         pipes, poller = self.pipes, select.poll()
         poller.register(pipes.out_fd, select.POLLIN)
+        if pipes.reply_open:
+            poller.register(pipes.reply_fd, select.POLLIN)
         if not pipes.feed():
             poller.register(pipes.in_fd, select.POLLOUT)
         self.pidfd = self.hook.pidfd()
@@ -159,6 +193,9 @@ class _Watch:
                     elif fd == self.pidfd:
                         poller.unregister(fd)  # the script exited
                         self.exited = True
+                    elif fd == pipes.reply_fd:
+                        if not pipes.read_reply():
+                            poller.unregister(fd)
                     elif pipes.in_open and pipes.feed():
                         poller.unregister(fd)
         finally:
@@ -169,7 +206,7 @@ class _Watch:
         """Move the stages on at `now`: how long to wait for the pipes next, None when the watch is over."""
         if not self.exited and self.pidfd is None:
             self.exited = self.hook.exited()
-        if self.exited and not self.pipes.out_open:
+        if self.exited and not self.pipes.open:
             return None
         if self.exited and self.stage == "run":
             self.stage, self.deadline = "drain", now + DRAIN_S
@@ -200,7 +237,8 @@ class _Watch:
 def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
         cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S, cancel: threading.Event | None = None,
         cancel_grace_s: float = KILL_GRACE_S, *, tracker: procs.Tracker | None = None,
-        sandbox: Policy | None = None, route: str | None = None, delivery: str | None = None) -> Result:
+        sandbox: Policy | None = None, route: str | None = None, delivery: str | None = None,
+        reply_bytes: int = 0) -> Result:
     """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace.
 
     Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
@@ -208,15 +246,16 @@ def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout_s: fl
     `tracker` so are its children that left the group (setsid); `route` and `delivery` name the
     run in the tracker's journal. `sandbox` is the Landlock policy to start it under (None: none).
     The service's hooks run through its launcher (launcher.py), which passes all of these.
+    `reply_bytes` > 0: stdout apart from the tail, its first reply_bytes + 1 bytes in Result.stdout.
     """
     start = time.monotonic()
     try:
-        pipes = _Pipes(stdin)
+        pipes = _Pipes(stdin, reply_bytes)
     except OSError as e:
         return not_started(e, time.monotonic() - start)
     try:
         hook = procs.start(argv, pipes.child_in, pipes.child_out, env, cwd, policy=sandbox, tracker=tracker,
-                           route=route, delivery=delivery)
+                           route=route, delivery=delivery, stdout=pipes.child_reply)
     except BaseException as e:
         pipes.close()
         if isinstance(e, OSError):
@@ -232,4 +271,4 @@ def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout_s: fl
         code, leftovers = hook.reap()
     return Result(exit_code=code if code >= 0 else None, timed_out=watch.timed_out,
                   duration_s=time.monotonic() - start, output_tail=pipes.output(), cancelled=watch.cancelled,
-                  signal=-code if code < 0 else None, leftovers=leftovers)
+                  signal=-code if code < 0 else None, leftovers=leftovers, stdout=bytes(pipes.reply))

@@ -37,26 +37,28 @@ if TYPE_CHECKING:
     from .config import Route
 
 # A spawn handed to a policy's thread: (popen's arguments, where its result goes, a lock held until it is there)
-_Job = tuple[tuple[Sequence[str], int, int, Mapping[str, str], "str | None"], list[Any], Any]
+_Args = tuple[Sequence[str], int, int, Mapping[str, str], "str | None", "int | None"]
+_Job = tuple[_Args, list[Any], Any]
 
 SANDBOX_DENIALS = ("Permission denied", "Read-only file system")  # what a denied write looks like in a hook's output
 DENIED_REBUILD_S = 1.0  # an EACCES spawn rebuilds at most this often (a script that is simply not executable)
 
 
-def popen(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None
-          ) -> subprocess.Popen[bytes]:
+def popen(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
+          stdout: int | None = None) -> subprocess.Popen[bytes]:
     """Start `argv` in a session of its own (its group is the run's), reading `stdin` and writing stdout
-    and stderr to `output` (plain fds), with `env` alone and no other descriptor of the sidecar's."""
-    return subprocess.Popen(list(argv), stdin=stdin, stdout=output, stderr=output, env=dict(env), cwd=cwd,
-                            start_new_session=True, close_fds=True)
+    and stderr to `output` (plain fds; stdout to `stdout` when given), with `env` alone and no other
+    descriptor of the sidecar's."""
+    return subprocess.Popen(list(argv), stdin=stdin, stdout=output if stdout is None else stdout, stderr=output,
+                            env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
 
 
 def spawn(policy: Policy | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
-          cwd: str | None, retry_denied: bool = True) -> subprocess.Popen[bytes]:
+          cwd: str | None, retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]:
     """Start a hook (popen's arguments) under `policy`; None: as the sidecar's other children."""
     if policy is None:
-        return popen(argv, stdin, output, env, cwd)
-    return policy.spawn(argv, stdin, output, env, cwd, retry_denied)
+        return popen(argv, stdin, output, env, cwd, stdout)
+    return policy.spawn(argv, stdin, output, env, cwd, retry_denied, stdout=stdout)
 
 
 def abi() -> int:
@@ -155,7 +157,7 @@ class Policy:
         _serve_one(job)
 
     def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              retry_denied: bool = True) -> subprocess.Popen[bytes]:
+              retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]:
         """Start a hook (popen's arguments) from the sandboxed thread: it inherits the domain.
 
         Refused with EACCES (the script, or the directory it runs in, is not in this ruleset): the
@@ -163,7 +165,7 @@ class Policy:
         """
         if self._owner is not None:
             self._owner.check()  # a changed directory retires this policy: the spawn goes to its successor
-        args = (argv, stdin, output, env, cwd)
+        args: _Args = (argv, stdin, output, env, cwd, stdout)
         box: list[Any] = []
         done = _thread.allocate_lock()  # a one-shot signal, lighter than an Event's condition
         done.acquire()
@@ -173,7 +175,7 @@ class Policy:
                 self._jobs.put((args, box, done))  # before a retire()'s end mark: it is served
         if replacement is not None:
             # Retired by a rebuild between the caller's lookup and now: the rebuilt policy spawns it.
-            return spawn(replacement(), *args, retry_denied=retry_denied)
+            return spawn(replacement(), *args[:5], retry_denied=retry_denied, stdout=stdout)
         done.acquire()
         ok, value = box[0]
         if ok:
@@ -181,7 +183,7 @@ class Policy:
         if retry_denied and isinstance(value, PermissionError) and self._owner is not None:
             successor = self._owner.denied(self)
             if successor is not None:
-                return successor.spawn(*args, retry_denied=False)
+                return successor.spawn(*args[:5], retry_denied=False, stdout=stdout)
         raise value
 
     def retire(self, replacement: Callable[[], Policy | None]) -> None:

@@ -168,3 +168,18 @@ def test_a_hook_gets_no_inherited_descriptor_and_no_ignored_signal(tmp_path: Pat
         os.close(leaky)
     gone = runner.run([str(tmp_path / "nope")], b"", runner.hook_env({}), timeout_s=5, tracker=None, sandbox=None)
     assert gone.error == "cannot start: No such file or directory" and not gone.transient
+
+
+def test_reply_bytes_keeps_stdout_apart_from_the_tail() -> None:
+    script = "cat; echo oops >&2"
+    result = runner.run(["/bin/sh", "-c", script], b'{"ok":1}', runner.hook_env({}), timeout_s=5, reply_bytes=100)
+    assert result.ok and result.stdout == b'{"ok":1}' and result.output_tail == "oops\n", result
+    plain = runner.run(["/bin/sh", "-c", script], b"out", runner.hook_env({}), timeout_s=5)
+    assert plain.stdout == b"" and plain.output_tail == "outoops\n"
+
+
+def test_reply_bytes_keeps_one_byte_more_and_the_hook_never_blocks_on_stdout() -> None:
+    # 1 MiB on stdout (more than a pipe holds): read to its end, only the first 11 bytes kept.
+    result = runner.run(["/bin/sh", "-c", "head -c 1048576 /dev/zero; echo done >&2"], b"", runner.hook_env({}),
+                        timeout_s=5, reply_bytes=10)
+    assert result.ok and result.stdout == b"\0" * 11 and result.output_tail == "done\n", result

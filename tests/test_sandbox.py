@@ -220,6 +220,10 @@ def test_route_option_opts_out_or_widens(tmp_path: Path, state: Path, elsewhere:
     assert launch.run(write, b"", {}, live=wider, delivery="d").output_tail == "wrote\n"
     assert not launch.run(read, b"", {}, live=wider, delivery="d").ok
     assert box.for_route(read) is default  # built once per set of grants
+    # A reply route's stdout comes apart from the output tail, under the route's policy all the same.
+    replied = launch.run(replace(write, argv=("/bin/sh", "-c", f"echo answer; cat {secret}")), b"", {}, live=read,
+                         delivery="d", reply_bytes=64)
+    assert replied.stdout == b"answer\n" and "Permission denied" in replied.output_tail and not replied.ok
 
 
 def test_hooks_under_the_sandbox_run_curl_and_write_dev_null(state: Path, listener: int) -> None:

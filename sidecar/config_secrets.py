@@ -49,7 +49,7 @@ def secrets(doc: Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | No
     """secret_env: one variable name or a list (rotation); each value from the environment, then the env file."""
     value = raw.get("secret_env")
     if value is None:
-        if cls is not None and cls.needs_secret and "secret_file" not in raw:
+        if cls is not None and cls.secret_needed(raw) and "secret_file" not in raw:
             doc.error(path, f"missing required key 'secret_env' (provider {cls.name!r} verifies signatures)")
         return (), ()
     names = [value] if isinstance(value, str) else value

@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any
 
 from . import answers, conditions, logs, request_context, router
-from .config import Config
+from .config import Config, Endpoint, Route
 from .errors import BadRequest, MethodNotAllowed, SidecarError
 from .providers import HeaderMap
 from .spool import Delivery, Scheduler
@@ -77,6 +77,30 @@ def receive(method: str, target: str, headers: HeaderMap, body: bytes, request_i
         return failed(request_id, fields)
 
 
+@dataclass(slots=True)
+class _Item:
+    """One delivery a request carries (a CloudEvents batch carries several)."""
+
+    payload: Any
+    event: str
+    delivery: str
+    body: bytes
+    cloudevent: dict[str, str] | None = None
+    content_type: str | None = None  # the data's, for a CloudEvent
+
+
+def _items(provider: Any, headers: HeaderMap, body: bytes) -> list[_Item]:
+    """The deliveries of a verified request: its events for CloudEvents, else the one the provider reads."""
+    events = getattr(provider, "events", None)
+    if callable(events):
+        return [_Item(e.payload, e.type, e.delivery, e.data, dict(e.attributes), e.content_type)
+                for e in events(headers, body)]
+    payload = provider.parse(headers, body)
+    given = provider.delivery(headers, payload)
+    delivery = given if isinstance(given, str) and SAFE_DELIVERY.match(given) else os.urandom(16).hex()
+    return [_Item(payload, provider.event(headers, payload), delivery, body)]
+
+
 def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, config: Config,
              scheduler: Scheduler, fields: dict[str, Any]) -> Outcome:
     endpoint = router.endpoint_for(config, target)
@@ -84,12 +108,14 @@ def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, conf
     fields.update(endpoint=endpoint.path, provider=provider.name, bytes=len(body))
     # Signature first, on the raw bytes; nothing is parsed before it holds.
     provider.verify(headers, body, endpoint.secrets, time.time(), target=target)
-    payload = provider.parse(headers, body)
-    event = provider.event(headers, payload)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in event):
-        raise BadRequest("event type holds control characters", reason="invalid_event")
-    given = provider.delivery(headers, payload)
-    delivery = given if isinstance(given, str) and SAFE_DELIVERY.match(given) else os.urandom(16).hex()
+    items = _items(provider, headers, body)
+    for item in items:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in item.event):
+            raise BadRequest("event type holds control characters", reason="invalid_event")
+    if len(items) != 1:
+        return _batch(items, target, headers, request_id, config, scheduler, fields)
+    item = items[0]
+    payload, event, delivery = item.payload, item.event, item.delivery
     fields.update(event=event, delivery=delivery)
 
     reply = provider.reply(event, payload)
@@ -106,12 +132,32 @@ def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, conf
     if not routes:
         fields["reason"] = why
         return answered("ignored")
-    accepted = scheduler.submit(
-        Delivery(endpoint=endpoint.path, delivery=delivery, provider=provider.name, event=event,
-                 request_id=request_id, cwd=str(config.base_dir), body=body,
-                 context=request_context.of_request(endpoint, headers, target, payload, routes)), routes)
+    accepted = scheduler.submit(_delivery(item, endpoint, target, headers, request_id, config, routes), routes)
     if accepted.status == "duplicate":
         return answered("duplicate")
     names = list(accepted.routes)
     fields["routes"] = names
     return answered("accepted", names)
+
+
+def _delivery(item: _Item, endpoint: Endpoint, target: str, headers: HeaderMap, request_id: str, config: Config,
+              routes: list[Route]) -> Delivery:
+    context = request_context.of_request(endpoint, headers, target, item.payload, routes, item.cloudevent,
+                                         item.content_type)
+    return Delivery(endpoint=endpoint.path, delivery=item.delivery, provider=endpoint.provider.name, event=item.event,
+                    request_id=request_id, cwd=str(config.base_dir), body=item.body, context=context)
+
+
+def _batch(items: list[_Item], target: str, headers: HeaderMap, request_id: str, config: Config,
+           scheduler: Scheduler, fields: dict[str, Any]) -> Outcome:
+    """A CloudEvents batch: each event its own delivery; the answer lists their ids."""
+    endpoint = router.endpoint_for(config, target)
+    deliveries, queued = [], 0
+    for item in items:
+        routes, _why = conditions.select(endpoint.routes, conditions.Request(item.event, item.payload, headers, target))
+        if routes:
+            queued += len(scheduler.submit(_delivery(item, endpoint, target, headers, request_id, config, routes),
+                                           routes).job_ids)
+        deliveries.append(item.delivery)
+    fields.update(deliveries=len(deliveries), jobs=queued)
+    return answer(HTTPStatus.OK, {"status": "accepted", "deliveries": deliveries}, "delivery.accepted", fields)

@@ -59,11 +59,14 @@ CHANGE_EVENTS: list[type[FileSystemEvent]] = [
 
 
 def warn_unverified(config: Config) -> None:
-    """`provider: none` is an explicit choice, warned about at start and on every reload."""
+    """`provider: none` (or `cloudevents` with `unauthenticated: true`) is an explicit choice, warned about
+    at start and on every reload; so are the table's `check` warnings (patterns written as plain strings)."""
     for ep in config.endpoints.values():
-        if not ep.provider.needs_secret:
+        if not ep.provider.secret_needed(ep.provider.opts):
             logs.warning("endpoint.unverified", endpoint=ep.path,
-                         detail="provider 'none' accepts deliveries without any signature")
+                         detail=f"provider {ep.provider.name!r} accepts deliveries without any signature")
+    for warning in config.warnings:
+        logs.warning("config.warning", config=str(config.file), detail=str(warning))
 
 
 def announce(old: Config, new: Config) -> None:

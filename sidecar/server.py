@@ -100,8 +100,15 @@ class Handler(AdmittedHandler):
         return self._other(config)
 
     def _other(self, config: Config) -> Outcome:
-        """An endpoint takes POST only; elsewhere, see _endpoint."""
-        self._endpoint(config)
+        """An endpoint takes POST only (and a CloudEvents endpoint the OPTIONS handshake, which precedes any
+        credential); elsewhere, see _endpoint."""
+        endpoint = self._endpoint(config)
+        handshake = getattr(endpoint.provider, "handshake", None)
+        if self.command == "OPTIONS" and callable(handshake):
+            self.fields.update(endpoint=endpoint.path, provider=endpoint.provider.name)
+            answer = handshake(self.request_headers)
+            return Outcome(answer.status, b"", "delivery.answered", content_type="text/plain",
+                           headers=dict(answer.headers))
         raise MethodNotAllowed("POST")
 
     def _endpoint(self, config: Config) -> Endpoint:

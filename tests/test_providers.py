@@ -674,11 +674,11 @@ def test_none_verifies_nothing_and_reads_optional_headers() -> None:
 def test_every_provider_is_registered() -> None:
     assert set(PROVIDERS) == {"github", "gitlab", "gitea", "bitbucket", "stripe", "slack", "standard", "shopify",
                               "hmac-sha256", "none", "twilio", "discord", "linear", "paddle", "mailgun", "zoom",
-                              "pagerduty", "twitch", "sentry", "basic", "bearer"}
+                              "pagerduty", "twitch", "sentry", "basic", "bearer", "cloudevents"}
     for name, cls in PROVIDERS.items():
         assert cls.name == name and cls.__doc__
         for option in cls.options.values():
-            assert option.type in (str, int, float, bool)
+            assert option.type in (str, int, float, bool, list)
 
 
 def test_provider_options_through_config(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -99,6 +99,11 @@ class Provider:
 
     def __init__(self, **options: Any) -> None:
         self.opts = {k: options.get(k, o.default) for k, o in self.options.items()}
+
+    @classmethod
+    def secret_needed(cls, options: Mapping[str, Any]) -> bool:
+        """Whether an endpoint with these options needs `secret_env` or `secret_file`."""
+        return cls.needs_secret
 
     @classmethod
     def secret_problem(cls, secret: bytes) -> str | None:
@@ -327,6 +332,7 @@ class Timestamped(Provider):
 
 
 # --- the registry (imported last: the modules build on the names above) -------------
+from .cloudevents import CloudEvents  # noqa: E402
 from .credentials import Basic, Bearer  # noqa: E402
 from .discord import Discord  # noqa: E402
 from .forges import Bitbucket, Gitea, GitHub  # noqa: E402
@@ -348,13 +354,14 @@ from .zoom import Zoom  # noqa: E402
 PROVIDERS: dict[str, type[Provider]] = {
     p.name: p
     for p in (GitHub, GitLab, Gitea, Bitbucket, Stripe, Slack, StandardWebhooks, Shopify, GenericHmac, Unverified,
-              Twilio, Discord, Linear, Paddle, Mailgun, Zoom, PagerDuty, Twitch, Sentry, Basic, Bearer)
+              Twilio, Discord, Linear, Paddle, Mailgun, Zoom, PagerDuty, Twitch, Sentry, Basic, Bearer, CloudEvents)
 }
 
 # The payload helpers are re-exported: the sender modules import every shared helper from the package.
 __all__ = [
-    "MAX_JSON_DEPTH", "PROVIDERS", "Basic", "Bearer", "Bitbucket", "Discord", "GenericHmac", "GitHub", "GitLab",
-    "Gitea", "HeaderMap", "HeaderSigned", "Linear", "Mailgun", "Option", "Paddle", "PagerDuty", "Provider", "Reply",
+    "MAX_JSON_DEPTH", "PROVIDERS", "Basic", "Bearer", "Bitbucket", "CloudEvents", "Discord", "GenericHmac", "GitHub",
+    "GitLab", "Gitea", "HeaderMap", "HeaderSigned", "Linear", "Mailgun", "Option", "Paddle", "PagerDuty", "Provider",
+    "Reply",
     "Sentry", "Shopify", "Signed", "Slack", "StandardWebhooks", "Stripe", "Timestamped", "Twilio", "Twitch",
     "Unverified", "Zoom", "dig", "form_field", "form_fields", "form_pairs", "is_form_type", "new_id", "parse_json",
     "sha256_hex", "text",

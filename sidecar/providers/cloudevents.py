@@ -241,10 +241,10 @@ class CloudEvents(Provider):
         return self.events(headers, body)
 
     def event(self, headers: HeaderMap, payload: Any) -> str:
-        return payload[0].type if isinstance(payload, list) and len(payload) == 1 else ""
+        return payload[0].type if _single(payload) else ""
 
     def delivery(self, headers: HeaderMap, payload: Any) -> str | None:
-        return payload[0].delivery if isinstance(payload, list) and len(payload) == 1 else None
+        return payload[0].delivery if _single(payload) else None
 
     def handshake(self, headers: HeaderMap) -> Handshake:
         return handshake(headers, self.allowed_origins)
@@ -267,3 +267,7 @@ class CloudEvents(Provider):
 def _items(headers: HeaderMap) -> list[tuple[str, str]]:
     items = getattr(headers, "items", None)
     return [(str(k), str(v)) for k, v in items()] if callable(items) else []
+
+
+def _single(payload: Any) -> bool:
+    return isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], CloudEvent)

@@ -231,6 +231,8 @@ def _endpoint(doc: _Doc, path: Path_, raw: Any, base: Path, environ: Mapping[str
         if route.name in names:
             doc.error(path + ("routes", j, "name"), f"duplicate route name {route.name!r}")
         names.add(route.name)
+        if route.reply is not None and any(r.reply is not None for r in routes):
+            doc.error(path + ("routes", j, "reply"), "only one route of an endpoint may reply")
         routes.append(route)
     if cls is None or not ep_path:
         return None

@@ -18,6 +18,7 @@ from . import answers, conditions, logs, request_context, router
 from .config import Config, Endpoint, Route
 from .errors import BadRequest, MethodNotAllowed, SidecarError
 from .providers import HeaderMap
+from .replies import Waiter
 from .spool import Delivery, Scheduler
 
 # \Z, not $: "$" also matches before a final newline, and "evt_1\n" is no safe token.
@@ -132,12 +133,36 @@ def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, conf
     if not routes:
         fields["reason"] = why
         return answered("ignored")
-    accepted = scheduler.submit(_delivery(item, endpoint, target, headers, request_id, config, routes), routes)
-    if accepted.status == "duplicate":
-        return answered("duplicate")
-    names = list(accepted.routes)
-    fields["routes"] = names
-    return answered("accepted", names)
+    replying = next((r for r in routes if r.reply is not None), None)
+    waiter = None
+    if replying is not None and replying.reply is not None:  # registered first: the run may start at once
+        waiter = scheduler.expect_reply(endpoint.path, delivery, replying.name, replying.reply)
+    try:
+        accepted = scheduler.submit(_delivery(item, endpoint, target, headers, request_id, config, routes), routes)
+        if accepted.status == "duplicate":
+            return answered("duplicate")
+        names = list(accepted.routes)
+        fields["routes"] = names
+        if waiter is not None and waiter.key[2] in names:
+            stdout = waiter.wait()
+            fields["replied"] = stdout is not None
+            if stdout is not None:
+                return Outcome(HTTPStatus.OK, stdout, "delivery.accepted", fields, _reply_type(waiter, stdout))
+        return answered("accepted", names)
+    finally:
+        if waiter is not None:
+            scheduler.replied(waiter)
+
+
+def _reply_type(waiter: Waiter, body: bytes) -> str:
+    """The reply's content type: the route's, else JSON when the hook's stdout parses as JSON, else text."""
+    if waiter.spec.content_type:
+        return waiter.spec.content_type
+    try:
+        json.loads(body)
+    except ValueError:
+        return "text/plain; charset=utf-8"
+    return JSON
 
 
 def _delivery(item: _Item, endpoint: Endpoint, target: str, headers: HeaderMap, request_id: str, config: Config,

@@ -20,6 +20,7 @@ from .config import Config, Route
 from .forward import Forwarder
 from .jobs import JobState, QueuePolicy, Ticket
 from .launcher import Launcher
+from .replies import Replies, ReplySpec, Waiter
 from .spool import Accepted, Delivery, SpoolAdmin
 
 CRASH_RETRY_S = attempts.CRASH_RETRY_S  # an Executor's crash_retry_s by default
@@ -41,6 +42,7 @@ class Executor:
         self.replica = replica
         self.launcher = launcher or Launcher()
         self.forwarder = Forwarder()
+        self.replies = Replies()
         self.execute = execute or self._run
         self.crash_retry_s = CRASH_RETRY_S
         self._cond = threading.Condition()
@@ -77,9 +79,22 @@ class Executor:
         return self.policy.submit(delivery, routes)
 
     # --- running ----------------------------------------------------------------------------
+    def expect_reply(self, endpoint: str, delivery: str, route: str, spec: ReplySpec) -> Waiter:
+        """A sender waits for the first run of this job (register before submit: it may start at once)."""
+        return self.replies.expect(endpoint, delivery, route, spec)
+
+    def replied(self, waiter: Waiter) -> None:
+        self.replies.done(waiter)
+
     def _run(self, t: Ticket) -> Attempt:
-        return attempts.run(t.job_id, t.row, t.body, self.config(), self.known, t.cancel, self.replica,
-                            launcher=self.launcher, forwarder=self.forwarder)
+        row = t.row
+        waiter = self.replies.take(row.endpoint, row.delivery, row.route.name) if row.attempts == 0 else None
+        attempt = attempts.run(t.job_id, row, t.body, self.config(), self.known, t.cancel, self.replica,
+                               launcher=self.launcher, forwarder=self.forwarder,
+                               reply=waiter.spec if waiter is not None else None)
+        if waiter is not None:
+            attempt.fields["replied"] = waiter.deliver(attempt.result)
+        return attempt
 
     def _work(self) -> None:
         while (t := self.policy.next()) is not None:

@@ -307,7 +307,8 @@ def test_the_interactive_recipes_load_and_parse(tmp_path: Path) -> None:
     endpoints = "".join(code for kind, code in found if kind == "yaml")
     (tmp_path / "config.yaml").write_text("endpoints:\n" + endpoints)
     config = config_mod.load(tmp_path / "config.yaml", environ={}, offline=True)
-    assert set(config.endpoints) == {"/discord", "/slack/deploy", "/sms", "/voice"}
+    assert set(config.endpoints) == {"/discord", "/slack/deploy", "/sms", "/voice", "/slack/status", "/discord/ping"}
+    assert all(config.endpoints[p].routes[0].reply is not None for p in ("/slack/status", "/discord/ping"))
     sms_answer = (200, "text/xml", b"<Response><Message>Deploy queued.</Message></Response>")
     assert config.endpoints["/sms"].respond == sms_answer
     for kind, code in found:

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import logs, procs, sandbox, watchdog
+from . import logs, procs, sandbox, spawner, watchdog
 from .config import Config
 from .launcher import Launcher
 
@@ -56,11 +56,13 @@ def remove_private(root: Path) -> None:
     watchdog.remove_tree(str(root))
 
 
-def start(cfg: Config, env_file: Path | None, sandboxed: bool = True) -> Launcher:
+def start(cfg: Config, env_file: Path | None, sandboxed: bool = True, spawned: bool | None = None) -> Launcher:
     """Call before any job can run: kills what a crashed sidecar's hooks left, then makes the launcher
-    (process tracker and watchdog, sandbox, the hooks' own HOME and TMPDIR) that every hook starts through.
+    (the spawner process, else a process tracker and watchdog here; sandbox, the hooks' own HOME and
+    TMPDIR) that every hook starts through.
 
-    `sandboxed` False: --sandbox off (SIDECAR_SANDBOX=off, read by the CLI).
+    `sandboxed` False: --sandbox off (SIDECAR_SANDBOX=off, read by the CLI). `spawned` False (None:
+    SIDECAR_SPAWNER=off in the environment): hooks start in this process, not in the spawner.
     """
     procs.harden()
     # Records live beside the embedded spool (hidden from hooks with it). A shared spool has no
@@ -73,32 +75,47 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool = True) -> Launche
         logs.warning("hooks.no_run_records", directory=str(run_dir), error=str(e),
                      detail="leftovers of a crash are still found by their marker, not those that clear their env")
         run_dir = None
-    tracker = procs.Tracker(run_dir, subreaper=True, key=os.path.abspath(cfg.file))
+    key = os.path.abspath(cfg.file)
+    tracker = procs.Tracker(run_dir, key=key)
     for run in tracker.reap_leftovers():
         if not run.get("pids"):
             continue  # its processes were already gone: only the record was left
         logs.warning("hook.leftovers_killed", route=run.get("route"), delivery=run.get("delivery"),
                      pids=run.get("pids"), run=run.get("marker"),
                      detail="processes of a hook run of an earlier sidecar that did not stop cleanly")
-    guard = watchdog.start(tracker)  # before any hook runs: its hooks end with this sidecar, however it ends
     hidden = hidden_state(cfg, env_file)
-    private = _private_dirs([*hidden, str(cfg.base_dir)], guard)
+    private = _private_dirs([*hidden, str(cfg.base_dir)])
     box = sandbox.create(hidden, cfg.base_dir, enabled=sandboxed, private=private or "")
-    _announce(cfg, box)
     dirs = {"HOME": str(private / "home"), "TMPDIR": str(private / "tmp")} if private is not None else {}
+    if spawned is None:
+        spawned = os.environ.get("SIDECAR_SPAWNER", "on").lower() not in ("off", "0", "false", "no")
+    if spawned:
+        init = {"run_dir": str(run_dir) if run_dir else None, "key": key, "private": str(private or ""),
+                "log_level": logs.LEVELS[logs._sink.rank],
+                "sandbox": {"hidden": list(box.hidden), "config_dir": box.config_dir, "enabled": sandboxed,
+                            "private": box.private}}
+        helper = spawner.start(init)  # it ends what dead spawners' runs left, then has its own watchdog
+        if helper is not None:
+            _announce(cfg, box)
+            return Launcher(None, box, dirs, None, helper)
+    # Hooks start here: this process is their subreaper, and its watchdog ends them when it dies.
+    procs.prctl(procs.PR_SET_CHILD_SUBREAPER, 1)
+    tracker.subreaper = True
+    guard = watchdog.start(tracker)  # before any hook runs: its hooks end with this sidecar, however it ends
+    if guard is not None and private is not None:
+        guard.remove_at_end(str(private))  # after a kill -9 too
+    _announce(cfg, box)
     return Launcher(tracker, box, dirs, guard)
 
 
-def _private_dirs(state: list[str], guard: watchdog.Guard | None) -> Path | None:
+def _private_dirs(state: list[str]) -> Path | None:
     """Make the hooks' HOME and TMPDIR; removed at a clean exit, and by the watchdog after a kill -9."""
     private = private_dir(state)
     if private is None:
         logs.warning("hooks.no_private_home", detail="no temp directory outside the sidecar's state could be"
                      " made: hooks get the sidecar's HOME and no TMPDIR, and may write neither")
         return None
-    atexit.register(remove_private, private)
-    if guard is not None:
-        guard.remove_at_end(str(private))  # after a kill -9 too
+    atexit.register(remove_private, private)  # after a kill -9: by the watchdog (here or the spawner's)
     return private
 
 
@@ -153,7 +170,10 @@ def reload_sandbox(launcher: Launcher, cfg: Config, env_file: Path | None) -> No
     if box is None or not box.enabled:
         return
     narrowed = list(box.narrowed)
-    if box.rebuild(hidden_state(cfg, env_file)):
+    hidden = hidden_state(cfg, env_file)
+    if launcher.spawner is not None:
+        launcher.spawner.rebuild(hidden)
+    if box.rebuild(hidden):
         logs.info("hooks.sandbox_rebuilt", hidden=list(box.hidden))
         for problem in box.exposed:
             logs.warning("hooks.state_exposed", problem=problem)

@@ -301,7 +301,8 @@ class Tracker:
             return False
         if owner == self.instance.split(".", 1)[1]:
             return True
-        return str(_start_time(int(pid))) == start
+        st = _stat(int(pid))  # a zombie is dead (a spawner whose reaper is slow, or none at all)
+        return st is not None and st[0] not in "ZX" and str(st[4]) == start
 
     def _scan(self, runs: dict[str, dict[str, object]]) -> dict[int, str]:
         """Live processes (not zombies) that belong to a dead sidecar's run: pid -> marker."""

@@ -64,6 +64,7 @@ class Spawner:
         self.generation = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
+        self._conns: list[socket.socket] = []  # every thread's connection, closed with the spawner
         self.ready: dict[str, Any] = {}
 
     def start(self) -> None:
@@ -135,6 +136,9 @@ class Spawner:
         if mine is not None and mine[0] == self.generation:
             return int(mine[0]), mine[1]
         if mine is not None:
+            with self._lock:
+                if mine[1] in self._conns:
+                    self._conns.remove(mine[1])
             mine[1].close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -143,6 +147,7 @@ class Spawner:
                     raise OSError("the hook spawner is not running")
                 socket.send_fds(self._ctl, [b"{}"], [theirs.fileno()])
                 generation = self.generation
+                self._conns.append(ours)
         except BaseException:
             ours.close()
             raise
@@ -187,6 +192,9 @@ class Spawner:
             if self._ctl is not None:
                 self._ctl.close()
                 self._ctl = None
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
 
     def _send(self, msg: Mapping[str, Any]) -> None:
         with self._lock:

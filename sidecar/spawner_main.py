@@ -107,9 +107,15 @@ RESULT_FIELDS = ("exit_code", "timed_out", "duration_s", "output_tail", "error",
                  "leftovers")
 
 
+def _ignore(_sig: int, _frame: object) -> None:
+    pass
+
+
 def main(fd: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)  # it ends with the sidecar (its control socket), never before
+        # It ends with the sidecar (its control socket), never before. A handler, not SIG_IGN: an ignored
+        # signal would stay ignored in every hook it starts.
+        signal.signal(sig, _ignore)
     ctl = socket.socket(fileno=fd)
     data = ctl.recv(CONTROL_MAX)
     if not data:

@@ -20,11 +20,13 @@ from .config_context import header_variable
 from .forward import Forwarder
 from .forward_sign import Facts
 from .launcher import Launcher
+from .replies import ReplySpec
 from .spool import NO_CONTEXT, Context, JobRow, route_spec
 
 EX_TEMPFAIL = 75
 CRASH_RETRY_S = 30.0  # an attempt that failed in our code, not the hook's: tried again this much later
 STOP_KILL_GRACE_S = 3.0
+CE_FACTS = ("id", "source", "type", "subject", "time")  # a CloudEvent's attributes hooks get as WEBHOOK_CE_*
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Job:
     attempt: int = 1
     replica: str = ""
     context: Context = NO_CONTEXT  # what the delivery kept of its request (headers, query, env_from)
+    reply: bool = False  # a sender waits for this run's stdout (WEBHOOK_REPLY=1)
 
     def env(self) -> dict[str, str]:
         """What the hook's environment adds to the launcher's (PATH, LANG, HOME, TMPDIR): route env, its
@@ -56,10 +59,17 @@ class Job:
         }
         if self.replica:
             facts["WEBHOOK_REPLICA"] = self.replica
+        if self.reply:
+            facts["WEBHOOK_REPLY"] = "1"
         for name, value in self.context.headers:
             facts[header_variable(name)] = value
         if self.context.query is not None:
             facts["WEBHOOK_QUERY"] = self.context.query
+        if self.route.lane is not None:
+            facts["WEBHOOK_LANE"] = self.context.lane(self.route.name)
+        for key, value in self.context.cloudevent:
+            if key in CE_FACTS and value:
+                facts[f"WEBHOOK_CE_{key.upper()}"] = value
         return {**dict(self.route.env), **dict(self.context.route_env(self.route.name)), **facts}
 
 
@@ -126,14 +136,14 @@ class Attempt:
 
 def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, cancel: threading.Event,
         replica: str = "", attempts_used: int | None = None, *, launcher: Launcher,
-        forwarder: Forwarder | None = None) -> Attempt:
+        forwarder: Forwarder | None = None, reply: ReplySpec | None = None) -> Attempt:
     """Run one attempt of a stored job with `body` on stdin through `launcher`; decide its outcome
     (nothing recorded here)."""
     attempt = (row.attempts if attempts_used is None else attempts_used) + 1
     route, why = resolve(row, cfg, known)
     job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
               route=route or row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt, replica=replica,
-              context=row.context)
+              context=row.context, reply=reply is not None)
     fields: dict[str, Any] = dict(job=job_id, delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
                                   event=job.event, route=job.route.name, attempt=attempt, request_id=job.request_id,
                                   replica=replica or None)
@@ -151,7 +161,7 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
     if route.forward is not None:
         return _forwarded(job_id, job, body, live, row.received_at, cfg, forwarder or Forwarder(), fields)
     result = launcher.run(route, body, job.env(), live=live, delivery=job.delivery, cwd=row.cwd, cancel=cancel,
-                          cancel_grace_s=STOP_KILL_GRACE_S)
+                          cancel_grace_s=STOP_KILL_GRACE_S, reply_bytes=reply.max_bytes if reply else 0)
     signum = result.signal
     fields.update(exit_code=result.exit_code, signal=signum, duration_ms=round(result.duration_s * 1000, 1),
                   output_tail=result.output_tail or None, error=result.error or None,

@@ -192,7 +192,7 @@ def _replay(args: argparse.Namespace, spool: SpoolAdmin) -> int:
 
 def _list(args: argparse.Namespace, spool: SpoolAdmin) -> int:
     states: tuple[str, ...] = ("failed",) if args.failed else ("pending",) if args.pending else (
-        "pending", "done", "failed")
+        "pending", "done", "failed", "superseded")
     jobs = spool.jobs(states, limit=args.limit)
     if args.json:
         for job in jobs:

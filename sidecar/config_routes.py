@@ -10,18 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config_context, config_forward
+from . import config_context, config_forward, config_reply, lanes
 from .conditions import Rule, compile_rule
 from .config_sandbox import State, sandbox
 from .config_secrets import ENV_NAME
 from .forward import Target
+from .replies import ReplySpec
 from .yamldoc import Doc, Path_, _describe
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 3
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ROUTE_KEYS = {"name", "event", "if", "any", "run", "timeout_s", "concurrency", "retries", "env", "sandbox", "broadcast",
-              "env_from", "forward"}
+              "env_from", "forward", "lane", "reply"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Route:
     rule: Rule | None = None
     env_from: tuple[tuple[str, str], ...] = ()  # (VAR, payload path): read at acceptance, stored
     forward: Target | None = None  # instead of argv: POST the delivery here (config_forward.py)
+    lane: lanes.Lane | None = None  # one job per key's value at a time; latest/debounce coalesce (lanes.py)
+    reply: ReplySpec | None = None  # its first run's stdout answers the sender (replies.py)
 
 
 def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State = (),
@@ -67,6 +70,8 @@ def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State 
     broadcast = doc.get(raw, path, "broadcast", bool, False)
     env = _route_env(doc, path, raw)
     env_from = config_context.env_from(doc, path, raw)
+    lane = lanes.parse(doc, path, raw)
+    reply = config_reply.reply(doc, path, raw)
     default_name = Path(argv[0]).stem if argv else f"route{index}"
     name = doc.get(raw, path, "name", str, default_name)
     if not ROUTE_NAME.match(name):
@@ -76,7 +81,7 @@ def route(doc: Doc, path: Path_, raw: Any, base: Path, index: int, state: State 
     return Route(name=name, event=",".join(rule.events), when=_frozen(when), rule=rule, argv=argv, timeout_s=timeout_s,
                  concurrency=concurrency, retries=retries, env=env, sandbox=sandboxed,
                  sandbox_read=sandbox_read, sandbox_write=sandbox_write, broadcast=broadcast, env_from=env_from,
-                 forward=target)
+                 forward=target, lane=lane, reply=reply)
 
 
 def _frozen(value: Any) -> Any:

@@ -26,6 +26,7 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"  # a dead letter
     INTERRUPTED = "interrupted"  # an attempt's end only: stopped by us, stays pending
+    SUPERSEDED = "superseded"  # queued in a lane (latest, debounce) when a newer delivery came: never runs
 
 
 @dataclass(eq=False)

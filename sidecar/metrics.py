@@ -41,6 +41,11 @@ READY = Gauge(f"{PREFIX}_ready", "1 when /readyz answers 200 (table loaded, spoo
               registry=REGISTRY)
 DEAD_LETTERS = Counter(f"{PREFIX}_dead_letters_total", "Jobs that failed for good, by endpoint and route.",
                        ["endpoint", "route"], registry=REGISTRY)
+SUPERSEDED = Counter(f"{PREFIX}_jobs_superseded_total",
+                     "Queued jobs of a lane (latest, debounce) a newer delivery replaced: never run.",
+                     ["endpoint", "route"], registry=REGISTRY)
+LANES_WAITING = Gauge(f"{PREFIX}_lanes_waiting", "Lanes with a job queued, not running (the whole spool's).",
+                      registry=REGISTRY)
 CONNECTIONS_EVICTED = Counter(f"{PREFIX}_connections_evicted_total",
                               "Connections closed to make room for a new one, by kind (idle, slow) and the"
                               " limit reached (max_connections, max_connections_per_client).",
@@ -93,6 +98,11 @@ def track_spool(used: Callable[[], int], limit: int) -> None:
     """Read the spool's size at scrape time; `limit` is spool_max_bytes (fixed until a restart)."""
     SPOOL_BYTES.set_function(used)
     SPOOL_MAX_BYTES.set(limit)
+
+
+def track_lanes(waiting: Callable[[], int]) -> None:
+    """Read the lanes waiting at scrape time."""
+    LANES_WAITING.set_function(waiting)
 
 
 def track_ready(ready: Callable[[], bool]) -> None:

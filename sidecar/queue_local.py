@@ -4,7 +4,9 @@ A delivery's jobs are committed all together or not at all (QueueFull -> 503 abo
 pending jobs, nothing half accepted). Jobs start in order of their due time; a route with
 `concurrency: N` never has more than N runs at once (1 = serialized): due jobs of a route at its
 limit are parked per route, and one is handed back each time a run of that route ends, so each job
-is looked at O(1) times per start however long the queue behind a serialized route.
+is looked at O(1) times per start however long the queue behind a serialized route. A route's lane
+(lanes.py) runs its oldest pending job only, one at a time; a newer job of a `latest` lane supersedes
+the queued ones in the store's accepting transaction, which asks the books which are not in flight.
 
 The books are in memory, rebuilt from the store at start; a housekeeping thread picks up jobs
 requeued by `spool retry`, drops finished bodies and prunes old jobs. A job stays on the books
@@ -18,15 +20,16 @@ import heapq
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from . import attempts, logs
+from . import attempts, lanes, logs, metrics
 from .attempts import Attempt
 from .config import Config, Route
 from .errors import QueueFull
 from .jobs import JobState, Ticket
+from .lanes import LaneId
 from .spool import Accepted, Delivery, JobRow, Retention, SpoolAdmin
 
 SYNC_INTERVAL_S = 1.0
@@ -40,11 +43,12 @@ class LocalStore(SpoolAdmin, Protocol):
     """What the local policy needs of a store: the embedded spool (spool/sqlite.py) has it."""
 
     def health(self) -> str | None: ...
-    def accept(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted: ...
+    def accept(self, delivery: Delivery, routes: Sequence[Route],
+               hold: Callable[[Sequence[int]], Collection[int]] | None = ...) -> Accepted: ...
     def is_duplicate(self, delivery: Delivery) -> bool: ...
     def job_to_run(self, job_id: int) -> tuple[JobRow, bytes] | None: ...
     def pending(self, changed_since: float = ...,
-                only: Sequence[int] | None = ...) -> list[tuple[int, float, str, str, int | None]]: ...
+                only: Sequence[int] | None = ...) -> list[tuple[int, float, str, str, int | None, str | None]]: ...
     def pending_ids(self, changed_since: float) -> list[int]: ...
     def finish(self, job_id: int, state: str, attempts: int, next_at: float, exit_code: int | None,
                outcome: str, output_tail: str) -> Future[Any]: ...
@@ -61,7 +65,11 @@ class LocalQueue:
         self.config = config
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int]] = []
-        self._meta: dict[int, tuple[tuple[str, str], int | None]] = {}  # id -> (route key, concurrency)
+        self._meta: dict[int, tuple[tuple[str, str], int | None, LaneId | None]] = {}  # id -> (route key,
+        # concurrency, lane)
+        self._lanes = lanes.Gate()
+        self._inflight: set[int] = set()  # handed out until its record is in: a lane's job never superseded
+        self._dropped: set[int] = set()  # superseded before the books knew them: never queued
         self._running_keys: Counter[tuple[str, str]] = Counter()
         self._parked: dict[tuple[str, str], list[tuple[float, int]]] = {}
         self._cancels: dict[int, threading.Event] = {}  # handed out, not ended
@@ -71,11 +79,12 @@ class LocalQueue:
         self._reserved = 0  # queue slots held by deliveries being committed
         self._stopping = False
         self._stopped = threading.Event()
-        recovered = store.pending()
-        for job_id, next_at, endpoint, route, concurrency in recovered:
-            self._add(job_id, next_at, (endpoint, route), concurrency)
+        recovered = sorted(store.pending())
+        for job_id, next_at, endpoint, route, concurrency, lane in recovered:
+            self._add(job_id, next_at, (endpoint, route), concurrency, lane)
         if recovered:
             logs.info("spool.recovered", jobs=len(recovered), detail="pending jobs from before the restart")
+        metrics.track_lanes(self._lanes_waiting)
 
     @property
     def spool(self) -> LocalStore:
@@ -93,11 +102,29 @@ class LocalQueue:
     def start(self, workers: int) -> None:
         threading.Thread(target=self._housekeeping, name="spool-sync", daemon=True).start()
 
-    def _add(self, job_id: int, next_at: float, key: tuple[str, str], concurrency: int | None) -> bool:
-        """Queue a job (lock held); False when it went straight to its route's parking (no wake-up needed)."""
-        if job_id in self._meta:
+    def _lanes_waiting(self) -> int:
+        with self._cond:
+            return self._lanes.waiting()
+
+    def _add(self, job_id: int, next_at: float, key: tuple[str, str], concurrency: int | None,
+             lane: str | None = None) -> bool:
+        """Put a job on the books (lock held): queued, or behind its lane's oldest; False when nothing
+        became runnable (no wake-up needed)."""
+        if job_id in self._meta or job_id in self._dropped:
+            self._dropped.discard(job_id)
             return False  # the spool sync saw it committed before its submit() queued it: queued once
-        self._meta[job_id] = (key, concurrency)
+        lane_id = None if lane is None else (*key, lane)
+        self._meta[job_id] = (key, concurrency, lane_id)
+        if lane_id is not None:
+            return self._queue(self._lanes.add(lane_id, job_id, next_at))
+        return self._queue((job_id, next_at))
+
+    def _queue(self, candidate: tuple[int, float] | None) -> bool:
+        """Into the heap, or its route's parking when due and the route is at its limit (lock held)."""
+        if candidate is None:
+            return False
+        job_id, next_at = candidate
+        key, concurrency, _ = self._meta[job_id]
         if next_at <= time.time() and concurrency is not None and self._running_keys[key] >= concurrency:
             heapq.heappush(self._parked.setdefault(key, []), (next_at, job_id))
             return False
@@ -119,31 +146,70 @@ class LocalQueue:
             if self.store.is_duplicate(delivery):
                 return Accepted("duplicate", (), ())
             raise QueueFull()
+        taken: list[tuple[int, tuple[tuple[str, str], int | None, LaneId | None] | None]] = []
         try:
-            accepted = self.store.accept(delivery, routes)
+            accepted = self.store.accept(delivery, routes, lambda ids: self._hold(ids, taken))
         except BaseException:
             with self._cond:
                 self._reserved -= len(routes)
+                self._unhold(taken)
             raise
         with self._cond:
             self._reserved -= len(routes)  # in the same breath as the jobs take their places
-            by_name = {r.name: r for r in routes}
-            runnable = 0
-            keep = accepted.fresh and self._fresh_bytes + len(delivery.body) * len(routes) <= FRESH_BYTES
-            for job_id, name in zip(accepted.job_ids, accepted.routes, strict=True):
-                route = by_name.get(name)
-                if keep and route is not None:
-                    self._fresh[job_id] = (delivery, route)
-                    self._fresh_bytes += len(delivery.body)
-                concurrency = route.concurrency if route else self._stored_concurrency(job_id)
-                runnable += self._add(job_id, 0.0, (delivery.endpoint, name), concurrency)
-            if runnable:
-                self._cond.notify(runnable)
+            self._book(delivery, routes, accepted)
+        lanes.report(accepted.superseded, delivery.delivery)
         return accepted
 
-    def _stored_concurrency(self, job_id: int) -> int | None:
-        row = self.store.job(job_id)
-        return row.route.concurrency if row else None
+    def _book(self, delivery: Delivery, routes: Sequence[Route], accepted: Accepted) -> None:
+        """The accepted jobs on the books (lock held)."""
+        by_name = {r.name: r for r in routes}
+        runnable = 0
+        keep = accepted.fresh and self._fresh_bytes + len(delivery.body) * len(routes) <= FRESH_BYTES
+        for n, (job_id, name) in enumerate(zip(accepted.job_ids, accepted.routes, strict=True)):
+            route = by_name.get(name)
+            if keep and route is not None:
+                self._fresh[job_id] = (delivery, route)
+                self._fresh_bytes += len(delivery.body)
+            row = None if route else self.store.job(job_id)  # a failed job put back, of a route now gone
+            stored = route or (row.route if row else None)
+            lane = None
+            if stored is not None and stored.lane is not None:
+                lane = (row.context if row else delivery.context).lane(name)
+            runnable += self._add(job_id, accepted.due[n] if accepted.due else 0.0, (delivery.endpoint, name),
+                                  stored.concurrency if stored else None, lane)
+        self._done_count += len(accepted.superseded)  # their bodies may go
+        if runnable:
+            self._cond.notify(runnable)
+
+    def _hold(self, ids: Sequence[int], taken: list[tuple[int, Any]]) -> list[int]:
+        """Asked inside the accepting transaction: of a lane's pending `ids`, those not in flight, which a
+        newer job supersedes; off the books now (a worker can no longer take one), noted in `taken`."""
+        with self._cond:
+            free = [i for i in ids if i not in self._inflight]
+            for i in free:
+                meta = self._meta.get(i)
+                taken.append((i, meta))
+                if meta is None:
+                    self._dropped.add(i)  # its own submit() has not booked it yet
+                else:
+                    self._forget(i)
+            return free
+
+    def _unhold(self, taken: list[tuple[int, Any]]) -> None:
+        """The accept did not commit (lock held): what it took off the books is pending still (read back
+        from the store when it runs)."""
+        for i, meta in taken:
+            self._dropped.discard(i)
+            if meta is not None:
+                self._add(i, 0.0, meta[0], meta[1], meta[2][2] if meta[2] else None)
+
+    def _forget(self, job_id: int) -> bool:
+        """A job leaves the books (lock held); whether its lane's next became runnable."""
+        _, _, lane = self._meta.pop(job_id)
+        fresh = self._fresh.pop(job_id, None)
+        if fresh is not None:
+            self._fresh_bytes -= len(fresh[0].body)
+        return lane is not None and self._queue(self._lanes.remove(lane, job_id))
 
     # --- handing out ------------------------------------------------------------------
     def next(self) -> Ticket | None:
@@ -170,10 +236,13 @@ class LocalQueue:
                     item = heapq.heappop(self._heap)
                     if item[1] not in self._meta or item[1] in self._cancels:
                         continue  # a stale duplicate entry
-                    key, concurrency = self._meta[item[1]]
+                    key, concurrency, lane = self._meta[item[1]]
                     if concurrency is not None and self._running_keys[key] >= concurrency:
                         heapq.heappush(self._parked.setdefault(key, []), item)
                         continue
+                    if lane is not None and not self._lanes.may_start(lane, item[1]):
+                        continue  # not its lane's turn: the lane queues it again when it is
+                    self._inflight.add(item[1])
                     self._running_keys[key] += 1
                     cancel = self._cancels[item[1]] = threading.Event()
                     fresh = self._fresh.pop(item[1], None)
@@ -183,11 +252,12 @@ class LocalQueue:
                 self._cond.wait(self._heap[0][0] - now if self._heap else None)
             return None
 
-    def _end(self, job_id: int, again_at: float | None, gone: bool = False) -> None:
+    def _end(self, job_id: int, again_at: float | None, gone: bool = False, landed: bool = True) -> None:
         """A handed-out job is back (lock not held): its route's slot freed, the next parked job of
-        that route unparked; queued again at `again_at`, or off the books when `gone`."""
+        that route unparked; queued again at `again_at`, or off the books when `gone`. Not `landed`:
+        its record follows, and its lane stays in flight until then."""
         with self._cond:
-            key = self._meta[job_id][0]
+            key, _, lane = self._meta[job_id]
             self._running_keys[key] -= 1
             parked = self._parked.get(key)
             runnable = bool(parked)
@@ -196,8 +266,12 @@ class LocalQueue:
                 if not parked:
                     del self._parked[key]
             del self._cancels[job_id]
+            if landed:
+                self._inflight.discard(job_id)
             if gone:
-                del self._meta[job_id]
+                runnable |= self._forget(job_id)
+            elif lane is not None:
+                runnable |= landed and self._queue(self._lanes.land(lane, job_id, again_at))
             elif again_at is not None:
                 heapq.heappush(self._heap, (again_at, job_id))
                 runnable = True  # a waiting worker's timeout may need to be shorter
@@ -215,7 +289,8 @@ class LocalQueue:
         # An attempt whose record follows is not runnable until the record is in: a retry must read
         # this attempt's count, and the sync must not mistake a finished job for a pending one.
         # An interrupted one (a shutdown) stays pending on disk and on the books.
-        self._end(t.job_id, retry_at if attempt is None else None)
+        self._end(t.job_id, retry_at if attempt is None else None,
+                  landed=attempt is None or attempt.state == JobState.INTERRUPTED)
         if attempt is not None and attempt.state == JobState.INTERRUPTED:
             attempts.interrupted(attempt, "stopped at shutdown; runs again at the next start")
 
@@ -240,13 +315,18 @@ class LocalQueue:
         a = t.attempt
         assert a is not None
         with self._cond:
-            if a.state == JobState.PENDING:
+            self._inflight.discard(a.job_id)
+            lane = self._meta[a.job_id][2] if a.job_id in self._meta else None
+            if a.state == JobState.PENDING and lane is not None:
+                runnable = self._queue(self._lanes.land(lane, a.job_id, a.next_at))
+            elif a.state == JobState.PENDING:
                 heapq.heappush(self._heap, (a.next_at, a.job_id))
+                runnable = True
             else:
-                self._meta.pop(a.job_id, None)
+                runnable = a.job_id in self._meta and self._forget(a.job_id)
                 if a.state == JobState.DONE:
                     self._done_count += 1
-            self._wake(a.state == JobState.PENDING)
+            self._wake(runnable)
 
     # --- housekeeping -------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -277,8 +357,8 @@ class LocalQueue:
         pending = self.store.pending(only=unknown) if unknown else []
         with self._cond:
             fresh = [p for p in pending if p[0] not in self._meta]
-            for job_id, next_at, endpoint, route, concurrency in fresh:
-                self._add(job_id, next_at, (endpoint, route), concurrency)
+            for job_id, next_at, endpoint, route, concurrency, lane in sorted(fresh):
+                self._add(job_id, next_at, (endpoint, route), concurrency, lane)
             if fresh:
                 self._cond.notify_all()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 
+from sidecar import lanes
 from sidecar.config import Route
 from sidecar.errors import Unavailable
+from sidecar.replies import Replies, ReplySpec, Waiter
 from sidecar.spool import Accepted, Delivery, JobRow
 
 
@@ -44,6 +46,7 @@ class MemoryScheduler:
 
     def __init__(self) -> None:
         self._spool = MemorySpool()
+        self.replies = Replies()
         self.refuse: Unavailable | None = None
 
     @property
@@ -70,6 +73,12 @@ class MemoryScheduler:
         self._spool.deliveries.append((delivery, names))
         return Accepted("accepted", tuple(range(len(names))), names, fresh=True)
 
+    def expect_reply(self, endpoint: str, delivery: str, route: str, spec: ReplySpec) -> Waiter:
+        return self.replies.expect(endpoint, delivery, route, spec)  # runs nothing: it times out
+
+    def replied(self, waiter: Waiter) -> None:
+        self.replies.done(waiter)
+
     def stop(self, grace_s: float) -> bool:
         return True
 
@@ -79,8 +88,8 @@ class MemoryScheduler:
 
 class MemoryStore:
     """A queue store in a dict, for fast tests of the scheduler and the local policy (no file, no
-    database, no process): what queue_local.LocalStore asks of the sqlite spool. `fail_records`
-    makes that many outcome records fail (a full disk), then they commit."""
+    database, no process): what queue_local.LocalStore asks of the sqlite spool, lanes included.
+    `fail_records` makes that many outcome records fail (a full disk), then they commit."""
 
     location = "memory"
 
@@ -88,6 +97,8 @@ class MemoryStore:
         self.rows: dict[int, JobRow] = {}
         self.bodies: dict[int, bytes] = {}
         self.keys: dict[tuple[str, str], list[int]] = {}
+        self.lanes: dict[int, str] = {}  # a lane job's lane
+        self.since: dict[int, float] = {}  # and when the oldest job it superseded was accepted
         self.fail_records = 0
         self.records: list[tuple[int, str]] = []  # (job, state) of every committed record
         self._lock = threading.Lock()
@@ -95,16 +106,27 @@ class MemoryStore:
     def health(self) -> str | None:
         return None
 
-    def accept(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:
+    def accept(self, delivery: Delivery, routes: Sequence[Route],
+               hold: Callable[[Sequence[int]], Collection[int]] | None = None) -> Accepted:
         with self._lock:
             key = (delivery.endpoint, delivery.delivery)
             if key in self.keys:
                 return Accepted("duplicate", (), ())
-            ids = []
+            ids, due, gone = [], [], []
             for route in routes:
                 job_id = len(self.rows) + 1
+                next_at = 0.0
+                if route.lane is not None:
+                    lane = delivery.context.lane(route.name)
+                    replaced = self._supersede(delivery.endpoint, route.name, lane, hold) if route.lane.supersedes \
+                        else []
+                    gone += replaced
+                    next_at, self.since[job_id] = lanes.settle(route.lane, time.time(),
+                                                               [self.since.get(s.job_id) for s in replaced])
+                    self.lanes[job_id] = lane
+                due.append(next_at)
                 self.rows[job_id] = JobRow(
-                    id=job_id, state="pending", attempts=0, next_at=0.0, updated_at=time.time(), route=route,
+                    id=job_id, state="pending", attempts=0, next_at=next_at, updated_at=time.time(), route=route,
                     endpoint=delivery.endpoint, delivery=delivery.delivery, provider=delivery.provider,
                     event=delivery.event, request_id=delivery.request_id, cwd=delivery.cwd,
                     received_at=time.time(), exit_code=None, outcome=None, output_tail=None,
@@ -112,7 +134,19 @@ class MemoryStore:
                 self.bodies[job_id] = delivery.body
                 ids.append(job_id)
             self.keys[key] = ids
-            return Accepted("accepted", tuple(ids), tuple(r.name for r in routes), fresh=True)
+            return Accepted("accepted", tuple(ids), tuple(r.name for r in routes), fresh=True,
+                            superseded=tuple(gone), due=tuple(due))
+
+    def _supersede(self, endpoint: str, route: str, lane: str,
+                   hold: Callable[[Sequence[int]], Collection[int]] | None) -> list[lanes.Superseded]:
+        """The lane's queued jobs that `hold` lets go: superseded (the lock held: one transaction)."""
+        queued = [r.id for r in self.rows.values() if r.state == "pending" and r.endpoint == endpoint
+                  and r.route.name == route and self.lanes.get(r.id) == lane]
+        free = set(hold(queued)) if hold is not None and queued else set(queued)
+        for i in free:
+            self.rows[i] = replace(self.rows[i], state="superseded", outcome="superseded", updated_at=time.time())
+            self.records.append((i, "superseded"))
+        return [lanes.Superseded(i, self.rows[i].delivery, endpoint, route, lane) for i in sorted(free)]
 
     def is_duplicate(self, delivery: Delivery) -> bool:
         return (delivery.endpoint, delivery.delivery) in self.keys
@@ -131,10 +165,10 @@ class MemoryStore:
         return self.bodies.get(job_id, b"")
 
     def pending(self, changed_since: float = 0.0,
-                only: Sequence[int] | None = None) -> list[tuple[int, float, str, str, int | None]]:
+                only: Sequence[int] | None = None) -> list[tuple[int, float, str, str, int | None, str | None]]:
         rows = [r for r in self.rows.values() if r.state == "pending"
                 and (r.id in only if only is not None else r.updated_at >= changed_since)]
-        return [(r.id, r.next_at, r.endpoint, r.route.name, r.route.concurrency) for r in rows]
+        return [(r.id, r.next_at, r.endpoint, r.route.name, r.route.concurrency, self.lanes.get(r.id)) for r in rows]
 
     def pending_ids(self, changed_since: float) -> list[int]:
         return [r.id for r in self.rows.values() if r.state == "pending" and r.updated_at >= changed_since]

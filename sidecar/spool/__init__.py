@@ -28,6 +28,8 @@ from typing import Any, Protocol
 from .. import logs
 from ..config import Route
 from ..forward import Target
+from ..lanes import Lane, Superseded
+from ..replies import ReplySpec, Waiter
 
 PRUNE_INTERVAL_S = 600.0
 
@@ -58,13 +60,15 @@ class Context:
     content_type: str = ""
     forwarded: tuple[tuple[str, str], ...] = ()  # request headers a forward carries (its pass_headers)
     cloudevent: tuple[tuple[str, str], ...] = ()  # the event's context attributes (id, source, type, ...)
+    lanes: tuple[tuple[str, str], ...] = ()  # (route name, its lane: the value of the route's lane key)
 
     def dumps(self) -> str:
         if self == NO_CONTEXT:
             return ""
         return json.dumps({"headers": self.headers, "query": self.query,
                            "env": {name: dict(pairs) for name, pairs in self.env}, "content_type": self.content_type,
-                           "forwarded": self.forwarded, "cloudevent": dict(self.cloudevent)}, separators=(",", ":"))
+                           "forwarded": self.forwarded, "cloudevent": dict(self.cloudevent),
+                           **({"lanes": dict(self.lanes)} if self.lanes else {})}, separators=(",", ":"))
 
     @staticmethod
     def loads(text: str | None) -> Context:
@@ -74,10 +78,15 @@ class Context:
         return Context(headers=_pairs(d.get("headers")), query=d.get("query"),
                        env=tuple((name, tuple(pairs.items())) for name, pairs in (d.get("env") or {}).items()),
                        content_type=str(d.get("content_type") or ""), forwarded=_pairs(d.get("forwarded")),
-                       cloudevent=tuple((d.get("cloudevent") or {}).items()))
+                       cloudevent=tuple((d.get("cloudevent") or {}).items()),
+                       lanes=tuple((d.get("lanes") or {}).items()))
 
     def route_env(self, route: str) -> tuple[tuple[str, str], ...]:
         return next((pairs for name, pairs in self.env if name == route), ())
+
+    def lane(self, route: str) -> str:
+        """The lane of the delivery's job for `route` ("" when the key was missing)."""
+        return next((value for name, value in self.lanes if name == route), "")
 
 
 NO_CONTEXT = Context()
@@ -107,6 +116,8 @@ class Accepted:
     job_ids: tuple[int, ...]
     routes: tuple[str, ...]
     fresh: bool = False  # new jobs of the routes given, in their order (not failed ones put back)
+    superseded: tuple[Superseded, ...] = ()  # queued jobs of the new jobs' lanes (latest, debounce) replaced
+    due: tuple[float, ...] = ()  # per job, when it may start (a debounce's wait); empty: at once
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,14 @@ class Scheduler(Protocol):
         """Commit the delivery and one job per route, then schedule them; an `Unavailable` (503) when it cannot."""
         ...
 
+    def expect_reply(self, endpoint: str, delivery: str, route: str, spec: ReplySpec) -> Waiter:
+        """A sender waits for that job's first run (replies.py): called before submit."""
+        ...
+
+    def replied(self, waiter: Waiter) -> None:
+        """The sender has its answer: forget the waiter."""
+        ...
+
     def stop(self, grace_s: float) -> bool:
         """Start no more jobs; give running ones `grace_s`; True when all finished within it."""
         ...
@@ -213,6 +232,8 @@ def _route_spec(route: Route) -> str:
             "concurrency": route.concurrency, "retries": route.retries, "env": dict(route.env)}
     if route.forward is not None:  # where, never how it signs: a forward runs with the live table's target
         spec["forward"] = {"url": route.forward.url, "format": route.forward.mode}
+    if route.lane is not None:
+        spec["lane"] = route.lane.spec()
     return json.dumps(spec)
 
 
@@ -222,4 +243,5 @@ def route_from_spec(spec: str) -> Route:
     forward = d.get("forward")
     return Route(name=d["name"], event=d["event"], when=(), argv=tuple(d["argv"]), timeout_s=d["timeout_s"],
                  concurrency=d["concurrency"], retries=d["retries"], env=tuple(d["env"].items()),
-                 forward=Target(forward["url"], mode=forward["format"]) if forward else None)
+                 forward=Target(forward["url"], mode=forward["format"]) if forward else None,
+                 lane=Lane.from_spec(d["lane"]) if d.get("lane") else None)

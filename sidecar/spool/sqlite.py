@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import logs, metrics
+from .. import lanes, logs, metrics
 from ..config import Route
 from ..errors import Unavailable
 from . import Accepted, Context, Delivery, JobRow, SpoolDamaged, route_from_spec, route_spec
@@ -65,7 +65,13 @@ JOB_COLUMNS = """j.id, j.state, j.attempts, j.next_at, j.updated_at, j.spec, d.e
     d.event, d.request_id, d.cwd, d.received_at, j.exit_code, j.outcome, j.output_tail, d.context"""
 # Columns a spool file of an earlier release lacks: added at start (sqlite's ADD COLUMN is cheap).
 ADDITIONS = (("deliveries", "context", "ALTER TABLE deliveries ADD COLUMN context TEXT NOT NULL DEFAULT ''"),
-             ("jobs", "replay_of", "ALTER TABLE jobs ADD COLUMN replay_of INTEGER"))
+             ("jobs", "replay_of", "ALTER TABLE jobs ADD COLUMN replay_of INTEGER"),
+             # A lane job's lane (its key's value; NULL: the route has no lane), and when the oldest job
+             # it superseded was accepted (what bounds a debounce's wait).
+             ("jobs", "lane", "ALTER TABLE jobs ADD COLUMN lane TEXT"),
+             ("jobs", "lane_since", "ALTER TABLE jobs ADD COLUMN lane_since REAL"))
+LANE_INDEX = "CREATE INDEX IF NOT EXISTS jobs_lane ON jobs (route, lane) WHERE state = 'pending' AND lane IS NOT NULL"
+Hold = Callable[[Sequence[int]], Collection[int]]
 
 
 def _job_row(r: Sequence[Any]) -> JobRow:
@@ -78,6 +84,7 @@ def _add_missing(db: sqlite3.Connection) -> None:
     for table, column, statement in ADDITIONS:
         if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
             db.execute(statement)
+    db.execute(LANE_INDEX)
 
 
 DROP_MARGIN_S = 0.5  # drop_bodies looks this much further back than its last run (clock steps)
@@ -146,7 +153,7 @@ class Spool:
             self.used_bytes = self._used_bytes(db)
             if self.used_bytes <= self.max_bytes * 0.9:
                 return
-        for state in ("done", "failed"):
+        for state in ("superseded", "done", "failed"):
             n = db.execute("SELECT count(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
             if not n:
                 continue
@@ -186,10 +193,10 @@ class Spool:
         return [_job_row(r) for r in rows]
 
     def pending(self, changed_since: float = 0.0,
-                only: Sequence[int] | None = None) -> list[tuple[int, float, str, str, int | None]]:
-        """(id, next_at, endpoint, route, concurrency) of pending jobs updated since `changed_since`,
+                only: Sequence[int] | None = None) -> list[tuple[int, float, str, str, int | None, str | None]]:
+        """(id, next_at, endpoint, route, concurrency, lane) of pending jobs updated since `changed_since`,
         or of those among the ids `only`."""
-        query = ("SELECT j.id, j.next_at, d.endpoint, j.route, j.spec FROM jobs j JOIN deliveries d"
+        query = ("SELECT j.id, j.next_at, d.endpoint, j.route, j.spec, j.lane FROM jobs j JOIN deliveries d"
                  " ON d.id = j.delivery_id WHERE j.state = 'pending' AND ")
         if only is None:
             rows = self.reader.execute(query + "j.updated_at >= ?", (changed_since,)).fetchall()
@@ -198,7 +205,7 @@ class Spool:
             for at in range(0, len(only), 500):
                 chunk = only[at:at + 500]
                 rows += self.reader.execute(query + f"j.id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-        return [(r[0], r[1], r[2], r[3], route_from_spec(r[4]).concurrency) for r in rows]
+        return [(r[0], r[1], r[2], r[3], route_from_spec(r[4]).concurrency, r[5]) for r in rows]
 
     def pending_ids(self, changed_since: float) -> list[int]:
         """Ids of pending jobs updated since `changed_since`: from the index alone, cheap to poll."""
@@ -215,11 +222,13 @@ class Spool:
         return row is not None and row[1] == 0
 
     # --- writes -----------------------------------------------------------------------
-    def accept(self, delivery: Delivery, routes: Sequence[Route]) -> Accepted:
+    def accept(self, delivery: Delivery, routes: Sequence[Route], hold: Hold | None = None) -> Accepted:
         """Commit a delivery and one job per route; dedupe on (endpoint, delivery id).
 
         A redelivery whose jobs all finished or are still queued is a duplicate and
-        adds nothing; one with failed jobs puts those back in the queue.
+        adds nothing; one with failed jobs puts those back in the queue. A new job of a `latest` or
+        `debounce` lane supersedes the queued jobs of its lane in the same transaction: those that
+        `hold` (the queue's books, asked inside it) says are not running, all of them without it.
         """
         problem = self.health()
         if problem:
@@ -245,13 +254,22 @@ class Spool:
                 db.executemany("UPDATE jobs SET state = 'pending', attempts = 0, next_at = 0, updated_at = ?"
                                " WHERE id = ?", [(now, j[0]) for j in failed])
                 return Accepted("accepted", tuple(j[0] for j in failed), tuple(j[1] for j in failed))
-            ids = []
+            ids, due, gone = [], [], []
             for route in routes:
-                job = db.execute("INSERT INTO jobs (delivery_id, route, spec, updated_at) VALUES (?, ?, ?, ?)",
-                                 (cur.lastrowid, route.name, route_spec(route), now))
+                lane, next_at, since = None, 0.0, now
+                if route.lane is not None:
+                    lane = delivery.context.lane(route.name)
+                    replaced = _supersede(db, delivery, route.name, lane, now, hold) if route.lane.supersedes else []
+                    gone += [r for r, _ in replaced]
+                    next_at, since = lanes.settle(route.lane, now, [at for _, at in replaced])
+                job = db.execute("INSERT INTO jobs (delivery_id, route, spec, updated_at, next_at, lane, lane_since)"
+                                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (cur.lastrowid, route.name, route_spec(route), now, next_at, lane, since))
                 ids.append(int(job.lastrowid or 0))
+                due.append(next_at)
             self.used_bytes += len(delivery.body) + 256 * (1 + len(routes))  # until the probe measures it
-            return Accepted("accepted", tuple(ids), tuple(r.name for r in routes), fresh=True)
+            return Accepted("accepted", tuple(ids), tuple(r.name for r in routes), fresh=True,
+                            superseded=tuple(gone), due=tuple(due))
 
         return self.write(op)
 
@@ -287,9 +305,10 @@ class Spool:
         """drop_bodies' statement, for the deliveries whose last job was done more than `keep_s` ago."""
         until = time.time() - keep_s
         db.execute(
-            "UPDATE deliveries SET body = x'' WHERE id IN (SELECT delivery_id FROM jobs WHERE state = 'done'"
-            " AND updated_at >= ? AND updated_at <= ?) AND length(body) > 0 AND NOT EXISTS (SELECT 1 FROM jobs"
-            " WHERE delivery_id = deliveries.id AND (state != 'done' OR updated_at > ?))", (done_since, until, until))
+            "UPDATE deliveries SET body = x'' WHERE id IN (SELECT delivery_id FROM jobs WHERE state IN ('done',"
+            " 'superseded') AND updated_at >= ? AND updated_at <= ?) AND length(body) > 0 AND NOT EXISTS (SELECT 1"
+            " FROM jobs WHERE delivery_id = deliveries.id AND (state NOT IN ('done', 'superseded') OR updated_at > ?))",
+            (done_since, until, until))
         return until - DROP_MARGIN_S
 
     def retry(self, job_ids: Sequence[int] | None = None) -> list[int]:
@@ -307,7 +326,7 @@ class Spool:
 
         return self.write(op)
 
-    def purge(self, older_than_s: float, states: Sequence[str] = ("done", "failed")) -> int:
+    def purge(self, older_than_s: float, states: Sequence[str] = ("done", "failed", "superseded")) -> int:
         """Delete finished jobs last updated more than `older_than_s` ago, and deliveries left without jobs."""
         def op(db: sqlite3.Connection) -> int:
             marks = ",".join("?" * len(states))
@@ -317,3 +336,18 @@ class Spool:
             return cur.rowcount
 
         return self.write(op)
+
+
+def _supersede(db: sqlite3.Connection, delivery: Delivery, route: str, lane: str, now: float,
+               hold: Hold | None) -> list[tuple[lanes.Superseded, float | None]]:
+    """In the accepting transaction: the queued jobs of the lane `lane` of `delivery.endpoint`'s `route`
+    that `hold` lets go become superseded; each with its lane_since."""
+    rows = db.execute("SELECT j.id, j.lane_since, d.delivery FROM jobs j JOIN deliveries d ON d.id = j.delivery_id"
+                      " WHERE j.state = 'pending' AND j.route = ? AND j.lane = ? AND d.endpoint = ? ORDER BY j.id",
+                      (route, lane, delivery.endpoint)).fetchall()
+    if hold is not None and rows:
+        free = set(hold([r[0] for r in rows]))
+        rows = [r for r in rows if r[0] in free]
+    db.executemany("UPDATE jobs SET state = 'superseded', outcome = 'superseded', updated_at = ? WHERE id = ?",
+                   [(now, r[0]) for r in rows])
+    return [(lanes.Superseded(r[0], r[2], delivery.endpoint, route, lane), r[1]) for r in rows]

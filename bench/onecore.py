@@ -56,10 +56,10 @@ GOALS = {  # the one-core goals, against the baseline (and the bare handler for 
 }
 OPTIONAL_WRAPS = {"sidecar.spool|sidecar.spool.sqlite.Spool.claim", "sidecar.logs._write", "os.posix_spawnp",
                   "sidecar.workers.Workers._recorded", "sidecar.attempts.report", "sidecar.workers.Workers._record",
-                  "sidecar.runner._spawn", "sidecar.procs.Tracker.begin", "sidecar.procs.Tracker.spawned",
-                  "sidecar.procs.Tracker.end", "sidecar.workers.Workers._forget"}
-STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn", "watch", "result record", "log",
-               "spool sync", "spool other"]
+                  "sidecar.procs.start", "sidecar.procs.Tracker.start", "sidecar.procs.Hook.reap",
+                  "sidecar.procs.Tracker.end", "sidecar.workers.Workers._forget", "sidecar.spawner.Spawner.run"}
+STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn", "watch", "spawner", "result record",
+               "log", "spool sync", "spool other"]
 
 
 @dataclass

@@ -64,7 +64,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     spool_dir: Path = Path(config_spool.DEFAULT_SPOOL_DIR)
     max_workers: int = 4
-    max_queue: int = 1000
+    max_queue: int = 100000
     request_timeout_s: float = 10.0
     max_connections: int = 256
     # Default: half of max_connections. Behind an Ingress every sender shares the controller's
@@ -95,6 +95,11 @@ class Config:
     @property
     def route_count(self) -> int:
         return sum(len(e.routes) for e in self.endpoints.values())
+
+    @property
+    def admin_listen(self) -> str | None:
+        """Where the admin listener is (a change needs a restart), or None without one."""
+        return self.admin.listen if self.admin else None
 
     @property
     def secret_files(self) -> tuple[str, ...]:

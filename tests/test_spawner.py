@@ -59,7 +59,8 @@ def test_the_spawner_holds_no_secret_and_is_closed_to_hooks(tmp_path: Path, side
     assert sidecar.deliver(b'{"payload": "never on a command line"}', delivery="peek").status == 200
     line = finished(sidecar)[0]
     # Not dumpable, and the hook has no capability to read it anyway (the payloads it holds stay its own).
-    assert "Permission denied" in line["output_tail"] and "rc=1" in line["output_tail"], line
+    tail = str(line["output_tail"])
+    assert "Permission denied" in tail and "rc=1" in tail, line
 
 
 def test_routes_keep_their_sandbox_policy_in_the_spawner(tmp_path: Path) -> None:

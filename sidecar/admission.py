@@ -49,8 +49,10 @@ def http_date() -> str:
 def response(status: HTTPStatus, body: bytes, request_id: str, content_type: str = "application/json",
              headers: Mapping[str, str] | None = None, close: bool = False, head: bool = False) -> bytes:
     """The one response writer: status line, headers and body as one buffer, for one write."""
-    text = (f"HTTP/1.1 {int(status)} {status.phrase}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n")
+    text = f"HTTP/1.1 {int(status)} {status.phrase}\r\nServer: {SERVER}\r\nDate: {http_date()}\r\n"
+    if status != HTTPStatus.NO_CONTENT:  # RFC 9110 8.6: a 204 carries neither (Discord's webhook events)
+        text += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    text += f"X-Request-Id: {request_id}\r\n"
     if headers:
         text += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     if close:

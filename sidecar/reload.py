@@ -46,7 +46,7 @@ REJECTED_RETRY_S = 1.0
 # What can only change with a restart: the listening socket and what was built
 # from these at start.
 RESTART_KEYS = ("listen", "spool_dir", "spool_url_env", "spool_url", "spool_max_bytes", "lease_s", "max_workers",
-                "max_queue")
+                "max_queue", "admin_listen")
 
 # Only events that end a change. Our own reads raise opened/closed-no-write events,
 # and "modified" fires on every write() to any file in the directory (a log file

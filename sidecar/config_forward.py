@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config_secrets import ENV_NAME
+from .config_secrets import named_secret
 from .forward import Target
 from .yamldoc import Doc, Path_
 
@@ -59,12 +59,7 @@ def _sign(doc: Doc, at: Path_, value: dict[str, Any], secrets: tuple[Mapping[str
     keys = []
     for k, name in enumerate(names):
         where = at + ("sign", "secret_env") + ((k,) if len(names) > 1 else ())
-        if not isinstance(name, str) or not ENV_NAME.match(name):
-            doc.error(where, f"not a valid environment variable name: {name!r}")
-            continue
-        secret = environ.get(name) or dotenv.get(name)
-        if not secret:
-            doc.local_error(where, f"secret {name} is not set in the environment or the env file")
-            continue
-        keys.append(secret)
+        secret = named_secret(doc, where, name, environ, dotenv)
+        if secret is not None:
+            keys.append(secret)
     return keys

@@ -59,12 +59,8 @@ def secrets(doc: Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | No
     found = []
     for k, name in enumerate(names):
         where = path + ("secret_env",) + ((k,) if isinstance(value, list) else ())
-        if not ENV_NAME.match(name):
-            doc.error(where, f"not a valid environment variable name: {name!r}")
-            continue
-        secret = environ.get(name) or dotenv.get(name)
-        if not secret:
-            doc.local_error(where, f"secret {name} is not set in the environment or the env file")
+        secret = named_secret(doc, where, name, environ, dotenv)
+        if secret is None:
             continue
         secret_b = secret.encode("utf-8")
         problem = cls.secret_problem(secret_b) if cls is not None else None
@@ -73,6 +69,19 @@ def secrets(doc: Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | No
             continue
         found.append(secret_b)
     return tuple(names), tuple(found)
+
+
+def named_secret(doc: Doc, where: Path_, name: Any, environ: Mapping[str, str],
+                 dotenv: Mapping[str, str]) -> str | None:
+    """The secret in variable `name` (the environment, then the env file), or None with the error in `doc`."""
+    if not isinstance(name, str) or not ENV_NAME.match(name):
+        doc.error(where, f"not a valid environment variable name: {name!r}")
+        return None
+    secret = environ.get(name) or dotenv.get(name)
+    if not secret:
+        doc.local_error(where, f"secret {name} is not set in the environment or the env file")
+        return None
+    return secret
 
 
 def secret_files(doc: Doc, path: Path_, raw: dict[str, Any], cls: type[Provider] | None,

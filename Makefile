@@ -64,6 +64,7 @@ image-test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 	$(if $(ARGS),,$(BIN)/python bench/spool_backends.py --seconds 8)
+	$(if $(ARGS),,$(BIN)/python bench/forwards.py --count 2000)
 
 clean:
 	rm -rf $(VENV) .venv-helm .pytest_cache .ruff_cache .spool

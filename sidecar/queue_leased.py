@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from . import attempts, logs, metrics
+from . import attempts, lanes, logs, metrics
 from .attempts import Attempt
 from .config import Config, Route
 from .errors import QueueFull, Unavailable
@@ -74,6 +74,8 @@ class LeasedQueue:
         self._skeys: set[str] = set()  # spec keys of every route of every table seen
         self._routes()
         metrics.track_spool(lambda: self._bytes, max_bytes)
+        self._lanes_waiting = 0
+        metrics.track_lanes(lambda: self._lanes_waiting)
         # Claimed jobs wait here for a worker: those of routes with a concurrency limit first (they
         # hold one of the route's cluster-wide slots), then in claim order.
         self._jobs: queue.PriorityQueue[tuple[int, int, Held | None]] = queue.PriorityQueue()
@@ -142,7 +144,8 @@ class LeasedQueue:
         except Unavailable as e:
             self.link.failed("accept", e.__cause__ or e, counted=True)  # the store counted it
             raise
-        self._depth += len(accepted.job_ids)  # until the next refresh, as the whole spool's count has it
+        self._depth += len(accepted.job_ids) - len(accepted.superseded)  # until the next refresh (whole spool)
+        lanes.report(accepted.superseded, delivery.delivery)
         if accepted.job_ids:
             self._bytes += len(delivery.body)  # likewise (a failed delivery put back counts twice till then)
             self._wake.set()
@@ -307,6 +310,8 @@ class LeasedQueue:
                 if not self._stopping.is_set():  # stop() counts after its hand-back; a slow read must not undo it
                     self._depth = depth
                 metrics.LIVE_REPLICAS.set(live)
+                if any(r.lane for ep in self.config().endpoints.values() for r in ep.routes) or self._lanes_waiting:
+                    self._lanes_waiting = self.store.lanes_waiting()
                 if not analyzed_at / 2 <= self._depth <= analyzed_at * 2 + 100:
                     analyzed_at = self._depth
                     self.store.analyze()

@@ -94,6 +94,10 @@ ADDITIONS = (
     ("sidecar_replicas.routes", "ALTER TABLE sidecar_replicas ADD COLUMN routes text[]"),
     ("sidecar_deliveries.context", "ALTER TABLE sidecar_deliveries ADD COLUMN context text NOT NULL DEFAULT ''"),
     ("sidecar_jobs.replay_of", "ALTER TABLE sidecar_jobs ADD COLUMN replay_of bigint"),
+    # A lane job's lane (its key's value; NULL: no lane) and when the oldest job it superseded was accepted.
+    ("sidecar_jobs.lane", "ALTER TABLE sidecar_jobs ADD COLUMN lane text; CREATE INDEX IF NOT EXISTS sidecar_jobs_lane"
+                          " ON sidecar_jobs (rkey, lane, id) WHERE state = 'pending' AND lane IS NOT NULL"),
+    ("sidecar_jobs.lane_since", "ALTER TABLE sidecar_jobs ADD COLUMN lane_since float8"),
 )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from . import JobRow
+from . import JobRow, pg_lanes
 from .pg_schema import JOB_COLUMNS, NOTIFY_CHANNEL, NOW, job_row
 
 GONE_LEASES = 10  # a replica not seen for this many lease_s is gone
@@ -53,13 +53,14 @@ class Upkeep:
         row = conn.execute(f"SELECT {NOW} - %s", (self.keep_bodies_s,)).fetchone()
         until = float(row[0]) if row else 0.0
         locked = [r[0] for r in conn.execute(
-            "SELECT id FROM sidecar_deliveries WHERE id IN (SELECT delivery_id FROM sidecar_jobs WHERE state = 'done'"
-            " AND updated_at >= %s AND updated_at <= %s) AND octet_length(body) > 0 ORDER BY id FOR UPDATE",
+            "SELECT id FROM sidecar_deliveries WHERE id IN (SELECT delivery_id FROM sidecar_jobs WHERE state IN"
+            " ('done', 'superseded') AND updated_at >= %s AND updated_at <= %s) AND octet_length(body) > 0"
+            " ORDER BY id FOR UPDATE",
             (self._kept_to, until))]
         if locked:
             conn.execute("UPDATE sidecar_deliveries d SET body = '' WHERE d.id = ANY(%s) AND NOT EXISTS"
                          " (SELECT 1 FROM sidecar_jobs j WHERE j.delivery_id = d.id"
-                         " AND (j.state <> 'done' OR j.updated_at > %s))",
+                         " AND (j.state NOT IN ('done', 'superseded') OR j.updated_at > %s))",
                          (locked, until))
         self._kept_to = until - 5.0
 
@@ -114,6 +115,13 @@ class Upkeep:
             conn.commit()
         return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6] is not None) for r in rows]
 
+    def lanes_waiting(self) -> int:
+        """Lanes with a job queued that no replica holds (the whole spool's)."""
+        with self.pool.connection() as conn:
+            n = pg_lanes.waiting(conn)
+            conn.commit()
+        return n
+
     def analyze(self) -> None:
         """Fresh planner statistics: a queue grows from empty to thousands within seconds, long before
         autovacuum looks, and with an empty table's statistics the claim sorts the whole queue."""
@@ -154,7 +162,7 @@ class Upkeep:
             conn.commit()
         return sorted(ids)
 
-    def purge(self, older_than_s: float, states: Sequence[str] = ("done", "failed")) -> int:
+    def purge(self, older_than_s: float, states: Sequence[str] = ("done", "failed", "superseded")) -> int:
         """Delete finished jobs last updated more than `older_than_s` ago, and deliveries left without jobs."""
         with self.pool.connection() as conn:
             n = conn.execute(f"DELETE FROM sidecar_jobs WHERE state = ANY(%s) AND updated_at < {NOW} - %s",

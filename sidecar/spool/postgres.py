@@ -30,7 +30,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .. import metrics
 from ..config import Route
 from ..errors import QueueFull, Unavailable
-from . import Accepted, Delivery, JobRow, SpoolUnreachable, route_spec
+from . import Accepted, Delivery, JobRow, SpoolUnreachable, pg_lanes, route_spec
+from .pg_claim import choose
 from .pg_deadlines import Deadlines
 from .pg_schema import (
     JOB_COLUMNS,
@@ -222,26 +223,33 @@ class Store(Upkeep):
             pending = conn.execute("SELECT count(*) FROM sidecar_jobs WHERE state = 'pending'").fetchone()
             if pending and pending[0] + len(jobs) > max_queue:
                 raise QueueFull()
+        rkeys = ["\n".join((delivery.endpoint, r.name, replica or "")) for r, replica in jobs]
+        lanes = [delivery.context.lane(r.name) if r.lane else None for r, _ in jobs]
+        pg_lanes.lock(conn, [pg_lanes.key(k, lane) for k, lane in zip(rkeys, lanes, strict=True) if lane is not None])
         # The delivery and its jobs in one statement (one round trip); no row back: it is known already.
         ids = [r[0] for r in conn.execute(
             "WITH d AS (INSERT INTO sidecar_deliveries (endpoint, delivery, provider, event, request_id, cwd, body,"
             f" received_at, accepted_by, context) VALUES (%s, %s, %s, %s, %s, %s, %s, {NOW}, %s, %s)"
             " ON CONFLICT (endpoint, delivery) DO NOTHING RETURNING id)"
-            " INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at, skey)"
-            f" SELECT d.id, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW}, md5(convert_to(r.spec, 'UTF8'))"
-            " FROM d,"
-            " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) WITH ORDINALITY"
-            " AS r(route, spec, rkey, concurrency, replica, n) ORDER BY r.n RETURNING id",
+            " INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at, skey, lane,"
+            " lane_since, next_at)"
+            f" SELECT d.id, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW}, md5(convert_to(r.spec, 'UTF8')),"
+            f" r.lane, {NOW}, coalesce({NOW} + r.wait, 0) FROM d,"
+            " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::float8[])"
+            " WITH ORDINALITY AS r(route, spec, rkey, concurrency, replica, lane, wait, n) ORDER BY r.n RETURNING id",
             (delivery.endpoint, delivery.delivery, delivery.provider, delivery.event, delivery.request_id,
              delivery.cwd, delivery.body, self.replica, delivery.context.dumps(), [r.name for r, _ in jobs],
-             [route_spec(r) for r, _ in jobs],
-             ["\n".join((delivery.endpoint, r.name, replica or "")) for r, replica in jobs],
-             [r.concurrency for r, _ in jobs], [replica for _, replica in jobs]))]
+             [route_spec(r) for r, _ in jobs], rkeys, [r.concurrency for r, _ in jobs],
+             [replica for _, replica in jobs], lanes,
+             [r.lane.debounce_s if r.lane and r.lane.mode == "debounce" else None for r, _ in jobs]))]
         if not ids:
             row = conn.execute("SELECT id FROM sidecar_deliveries WHERE endpoint = %s AND delivery = %s",
                                (delivery.endpoint, delivery.delivery)).fetchone()
             return self._redelivery(conn, row[0]) if row else Accepted("duplicate", (), ())
-        return Accepted("accepted", tuple(ids), tuple(dict.fromkeys(r.name for r in routes)))
+        gone = [s for job_id, (r, _), rkey, lane in zip(ids, jobs, rkeys, lanes, strict=True)
+                if r.lane is not None and lane is not None and r.lane.supersedes
+                for s in pg_lanes.supersede(conn, job_id, rkey, lane, r.lane, delivery.endpoint, r.name)]
+        return Accepted("accepted", tuple(ids), tuple(dict.fromkeys(r.name for r in routes)), superseded=tuple(gone))
 
     def _redelivery(self, conn: psycopg.Connection[Any], delivery_id: int) -> Accepted:
         failed = conn.execute(
@@ -271,10 +279,10 @@ class Store(Upkeep):
             candidates = conn.execute(
                 "SELECT id, rkey, concurrency, owner, lease_until FROM sidecar_jobs WHERE state = 'pending'"
                 " AND next_at <= %s AND (lease_until IS NULL OR lease_until < %s)"
-                f" AND (replica IS NULL OR replica = %s) AND rkey <> ALL(%s){self._runnable}"
+                f" AND (replica IS NULL OR replica = %s) AND rkey <> ALL(%s){self._runnable}{pg_lanes.HEAD}"
                 " ORDER BY next_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
                 (now, now, self.replica, full, *self._runnable_args, limit * 2)).fetchall()
-            chosen = self._choose(conn, candidates, limit, limited, now)
+            chosen = choose(conn, candidates, limit, limited, now)
             claimed: list[Claimed] = []
             if chosen:
                 rows = conn.execute(f"{TAKE_SQL} SELECT {JOB_COLUMNS}, j.claim, d.body FROM j JOIN sidecar_deliveries d"
@@ -289,31 +297,6 @@ class Store(Upkeep):
                     (now, self.replica, *self._runnable_args)).fetchone()
             conn.commit()
         return claimed, (due[0] - now + time.time()) if due and due[0] is not None else None
-
-    @staticmethod
-    def _choose(conn: psycopg.Connection[Any], candidates: Sequence[tuple[Any, ...]], limit: int, limited: int,
-                now: float) -> dict[int, str | None]:
-        """Of the due candidates, those to claim ({id: the owner of an expired lease, or None}): at most
-        `limit`, at most `limited` of routes with a concurrency limit, each within its route's free slots."""
-        room: dict[str, int] = {}
-        chosen: dict[int, str | None] = {}
-        for job_id, rkey, concurrency, owner, lease_until in candidates:
-            if len(chosen) >= limit:
-                break
-            if concurrency is not None:
-                if limited <= 0:
-                    continue
-                if rkey not in room:
-                    locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (rkey,)).fetchone()
-                    running = conn.execute("SELECT count(*) FROM sidecar_jobs WHERE rkey = %s AND lease_until IS NOT"
-                                           " NULL AND lease_until >= %s", (rkey, now)).fetchone()
-                    room[rkey] = concurrency - running[0] if locked and locked[0] and running else 0
-                if room[rkey] <= 0:
-                    continue
-                room[rkey] -= 1
-                limited -= 1
-            chosen[job_id] = owner if lease_until is not None else None
-        return chosen
 
     def renew(self, held: dict[int, int], heartbeat: bool = True) -> set[int]:
         """Extend the leases of the jobs this replica holds ({id: claim}); the ids still ours.
@@ -386,8 +369,9 @@ class Store(Upkeep):
                     # The delivery's row lock orders two jobs of one delivery finishing at once: the later
                     # sees both.
                     conn.execute("SELECT 1 FROM sidecar_deliveries WHERE id = %s FOR UPDATE", (row[0],))
-                    conn.execute("UPDATE sidecar_deliveries SET body = '' WHERE id = %s AND NOT EXISTS (SELECT 1"
-                                 " FROM sidecar_jobs WHERE delivery_id = %s AND state <> 'done')", (row[0], row[0]))
+                    conn.execute("UPDATE sidecar_deliveries SET body = '' WHERE id = %s AND NOT EXISTS (SELECT 1 FROM"
+                                 " sidecar_jobs WHERE delivery_id = %s AND state NOT IN ('done', 'superseded'))",
+                                 (row[0], row[0]))
             conn.commit()
         return ours
 

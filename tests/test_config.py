@@ -147,7 +147,7 @@ def test_every_error_is_reported_with_its_line(tmp_path: Path) -> None:
         "14: endpoints[1].secret_env[1]: secret NOPE_SECRET is not set in the environment or the env file",
         "18: endpoints[1].routes[0].if.a..b: must be a dotted payload path such as 'repository.full_name'",
         "19: endpoints[1].routes[0].colour: unknown key (expected one of: any, broadcast, concurrency, env, env_from,"
-        " event, forward, if, name, retries, run, sandbox, timeout_s)",
+        " event, forward, if, lane, name, reply, retries, run, sandbox, timeout_s)",
     ]
 
 

@@ -97,8 +97,8 @@ def _pairs(items: Any) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """What a verified request leaves for its jobs: enough to run them after a restart."""
+class Facts:
+    """Who sent what: the facts of a delivery its jobs are run with (WEBHOOK_* for hooks)."""
 
     endpoint: str
     delivery: str
@@ -106,6 +106,12 @@ class Delivery:
     event: str
     request_id: str
     cwd: str
+
+
+@dataclass(frozen=True)
+class Delivery(Facts):
+    """What a verified request leaves for its jobs: enough to run them after a restart."""
+
     body: bytes
     context: Context = NO_CONTEXT
 
@@ -120,8 +126,8 @@ class Accepted:
     due: tuple[float, ...] = ()  # per job, when it may start (a debounce's wait); empty: at once
 
 
-@dataclass(frozen=True)
-class JobRow:
+@dataclass(frozen=True, kw_only=True)
+class JobRow(Facts):
     """A job as stored, with its delivery; `route` is the route as it was when accepted."""
 
     id: int
@@ -130,12 +136,6 @@ class JobRow:
     next_at: float
     updated_at: float
     route: Route
-    endpoint: str
-    delivery: str
-    provider: str
-    event: str
-    request_id: str
-    cwd: str
     received_at: float
     exit_code: int | None
     outcome: str | None

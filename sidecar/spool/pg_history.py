@@ -63,13 +63,14 @@ class PgHistory:
                     for name in (self._live_with(conn, endpoint, r) if r.broadcast else [None])]
             ids = [r[0] for r in conn.execute(
                 "INSERT INTO sidecar_jobs (delivery_id, route, spec, rkey, concurrency, replica, updated_at, skey,"
-                f" replay_of) SELECT %s, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW},"
-                " md5(convert_to(r.spec, 'UTF8')), %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[],"
-                " %s::text[]) WITH ORDINALITY AS r(route, spec, rkey, concurrency, replica, n) ORDER BY r.n"
-                " RETURNING id",
+                f" replay_of, lane, lane_since) SELECT %s, r.route, r.spec, r.rkey, r.concurrency, r.replica, {NOW},"
+                f" md5(convert_to(r.spec, 'UTF8')), %s, r.lane, CASE WHEN r.lane IS NULL THEN NULL ELSE {NOW} END"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[]) WITH ORDINALITY"
+                " AS r(route, spec, rkey, concurrency, replica, lane, n) ORDER BY r.n RETURNING id",
                 (delivery_id, delivery_id, [r.name for r, _ in jobs], [route_spec(r) for r, _ in jobs],
                  ["\n".join((endpoint, r.name, replica or "")) for r, replica in jobs],
-                 [r.concurrency for r, _ in jobs], [replica for _, replica in jobs]))]
+                 [r.concurrency for r, _ in jobs], [replica for _, replica in jobs],
+                 [context.lane(r.name) if r.lane else None for r, _ in jobs]))]
             conn.execute("UPDATE sidecar_deliveries SET context = %s WHERE id = %s", (context.dumps(), delivery_id))
             conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
             conn.commit()

@@ -56,9 +56,11 @@ class SqliteHistory:
             if not row or not row[0]:
                 return None
             now = time.time()
-            ids = [int(db.execute("INSERT INTO jobs (delivery_id, route, spec, updated_at, replay_of)"
-                                  " VALUES (?, ?, ?, ?, ?)",
-                                  (delivery_id, r.name, route_spec(r), now, delivery_id)).lastrowid or 0)
+            # A lane route's replay joins its lane (behind the jobs queued there), as a new delivery would.
+            ids = [int(db.execute("INSERT INTO jobs (delivery_id, route, spec, updated_at, replay_of, lane, lane_since)"
+                                  " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  (delivery_id, r.name, route_spec(r), now, delivery_id,
+                                   context.lane(r.name) if r.lane else None, now if r.lane else None)).lastrowid or 0)
                    for r in routes]
             db.execute("UPDATE deliveries SET context = ? WHERE id = ?", (context.dumps(), delivery_id))
             return ids

@@ -97,7 +97,9 @@ def count_of(path: Path) -> int:
 
 def start(budget: Budget, v: Variant, args: argparse.Namespace, launcher: list[str] | None = None
           ) -> tuple[Sidecar, Path]:
-    count_dir = Path(tempfile.mkdtemp(prefix="bench-count-"))
+    # Where hooks may write: /tmp is not granted to sandboxed hooks while the sidecar's state lies beneath it.
+    writable = "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
+    count_dir = Path(tempfile.mkdtemp(prefix="bench-count-", dir=writable))
     count = count_dir / "count"
     hook = ["/bin/sh", "-c", HOOK_SCRIPT.format(count=count)]
     sc = Sidecar(budget, args.workers, args.log_level, root=v.root, cpus=SERVER_CPU, hook=hook, launcher=launcher)

@@ -235,11 +235,39 @@ def terminate(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def cpu_of(pid: int) -> tuple[float, float]:
-    """(CPU seconds of the process, CPU seconds of its reaped children) from /proc/PID/stat."""
+def _stat(pid: int) -> tuple[float, float, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime) / TICK, (cutime + cstime) / TICK
+    return (utime + stime) / TICK, (cutime + cstime) / TICK, int(fields[1])
+
+
+def _helpers(pid: int) -> list[int]:
+    """The long-lived Python processes under `pid` (the hook spawner, watchdogs), not hooks."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if _stat(int(entry.name))[2] == pid and (entry / "comm").read_text().startswith("python"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def cpu_of(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the process and its helper processes (a hook spawner, watchdogs), CPU seconds of
+    their reaped children: the hooks) from /proc/PID/stat."""
+    own, kids, _ = _stat(pid)
+    for helper in _helpers(pid):
+        try:
+            h_own, h_kids, _ = _stat(helper)
+            own, kids = own + h_own, kids + h_kids
+            for nested in _helpers(helper):
+                own += _stat(nested)[0]
+        except OSError:
+            continue
+    return own, kids
 
 
 def get(port: int, path: str) -> int:

@@ -25,7 +25,7 @@ def test_a_killed_spawner_is_restarted_and_its_run_ends_before_the_job_runs_agai
     config = write_config(tmp_path, "retry_backoff_s: 0.1\n" + ESCAPE.replace("{timeout}", "60")
                           .replace("{sleep}", "3").replace("retries: 0", "retries: 1"))
     out = tmp_path / "out"
-    sidecar = sidecars(config)
+    sidecar = sidecars(config, env={"SIDECAR_SPAWNER": "on"})  # opt-in
     first = sidecar.wait_log(lambda e: e.get("msg") == "hooks.spawner")["pid"]
     assert sidecar.deliver(b"{}", delivery="spawned").status == 200
     old_hook, old_escaped = read_pid(out / "hook.pid"), read_pid(out / "escaped.pid")
@@ -52,7 +52,7 @@ def test_the_spawner_holds_no_secret_and_is_closed_to_hooks(tmp_path: Path, side
         - event: "*"
           run: [/bin/sh, -c, 'cat /proc/$PPID/environ; echo "rc=$?"']
     """))
-    sidecar = sidecars(config)
+    sidecar = sidecars(config, env={"SIDECAR_SPAWNER": "on"})  # opt-in
     pid = sidecar.wait_log(lambda e: e.get("msg") == "hooks.spawner")["pid"]
     with open(f"/proc/{pid}/environ", "rb") as f:
         assert f.read() == b""  # nothing of the sidecar's environment: no secret, no database URL

@@ -95,8 +95,14 @@ def test_the_watchdog_outlives_runs_and_stray_signals_and_leaves_with_a_clean_st
     # The child of the process that starts the hooks (the spawner, else the sidecar), in its own session.
     spawner = sidecar.find_logs("hooks.spawner")
     assert int(fields[1]) == (spawner[0]["pid"] if spawner else sidecar.proc.pid) and int(fields[3]) == watchdog
-    fds = {os.readlink(f"/proc/{watchdog}/fd/{fd}") for fd in os.listdir(f"/proc/{watchdog}/fd")}
-    assert len(fds) == 2 and "/dev/null" in fds  # stdio on /dev/null and the pipe, nothing of the sidecar's
+
+    def fds() -> set[str]:
+        return {os.readlink(f"/proc/{watchdog}/fd/{fd}") for fd in os.listdir(f"/proc/{watchdog}/fd")}
+
+    # Stdio on /dev/null and the pipe, nothing of the sidecar's; while the watchdog starts, Python also
+    # holds its own script open until it has read it.
+    wait_for(lambda: len(fds()) == 2, timeout=5)
+    assert "/dev/null" in fds() and not any("watchdog.py" in f for f in fds())
     with open(f"/proc/{watchdog}/environ", "rb") as f:
         assert f.read() == b""  # no secrets, no database URL
     stray = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -267,7 +267,8 @@ def test_database_stopped_during_a_stream(tmp_path: Path, sidecars) -> None:
             wait_for(lambda: len(stream.acked) >= n + 10, timeout=10)
         print(f"\noutage: ready again {ready_after:.1f} s after the database; answers {dict(stream.statuses)}")
         assert set(stream.statuses) <= {200, 503}, stream.statuses
-        assert stream.statuses[503] > 0
+        # A refusal while down is asserted above (`refused`); the stream itself may see none: a request of it
+        # in its commit when the database stopped waits (COMMIT_DEADLINE_S) and lands once it is back.
         assert metric(a, "webhook_sidecar_database_errors_total") > 0
         wait_for(lambda: set(stream.acked) <= {line.split()[0] for line in lines(out / "ran")}, timeout=30,
                  interval=0.1)

@@ -14,19 +14,16 @@ import collections
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import workload  # noqa: E402
+from servers import Budget, LogTail, Sidecar  # noqa: E402
 
 CONFIG = """spool_dir: spool
 endpoints:
@@ -38,16 +35,6 @@ endpoints:
         name: noop
         run: [/bin/sh, -c, 'cat > /dev/null']
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def finished(log: Path) -> int:
-    return log.read_text(errors="replace").count('"msg":"hook.finished"') if log.exists() else 0
 
 
 def send(port: int, n: int, seconds: float, statuses: collections.Counter[int], lock: threading.Lock) -> None:
@@ -80,36 +67,25 @@ def main() -> None:
     args = parser.parse_args()
     statuses: collections.Counter[int] = collections.Counter()
     lock = threading.Lock()
-    with tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp:
-        directory = Path(tmp)
-        (directory / "config.yaml").write_text(CONFIG)
-        log, port = directory / "sidecar.log", free_port()
-        env = {**os.environ, "WEBHOOK_SECRET": workload.SECRET}
-        command = [sys.executable, "-m", "sidecar", "serve", "--config", str(directory / "config.yaml"),
-                   "--listen", f"127.0.0.1:{port}"]
-        with log.open("w") as out:
-            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
-        try:
-            while '"server.listening"' not in log.read_text(errors="replace"):
-                if proc.poll() is not None:
-                    raise SystemExit(log.read_text())
-                time.sleep(0.05)
-            per = args.count // args.connections
-            start = time.monotonic()
-            threads = [threading.Thread(target=send, args=(port, per, args.seconds, statuses, lock))
-                       for _ in range(args.connections)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            sent_s = time.monotonic() - start
-            acknowledged = statuses[200]
-            while finished(log) < acknowledged and time.monotonic() - start < 600:
-                time.sleep(0.2)
-            drained_s = time.monotonic() - start
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    sidecar = Sidecar(Budget(900), 0, "info", config=CONFIG)  # max_workers and max_queue: the defaults
+    try:
+        sidecar.start()
+        port = sidecar.wait_port()
+        log = LogTail(sidecar.log_path)
+        per = args.count // args.connections
+        start = time.monotonic()
+        threads = [threading.Thread(target=send, args=(port, per, args.seconds, statuses, lock))
+                   for _ in range(args.connections)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sent_s = time.monotonic() - start
+        while log.read().counts["hook.finished"] < statuses[200] and time.monotonic() - start < 600:
+            time.sleep(0.2)
+        drained_s = time.monotonic() - start
+    finally:
+        sidecar.cleanup()
     print(json.dumps({"sent": per * args.connections, "statuses": dict(statuses), "send_s": round(sent_s, 1),
                       "acknowledged_per_s": round(statuses[200] / sent_s, 1),
                       "hooks_done_after_s": round(drained_s, 1), "cpus": os.cpu_count()}))

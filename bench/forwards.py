@@ -16,18 +16,16 @@ import http.client
 import http.server
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import workload  # noqa: E402
+from servers import Budget, LogTail, Sidecar  # noqa: E402
 
 
 class _Target(http.server.BaseHTTPRequestHandler):
@@ -52,14 +50,9 @@ def config(target_port: int, workers: int) -> str:
             + route.format(name="forward", what=f"forward: {{url: 'http://127.0.0.1:{target_port}/in'}}"))
 
 
-def finished(log: Path, route: str) -> int:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    return sum(1 for line in text.splitlines() if '"hook.finished"' in line and f'"route":"{route}"' in line)
-
-
-def phase(port: int, path: str, count: int, clients: int, log: Path, route: str) -> float:
+def phase(port: int, path: str, count: int, clients: int, log: LogTail) -> float:
     """Deliveries/s from the first request to the last job done."""
-    before = finished(log, route)
+    before = log.read().counts["hook.finished"]
     sent = iter(range(count))
     lock = threading.Lock()
 
@@ -84,7 +77,7 @@ def phase(port: int, path: str, count: int, clients: int, log: Path, route: str)
     for t in threads:
         t.join()
     deadline = time.monotonic() + 300
-    while finished(log, route) - before < count and time.monotonic() < deadline:
+    while log.read().counts["hook.finished"] - before < count and time.monotonic() < deadline:
         time.sleep(0.05)
     return count / (time.monotonic() - start)
 
@@ -97,29 +90,16 @@ def main() -> None:
     args = parser.parse_args()
     target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Target)
     threading.Thread(target=target.serve_forever, daemon=True).start()
-    with tempfile.TemporaryDirectory(prefix="bench-forwards-") as tmp:
-        directory = Path(tmp)
-        (directory / "config.yaml").write_text(config(target.server_address[1], args.workers))
-        log = directory / "sidecar.log"
-        probe = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Target)
-        port = probe.server_address[1]
-        probe.server_close()
-        env = {**os.environ, "WEBHOOK_SECRET": workload.SECRET}
-        with log.open("w") as out:
-            command = [sys.executable, "-m", "sidecar", "serve", "--config", str(directory / "config.yaml"),
-                       "--listen", f"127.0.0.1:{port}"]
-            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
-        try:
-            while '"server.listening"' not in log.read_text(errors="replace"):
-                if proc.poll() is not None:
-                    raise SystemExit(log.read_text())
-                time.sleep(0.05)
-            hooks = phase(port, "/hook", args.count, args.clients, log, "hook")
-            forwards = phase(port, "/forward", args.count, args.clients, log, "forward")
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            target.shutdown()
+    sidecar = Sidecar(Budget(900), args.workers, "info", config=config(target.server_address[1], args.workers))
+    try:
+        sidecar.start()
+        port = sidecar.wait_port()
+        log = LogTail(sidecar.log_path)
+        hooks = phase(port, "/hook", args.count, args.clients, log)  # one phase at a time: hook.finished counts it
+        forwards = phase(port, "/forward", args.count, args.clients, log)
+    finally:
+        sidecar.cleanup()
+        target.shutdown()
     print(json.dumps({"deliveries": args.count, "clients": args.clients, "workers": args.workers,
                       "hooks_per_s": round(hooks, 1), "forwards_per_s": round(forwards, 1),
                       "forwards_vs_hooks": round(forwards / hooks, 2), "cpus": os.cpu_count()}))

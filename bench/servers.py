@@ -134,7 +134,9 @@ class Sidecar:
 
     def __init__(self, budget: Budget, workers: int, log_level: str, cpu_profile: Path | None = None,
                  log_beside_config: bool = False, *, root: Path = ROOT, cpus: str | None = None,
-                 hook: Sequence[str] = HOOK, launcher: Sequence[str] | None = None) -> None:
+                 hook: Sequence[str] = HOOK, launcher: Sequence[str] | None = None,
+                 config: str | None = None) -> None:
+        """`config`: the config.yaml text (default: config_text's one route running `hook`)."""
         self.budget = budget
         self.dir = Path(tempfile.mkdtemp(prefix="bench-sidecar-"))
         # config.yaml (and spool_dir under it) in a directory of its own, the log in another: the
@@ -144,7 +146,7 @@ class Sidecar:
             (self.dir / sub).mkdir()
         self.config = self.dir / "conf" / "config.yaml"
         self.hook = list(hook)
-        self.config.write_text(config_text(workers, hook=hook))
+        self.config.write_text(config if config is not None else config_text(workers, hook=hook))
         self.spool = self.dir / "conf" / "spool"
         self.log_path = self.dir / ("conf" if log_beside_config else "logs") / "sidecar.log"
         self.cpu_profile = cpu_profile

@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from .conftest import Sidecar, wait_for, write_config
 from .http_target import Answer, HttpTarget
-from .support import SPOOL_URL_VAR, free_port, spool_jobs
+from .support import SPOOL_URL_VAR, free_port, shared_table, spool_jobs, table
 
 APP_SECRET = "whsec_" + base64.b64encode(b"the-app-secret-0123456789abcdef").decode()
 
@@ -32,15 +32,12 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def forward_table(url: str, extra: str = "", top: str = "") -> str:
-    return top + f"""retry_backoff_s: 0.2
-retry_backoff_max_s: 0.5
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: push
+RETRY = "retry_backoff_s: 0.2\nretry_backoff_max_s: 0.5\n"
+
+
+def forward_table(url: str, extra: str = "") -> str:
+    """The /webhook endpoint's routes: `app` forwarding to `url`, then `extra` (at the same indentation)."""
+    return f"""      - event: push
         name: app
         retries: 3
         forward:
@@ -52,10 +49,9 @@ endpoints:
 {extra}"""
 
 
-def start(sidecars: Callable[..., Sidecar], tmp_path: Path, text: str, backend: str = "sqlite",
+def start(sidecars: Callable[..., Sidecar], tmp_path: Path, routes: str, backend: str = "sqlite",
           pg_url: str = "", replica: str = "r1") -> Sidecar:
-    config = write_config(tmp_path, text if backend == "sqlite" else
-                          f"spool_url_env: {SPOOL_URL_VAR}\nlease_s: 2\n" + text)
+    config = write_config(tmp_path, (table if backend == "sqlite" else shared_table)(routes, RETRY))
     env = {"APP_SECRET": APP_SECRET, **({SPOOL_URL_VAR: pg_url} if backend == "postgres" else {})}
     sidecar = sidecars(config, "--replica", replica, env=env)
     wait_for(lambda: sidecar.request("GET", "/readyz").status == 200, timeout=10)
@@ -183,6 +179,6 @@ def test_run_and_forward_together_is_a_config_error(tmp_path: Path) -> None:
     from .support import cli_text
     text = forward_table("http://127.0.0.1:9/x").replace("        retries: 3\n", "        retries: 3\n"
                                                          "        run: /bin/true\n")
-    config = write_config(tmp_path, text)
+    config = write_config(tmp_path, table(text, RETRY))
     result = cli_text("check", "--config", str(config), env={"WEBHOOK_SECRET": "s", "APP_SECRET": APP_SECRET})
     assert result.returncode != 0 and "a route has run or forward, never both" in result.stdout + result.stderr

@@ -15,26 +15,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .conftest import Response, Sidecar, wait_for, write_config
-from .support import lines
+from .support import lines, table
 
 SLACK_SECRET = "slack-signing-secret-for-tests"
 # Counts its runs in $OUT/runs, then answers as the route's script says.
 COUNT = 'cat > /dev/null; echo "$WEBHOOK_ATTEMPT $WEBHOOK_REPLY" >> "$OUT/$WEBHOOK_ROUTE.runs"; '
 
 
-def table(timeout_s: float = 2.5) -> str:
-    return f"""retry_backoff_s: 0.2
-endpoints:
-  - path: /webhook
-    provider: github
-    secret_env: WEBHOOK_SECRET
-    routes:
-      - event: push
-        name: quick
-        run: [sh, -c, '{COUNT}echo "{{{{\\"text\\": \\"deployed $WEBHOOK_DELIVERY\\"}}}}"']
-        env: {{{{OUT: {{out}}}}}}
-        reply: {{{{timeout_s: {timeout_s}}}}}
-  - path: /slow
+def config_text(timeout_s: float = 2.5) -> str:
+    """/webhook replying at once; /slow and /failing falling back; /held for a kill -9; a Slack command."""
+    quick = f"""- event: push
+  name: quick
+  run: [sh, -c, '{COUNT}echo "{{{{\\"text\\": \\"deployed $WEBHOOK_DELIVERY\\"}}}}"']
+  env: {{{{OUT: {{out}}}}}}
+  reply: {{{{timeout_s: {timeout_s}}}}}
+"""
+    return table(quick, "retry_backoff_s: 0.2\n", f"""  - path: /slow
     provider: github
     secret_env: WEBHOOK_SECRET
     routes:
@@ -70,11 +66,11 @@ endpoints:
         name: command
         run: [sh, -c, 'cat > /dev/null; echo "Deploying to production"']
         reply: true
-"""
+""")
 
 
 def start(sidecars: Callable[..., Sidecar], tmp_path: Path) -> Sidecar:
-    return sidecars(write_config(tmp_path, table()), env={"SLACK_SECRET": SLACK_SECRET})
+    return sidecars(write_config(tmp_path, config_text()), env={"SLACK_SECRET": SLACK_SECRET})
 
 
 def runs(out: Path, route: str) -> list[str]:
@@ -150,8 +146,9 @@ def test_a_slack_slash_command_is_answered_from_the_hook(tmp_path: Path, sidecar
 
 def test_two_replying_routes_on_one_endpoint_are_a_config_error(tmp_path: Path) -> None:
     from .support import cli_text
-    text = table().replace("      - event: push\n        name: quick\n", "      - event: push\n        name: other\n"
-                           "        run: /bin/true\n        reply: true\n      - event: push\n        name: quick\n", 1)
+    quick = "      - event: push\n        name: quick\n"
+    other = "      - event: push\n        name: other\n        run: /bin/true\n        reply: true\n"
+    text = config_text().replace(quick, other + quick, 1)
     result = cli_text("check", "--config", str(write_config(tmp_path, text)),
                       env={"WEBHOOK_SECRET": "s", "SLACK_SECRET": "s"})
     assert result.returncode != 0 and "only one route of an endpoint may reply" in result.stdout + result.stderr

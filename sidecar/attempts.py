@@ -130,13 +130,11 @@ class Attempt:
     next_at: float
     outcome: str  # ok | failed | timeout | error | signal | route_unknown | interrupted
     fields: dict[str, Any] = field(default_factory=dict)
-    warned: bool = False  # a failed record was logged once
-    recording: bool = False  # a record of it is queued or committing: never two at once
 
 
 def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, cancel: threading.Event,
         replica: str = "", attempts_used: int | None = None, *, launcher: Launcher,
-        forwarder: Forwarder | None = None, reply: ReplySpec | None = None) -> Attempt:
+        forwarder: Forwarder, reply: ReplySpec | None = None) -> Attempt:
     """Run one attempt of a stored job with `body` on stdin through `launcher`; decide its outcome
     (nothing recorded here)."""
     attempt = (row.attempts if attempts_used is None else attempts_used) + 1
@@ -159,7 +157,7 @@ def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, 
     # job's: a spool row is data, and a target's signing secret is never stored.
     live = live_route(cfg, row.endpoint, route.name)
     if route.forward is not None:
-        return _forwarded(job_id, job, body, live, row.received_at, cfg, forwarder or Forwarder(), fields)
+        return _forwarded(job_id, job, body, live, row.received_at, cfg, forwarder, fields)
     result = launcher.run(route, body, job.env(), live=live, delivery=job.delivery, cwd=row.cwd, cancel=cancel,
                           cancel_grace_s=STOP_KILL_GRACE_S, reply_bytes=reply.max_bytes if reply else 0)
     signum = result.signal

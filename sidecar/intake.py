@@ -114,7 +114,7 @@ def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, conf
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in item.event):
             raise BadRequest("event type holds control characters", reason="invalid_event")
     if len(items) != 1:
-        return _batch(items, target, headers, request_id, config, scheduler, fields)
+        return _batch(items, endpoint, target, headers, request_id, config, scheduler, fields)
     item = items[0]
     payload, event, delivery = item.payload, item.event, item.delivery
     fields.update(event=event, delivery=delivery)
@@ -173,10 +173,9 @@ def _delivery(item: _Item, endpoint: Endpoint, target: str, headers: HeaderMap, 
                     request_id=request_id, cwd=str(config.base_dir), body=item.body, context=context)
 
 
-def _batch(items: list[_Item], target: str, headers: HeaderMap, request_id: str, config: Config,
-           scheduler: Scheduler, fields: dict[str, Any]) -> Outcome:
+def _batch(items: list[_Item], endpoint: Endpoint, target: str, headers: HeaderMap, request_id: str,
+           config: Config, scheduler: Scheduler, fields: dict[str, Any]) -> Outcome:
     """A CloudEvents batch: each event its own delivery; the answer lists their ids."""
-    endpoint = router.endpoint_for(config, target)
     deliveries, queued = [], 0
     for item in items:
         routes, _why = conditions.select(endpoint.routes, conditions.Request(item.event, item.payload, headers, target))

@@ -17,7 +17,8 @@ and once per round the bare stdlib handler (bench/ceiling.py) on core 0 under th
 bad-signature load. With --baseline REF the same is measured for a `git worktree` of REF
 (PYTHONPATH pointing at it, the same venv), rounds interleaved A B / B A so machine noise hits both;
 medians and ratios are reported. --stages adds one more run per variant under bench/stages.py:
-CPU per delivery split by stage.
+CPU per delivery split by stage. With --adnanh PATH, adnanh/webhook (that binary, built elsewhere) is
+one more variant in the same rounds, configured as bench/adnanh.py says, with ratios sidecar/adnanh.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import adnanh
 import load
 import report
 import workload
 from report import fmt, median, ratio
-from servers import HERE, ROOT, Budget, CeilingServer, LogTail, Sidecar, cpu_of, threads_cpu
+from servers import HERE, ROOT, Budget, CeilingServer, LogTail, Sidecar, answer, cpu_of, threads_cpu
 
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -54,6 +56,10 @@ GOALS = {  # the one-core goals, against the baseline (and the bare handler for 
     "rejected_per_s": ("≥ 0.9x bare handler", None),
     "idle_rss_mib": ("not above baseline (±1 %)", lambda r: r <= 1.01),
 }
+ADNANH_GOALS = {  # against adnanh/webhook (--adnanh)
+    "acknowledged_per_s": ("≥ 1.0x adnanh", lambda r: r >= 1.0),
+    "hooks_end_to_end_per_s": ("≥ 1.0x adnanh", lambda r: r >= 1.0),
+}
 OPTIONAL_WRAPS = {"sidecar.spool|sidecar.spool.sqlite.Spool.claim", "sidecar.logs._write", "os.posix_spawnp",
                   "sidecar.workers.Workers._recorded", "sidecar.attempts.report", "sidecar.workers.Workers._record",
                   "sidecar.procs.start", "sidecar.procs.Tracker.start", "sidecar.procs.Hook.reap",
@@ -65,8 +71,25 @@ STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn
 @dataclass
 class Variant:
     name: str
-    root: Path
-    commit: str
+    root: Path  # a checkout; for kind "adnanh", its binary
+    commit: str  # for kind "adnanh", its version
+    kind: str = "sidecar"
+
+
+Server = Sidecar | adnanh.Adnanh
+
+
+class Accepted:
+    """Deliveries accepted from its making on: the sidecar's delivery.accepted log lines; adnanh (no log
+    by default) from the 2xx answers the load tool counted (`answered`, set after the load)."""
+
+    def __init__(self, server: Server) -> None:
+        self.log = LogTail(server.log_path).read() if isinstance(server, Sidecar) else None
+        self.base = self.log.counts["delivery.accepted"] if self.log else 0
+        self.answered = 0
+
+    def count(self) -> int:
+        return self.log.read().counts["delivery.accepted"] - self.base if self.log else self.answered
 
 
 def git(*a: str, cwd: Path = ROOT) -> str:
@@ -96,35 +119,38 @@ def count_of(path: Path) -> int:
 
 
 def start(budget: Budget, v: Variant, args: argparse.Namespace, launcher: list[str] | None = None
-          ) -> tuple[Sidecar, Path]:
+          ) -> tuple[Server, Path]:
     # Where hooks may write: /tmp is not granted to sandboxed hooks while the sidecar's state lies beneath it.
     writable = "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
     count_dir = Path(tempfile.mkdtemp(prefix="bench-count-", dir=writable))
     count = count_dir / "count"
     hook = ["/bin/sh", "-c", HOOK_SCRIPT.format(count=count)]
-    sc = Sidecar(budget, args.workers, args.log_level, root=v.root, cpus=SERVER_CPU, hook=hook, launcher=launcher)
+    sc: Server
+    if v.kind == "adnanh":
+        sc = adnanh.Adnanh(budget, v.root, count, cpus=SERVER_CPU)
+    else:
+        sc = Sidecar(budget, args.workers, args.log_level, root=v.root, cpus=SERVER_CPU, hook=hook,
+                     launcher=launcher)
     try:
         sc.start()
-        sc.wait_port()
-        sc.wait_ready()
+        if isinstance(sc, Sidecar):
+            sc.wait_port()
+            sc.wait_ready()
     except BaseException:  # SystemExit with the sidecar's log: leave nothing behind
         stop(sc, count)
         raise
     return sc, count
 
 
-def stop(sc: Sidecar, count: Path) -> None:
+def stop(sc: Server, count: Path) -> None:
     sc.cleanup()
     shutil.rmtree(count.parent, ignore_errors=True)
 
 
-def valid_load(sc: Sidecar, count: Path, args: argparse.Namespace, tool: str, on_start: Any = None) -> dict:
+def valid_load(sc: Server, count: Path, args: argparse.Namespace, tool: str, on_start: Any = None) -> dict:
     """Valid deliveries for --seconds, then wait until every accepted one's hook ran."""
-    assert sc.proc is not None
     pid = sc.pid
-    log = LogTail(sc.log_path)
-    log.read()
-    acc0, n0 = log.counts["delivery.accepted"], count_of(count)
+    acc, n0 = Accepted(sc), count_of(count)
     threads0 = threads_cpu(pid)
     cpu0, kids0 = cpu_of(pid)
     if on_start:
@@ -133,12 +159,13 @@ def valid_load(sc: Sidecar, count: Path, args: argparse.Namespace, tool: str, on
     r = load.closed(sc.port, args.seconds, CONNECTIONS, True, tool, cpus=LOAD_CPU)
     t1 = time.monotonic()
     n1 = count_of(count) - n0
+    acc.answered = r["ok"]
     time.sleep(0.05)  # the last responses' log lines
     wait_until = t1 + DRAIN_WAIT_S
-    accepted = log.read().counts["delivery.accepted"] - acc0
+    accepted = acc.count()
     while (n := count_of(count) - n0) < accepted and time.monotonic() < wait_until:
         time.sleep(0.01)
-        accepted = log.read().counts["delivery.accepted"] - acc0
+        accepted = acc.count()
     t2 = time.monotonic()
     cpu1, kids1 = cpu_of(pid)
     threads1 = threads_cpu(pid)
@@ -160,21 +187,18 @@ def valid_load(sc: Sidecar, count: Path, args: argparse.Namespace, tool: str, on
     }
 
 
-def paced_load(sc: Sidecar, count: Path, args: argparse.Namespace) -> dict:
+def paced_load(sc: Server, count: Path, args: argparse.Namespace) -> dict:
     """Valid deliveries at a fixed --rate (open loop, below capacity) until every hook ran: CPU per
     delivery at the same operating point for every variant (batching, queue length, wake-ups alike),
     which closed-loop overload on a shared machine blurs."""
-    assert sc.proc is not None
     pid = sc.pid
-    log = LogTail(sc.log_path)
-    log.read()
-    acc0, n0 = log.counts["delivery.accepted"], count_of(count)
+    acc, n0 = Accepted(sc), count_of(count)
     cpu0, kids0 = cpu_of(pid)
     threads0 = threads_cpu(pid)
     r = load.paced(sc.port, args.rate, args.paced_seconds, CONNECTIONS, cpus=LOAD_CPU)
+    acc.answered = sum(n for status, n in r["statuses"].items() if status.startswith("2"))
     deadline = time.monotonic() + DRAIN_WAIT_S
-    while (n := count_of(count) - n0) < (accepted := log.read().counts["delivery.accepted"] - acc0) \
-            and time.monotonic() < deadline:
+    while (n := count_of(count) - n0) < (accepted := acc.count()) and time.monotonic() < deadline:
         time.sleep(0.01)
     cpu1, kids1 = cpu_of(pid)
     threads1 = threads_cpu(pid)
@@ -197,9 +221,9 @@ def rejected_load(port: int, pid: int, args: argparse.Namespace, tool: str) -> d
 def variant_round(budget: Budget, v: Variant, args: argparse.Namespace, tool: str) -> dict:
     sc, count = start(budget, v, args)
     try:
-        assert sc.proc is not None
         time.sleep(1.0)
         idle = sc.status()
+        bad_answer = answer(sc.port, False)
         load.closed(sc.port, 1, CONNECTIONS, False, tool, cpus=LOAD_CPU)  # warm-up: connections, caches
         rejected = rejected_load(sc.port, sc.pid, args, tool)
         valid = valid_load(sc, count, args, tool)
@@ -208,6 +232,7 @@ def variant_round(budget: Budget, v: Variant, args: argparse.Namespace, tool: st
     finally:
         stop(sc, count)
     return {"idle_rss_mib": idle["VmRSS"] / 1024, "peak_rss_mib": peak["VmHWM"] / 1024,
+            "bad_signature_answer": bad_answer,
             "rejected_per_s": rejected["per_s"], "rejected_cpu_ms": rejected["cpu_ms_per_request"], **valid,
             "paced_sidecar_cpu_ms": paced.get("sidecar_cpu_ms"), "paced_hook_cpu_ms": paced.get("hook_cpu_ms"),
             "paced_p99_ms": paced.get("p99_ms"), "paced": paced}
@@ -218,7 +243,7 @@ def stage_run(budget: Budget, v: Variant, args: argparse.Namespace, tool: str) -
     out = Path(tempfile.mkdtemp(prefix="bench-stages-")) / "stages.json"
     sc, count = start(budget, v, args, launcher=[str(HERE / "stages.py"), str(out)])
     try:
-        assert sc.proc is not None
+        assert isinstance(sc, Sidecar)
         pid = sc.pid
         load.closed(sc.port, 1, CONNECTIONS, True, tool, cpus=LOAD_CPU)  # warm-up, hooks included
         deadline = time.monotonic() + DRAIN_WAIT_S
@@ -301,21 +326,28 @@ FIGURES = [  # key, label, format
 ]
 
 
+def verdicts(meds: dict, names: list[str], ref: str, key: str, test: Any) -> str:
+    out = []
+    for n in names:
+        r = ratio(meds[n].get(key), meds[ref].get(key))
+        out.append(f"{n} {'n/a' if r is None else 'pass' if test(r) else 'MISS'}")
+    return ", ".join(out)
+
+
 def table(res: dict) -> str:
     names = list(res["variants"])
     meds = {n: res["variants"][n]["median"] for n in names}
     bare = res["bare"]["median_per_s"]
     head = ["figure", *[f"{n} ({res['variants'][n]['commit']})" for n in names]]
-    ab = "baseline" in names
-    others = [n for n in names if n != "baseline"]
-    if ab:
-        head += [f"ratio {n}/baseline" for n in others]
+    ab, adn = "baseline" in names, "adnanh" in names
+    others = [n for n in names if n not in ("baseline", "adnanh")]
+    refs = [ref for ref in ("baseline", "adnanh") if ref in names]
+    head += [f"ratio {n}/{ref}" for ref in refs for n in others]
     head.append("goal")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, spec in FIGURES:
         row = [label, *[fmt(meds[n].get(key), spec) for n in names]]
-        if ab:
-            row += [fmt(ratio(meds[n].get(key), meds["baseline"].get(key)), ".2f", "x") for n in others]
+        row += [fmt(ratio(meds[n].get(key), meds[ref].get(key)), ".2f", "x") for ref in refs for n in others]
         goal = GOALS.get(key, ("", None))[0]
         if key == "p99_ms":
             goal += ": " + ", ".join(f"{n} {'pass' if (meds[n].get(key) or 1e9) <= 100 else 'MISS'}" for n in names)
@@ -323,11 +355,10 @@ def table(res: dict) -> str:
             row[0] += f" (bare stdlib handler: {fmt(bare)}/s)"
             goal += ": " + ", ".join(f"{n} {fmt(ratio(meds[n].get(key), bare), '.2f')}x" for n in names)
         elif ab and (check := GOALS.get(key, ("", None))[1]) is not None:
-            verdicts = []
-            for n in others:
-                r = ratio(meds[n].get(key), meds["baseline"].get(key))
-                verdicts.append(f"{n} {'n/a' if r is None else 'pass' if check(r) else 'MISS'}")
-            goal += ": " + ", ".join(verdicts)
+            goal += ": " + verdicts(meds, others, "baseline", key, check)
+        if adn and key in ADNANH_GOALS:
+            text, test = ADNANH_GOALS[key]
+            goal = "; ".join(g for g in (goal, f"{text}: " + verdicts(meds, others, "adnanh", key, test)) if g)
         row.append(goal)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -370,10 +401,17 @@ def run_onecore(args: argparse.Namespace) -> int:
             "+dirty" if git("status", "--porcelain", "--", "sidecar", cwd=path) else "")))
     if args.baseline:
         variants.append(add_worktree(args.baseline))
+    adnanh_bin = getattr(args, "adnanh", None)  # bench/run.py --adnanh PATH
+    if adnanh_bin is not None and adnanh.usable(adnanh_bin):
+        variants.append(Variant("adnanh", adnanh_bin.resolve(), adnanh.version(adnanh_bin), "adnanh"))
+    elif adnanh_bin is not None:
+        print(f"(adnanh/webhook skipped: {adnanh_bin} is not an executable file)")
     load_start = [round(x, 2) for x in os.getloadavg()]
     print(f"bench --cpus 1: sidecar and hooks on core {SERVER_CPU}, {load.wrk_version(tool)} on core {LOAD_CPU}, "
           f"{CONNECTIONS} connections, {args.rounds} x {args.seconds} s rounds, variants "
           f"{', '.join(f'{v.name} {v.commit}' for v in variants)}; load average {load_start}", flush=True)
+    if any(v.kind == "adnanh" for v in variants):
+        print(adnanh.describe(), flush=True)
     bare = CeilingServer(budget, cpus=SERVER_CPU)
     rounds: dict[str, list[dict]] = {v.name: [] for v in variants}
     bare_rounds: list[dict] = []
@@ -392,7 +430,8 @@ def run_onecore(args: argparse.Namespace) -> int:
                 rounds[v.name].append(r)
                 print(f"  round {i + 1} {v.name}: acknowledged {r['acknowledged_per_s']:.0f}/s, hooks "
                       f"{r['hooks_per_s']:.0f}/s ({r['hooks_end_to_end_per_s']:.0f}/s to drained, drain "
-                      f"{fmt(r['drain_per_s'])}/s), p99 {r['p99_ms']:.1f} ms, 401 {r['rejected_per_s']:.0f}/s "
+                      f"{fmt(r['drain_per_s'])}/s), p99 {r['p99_ms']:.1f} ms, bad signature "
+                      f"({r['bad_signature_answer'].split()[0]}) {r['rejected_per_s']:.0f}/s "
                       f"(bare {bare_rounds[-1]['per_s']:.0f}/s), idle {r['idle_rss_mib']:.1f} MiB, CPU/delivery "
                       f"{fmt(r['sidecar_cpu_ms_per_delivery'], '.3f')} + hook "
                       f"{fmt(r['hook_cpu_ms_per_delivery'], '.3f')} ms; at {args.rate:g}/s "
@@ -400,7 +439,7 @@ def run_onecore(args: argparse.Namespace) -> int:
                       f"p99 {fmt(r['paced_p99_ms'], '.1f')} ms", flush=True)
             if args.stages:  # in the same round and order: noise hits the stage tables alike
                 for v in order:
-                    if budget.allows(f"stages {v.name}", 2 * args.seconds + 30):
+                    if v.kind == "sidecar" and budget.allows(f"stages {v.name}", 2 * args.seconds + 30):
                         stages.setdefault(v.name, []).append(stage_run(budget, v, args, tool))
                         m = stages[v.name][-1]
                         print(f"  round {i + 1} {v.name} under bench/stages.py: "
@@ -421,7 +460,8 @@ def run_onecore(args: argparse.Namespace) -> int:
                      "rate": args.rate, "paced_seconds": args.paced_seconds,
                      "rounds": args.rounds, "workers": args.workers, "log_level": args.log_level,
                      "hook": ["/bin/sh", "-c", HOOK_SCRIPT.format(count="COUNT")], "server_cpu": SERVER_CPU,
-                     "load_cpu": LOAD_CPU, "body_bytes": len(workload.BODY), "baseline": args.baseline},
+                     "load_cpu": LOAD_CPU, "body_bytes": len(workload.BODY), "baseline": args.baseline,
+                     "adnanh": next((adnanh.settings(v.root) for v in variants if v.kind == "adnanh"), None)},
         "bare": {"median_per_s": median([b["per_s"] for b in bare_rounds]), "rounds": bare_rounds},
         "variants": {v.name: {"commit": v.commit, "rounds": rounds[v.name],
                               "median": {k: summarize(rounds[v.name], k) for k, _, _ in FIGURES},
@@ -433,6 +473,8 @@ def run_onecore(args: argparse.Namespace) -> int:
           f"{loads[0]} at the start, {loads[-1]} at the end; median of {len(bare_rounds)} interleaved rounds")
     print()
     print(table(res))
+    if "adnanh" in res["variants"]:
+        print(adnanh.note(res["variants"]["adnanh"]["rounds"]))
     st = stage_table(res)
     if st:
         print()

@@ -6,6 +6,7 @@ Sidecar        one `python -m sidecar serve` (of this tree or of another checkou
 CeilingServer  the bare stdlib handler of bench/ceiling.py (optionally durable, optionally pinned).
 spawn_ceiling  Python spawning the hook from a thread pool (bench/ceiling.py spawn).
 LogTail        the sidecar's JSON log lines counted by msg, reading only what is new.
+answer         what a server answers one delivery (a probe: "401 {...}").
 cpu_of, threads_cpu  CPU seconds from /proc: of a process and its reaped children, and per thread.
 Budget         the whole run's time limit.
 """
@@ -294,6 +295,18 @@ def post(port: int, event: str) -> tuple[int, dict]:
             return resp.status, json.loads(data)
         except ValueError:
             return resp.status, {}
+    finally:
+        conn.close()
+
+
+def answer(port: int, valid: bool) -> str:
+    """What a server answers one delivery (signed with the right secret or the wrong one): "STATUS body"."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", workload.PATH, body=workload.BODY,
+                     headers={**workload.headers(valid), "X-GitHub-Delivery": uuid.uuid4().hex})
+        resp = conn.getresponse()
+        return f"{resp.status} {resp.read()[:80].decode(errors='replace')}".strip()
     finally:
         conn.close()
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from sidecar import config as config_mod
 from sidecar import logs
-from sidecar.attempts import Attempt, Job
+from sidecar.attempts import Attempt
+from sidecar.carry import Job
 from sidecar.jobs import JobState, Ticket
 from sidecar.queue_local import LocalQueue
 from sidecar.scheduler import Executor

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import procs, runner, sandbox, watchdog
+from sidecar.carry import Job
 from sidecar.config import Route
 from sidecar.launcher import Launcher
 
@@ -63,7 +64,7 @@ def main() -> None:
     assert policy is not None
     tracker = procs.Tracker(state / "runs")
     watchdog.start(tracker)  # as the service does: its messages are part of a run's cost
-    env = runner.hook_env({})
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     argv = ["/bin/true"]
     # A sidecar has a dozen threads; fork cost grows with the process, so keep some around.
     for _ in range(10):
@@ -76,7 +77,7 @@ def main() -> None:
     launcher = Launcher(tracker, box)
     route = Route(name="bench", event="*", when=(), argv=tuple(argv), timeout_s=5)
     measure("sandbox + tracking, through the launcher (the service)",
-            lambda: launcher.run(route, b"", {}, live=route, delivery="d"), n)
+            lambda: launcher.carry(job(route), b"", route, None), n)
     prebuilt = sandbox.Policy.__new__(sandbox.Policy)
     prebuilt.rules = 0
     fd = prebuilt._build(policy.grants, box.level)
@@ -104,6 +105,11 @@ def main() -> None:
     subprocess.run(["rm", "-rf", str(state)], check=False)
 
 
+def job(route: Route, cwd: str = "") -> Job:
+    return Job(delivery="d", endpoint="/webhook", provider="github", event="push", route=route, request_id="r",
+               cwd=cwd)
+
+
 def threaded(launcher: Launcher, n: int) -> None:
     """The bench's hook (sh + cat, 2 KB on stdin) from 4 worker threads, sandboxed and tracked as the
     service runs it: runs/s and the sidecar's CPU per run."""
@@ -115,7 +121,7 @@ def threaded(launcher: Launcher, n: int) -> None:
     body = b"x" * 2048
 
     def one(_: int) -> None:
-        assert launcher.run(route, body, {}, live=route, delivery="d", cwd="/tmp").ok
+        assert launcher.carry(job(route, cwd="/tmp"), body, route, None).ok
 
     before, start = cpu(), time.perf_counter()
     with ThreadPoolExecutor(4) as pool:

@@ -15,62 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import logs, metrics, runner
+from .carry import Carrier, Job
 from .config import Config, Route
-from .config_context import header_variable
-from .forward import Forwarder
-from .forward_sign import Facts
-from .launcher import Launcher
 from .replies import ReplySpec
-from .spool import NO_CONTEXT, Context, JobRow, route_spec
+from .spool import JobRow, route_spec
 
-EX_TEMPFAIL = 75
 CRASH_RETRY_S = 30.0  # an attempt that failed in our code, not the hook's: tried again this much later
-STOP_KILL_GRACE_S = 3.0
-CE_FACTS = ("id", "source", "type", "subject", "time")  # a CloudEvent's attributes hooks get as WEBHOOK_CE_*
-
-
-@dataclass(frozen=True)
-class Job:
-    """One route's run for one delivery."""
-
-    delivery: str
-    endpoint: str
-    provider: str
-    event: str
-    route: Route
-    request_id: str
-    cwd: str
-    attempt: int = 1
-    replica: str = ""
-    context: Context = NO_CONTEXT  # what the delivery kept of its request (headers, query, env_from)
-    reply: bool = False  # a sender waits for this run's stdout (WEBHOOK_REPLY=1)
-
-    def env(self) -> dict[str, str]:
-        """What the hook's environment adds to the launcher's (PATH, LANG, HOME, TMPDIR): route env, its
-        env_from values, then the WEBHOOK_* facts and the request's passed headers and query (no secrets)."""
-        facts = {
-            "WEBHOOK_EVENT": self.event,
-            "WEBHOOK_DELIVERY": self.delivery,
-            "WEBHOOK_PROVIDER": self.provider,
-            "WEBHOOK_ENDPOINT": self.endpoint,
-            "WEBHOOK_ROUTE": self.route.name,
-            "WEBHOOK_ATTEMPT": str(self.attempt),
-            "WEBHOOK_REQUEST_ID": self.request_id,
-        }
-        if self.replica:
-            facts["WEBHOOK_REPLICA"] = self.replica
-        if self.reply:
-            facts["WEBHOOK_REPLY"] = "1"
-        for name, value in self.context.headers:
-            facts[header_variable(name)] = value
-        if self.context.query is not None:
-            facts["WEBHOOK_QUERY"] = self.context.query
-        if self.route.lane is not None:
-            facts["WEBHOOK_LANE"] = self.context.lane(self.route.name)
-        for key, value in self.context.cloudevent:
-            if key in CE_FACTS and value:
-                facts[f"WEBHOOK_CE_{key.upper()}"] = value
-        return {**dict(self.route.env), **dict(self.context.route_env(self.route.name)), **facts}
+UNKNOWN = "the stored route is in no loaded table; no route of that name: not run, kept as a dead letter"
+CHANGED = "the stored route is in no loaded table; running the route of that name as the table defines it"
+NO_TARGET = "the table has no forward route of this name: not run, kept as a dead letter"
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
@@ -107,7 +60,7 @@ def resolve(row: JobRow, cfg: Config, known: KnownRoutes) -> tuple[Route | None,
     (edited in the spool, or from a table of an earlier process that has changed since)
     runs as the current table defines that route name; with no such route it runs not at all.
     """
-    if route_spec(row.route) in known:
+    if row.spec in known:
         return row.route, ""
     current = live_route(cfg, row.endpoint, row.route.name)
     return current, "route_changed" if current else "route_unknown"
@@ -133,85 +86,42 @@ class Attempt:
 
 
 def run(job_id: int, row: JobRow, body: bytes, cfg: Config, known: KnownRoutes, cancel: threading.Event,
-        replica: str = "", attempts_used: int | None = None, *, launcher: Launcher,
-        forwarder: Forwarder, reply: ReplySpec | None = None) -> Attempt:
-    """Run one attempt of a stored job with `body` on stdin through `launcher`; decide its outcome
-    (nothing recorded here)."""
+        replica: str = "", attempts_used: int | None = None, *, hooks: Carrier, forwards: Carrier,
+        reply: ReplySpec | None = None) -> Attempt:
+    """Run one attempt of a stored job with `body`: its hook through `hooks` (the launcher) or its POST
+    through `forwards`; decide its outcome (nothing recorded here)."""
     attempt = (row.attempts if attempts_used is None else attempts_used) + 1
     route, why = resolve(row, cfg, known)
     job = Job(delivery=row.delivery, endpoint=row.endpoint, provider=row.provider, event=row.event,
               route=route or row.route, request_id=row.request_id, cwd=row.cwd, attempt=attempt, replica=replica,
-              context=row.context, reply=reply is not None)
+              context=row.context, reply=reply is not None, received_at=row.received_at)
     fields: dict[str, Any] = dict(job=job_id, delivery=job.delivery, endpoint=job.endpoint, provider=job.provider,
                                   event=job.event, route=job.route.name, attempt=attempt, request_id=job.request_id,
                                   replica=replica or None)
-    if why:
-        log = logs.error if route is None else logs.warning
-        log(f"job.{why}", **fields,
-            detail="the stored route is in no loaded table; " + (
-                "running the route of that name as the table defines it" if route else
-                "no route of that name: not run, kept as a dead letter"))
-    if route is None:
-        return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
     # The sandbox options and a forward's target are the live table's route's (by name), never a stored
     # job's: a spool row is data, and a target's signing secret is never stored.
-    live = live_route(cfg, row.endpoint, route.name)
-    if route.forward is not None:
-        return _forwarded(job_id, job, body, live, row.received_at, cfg, forwarder, fields)
-    result = launcher.run(route, body, job.env(), live=live, delivery=job.delivery, cwd=row.cwd, cancel=cancel,
-                          cancel_grace_s=STOP_KILL_GRACE_S, reply_bytes=reply.max_bytes if reply else 0)
-    signum = result.signal
-    fields.update(exit_code=result.exit_code, signal=signum, duration_ms=round(result.duration_s * 1000, 1),
-                  output_tail=result.output_tail or None, error=result.error or None,
-                  leftovers=result.leftovers or None, hint=result.hint)
+    live = live_route(cfg, row.endpoint, route.name) if route is not None else None
+    detail = CHANGED if route is not None else UNKNOWN
+    if route is not None and route.forward is not None and (live is None or live.forward is None):
+        route, why, detail = None, "route_unknown", NO_TARGET
+    if why:
+        (logs.error if route is None else logs.warning)(f"job.{why}", **fields, detail=detail)
+    if route is None:
+        return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
+    carrier = forwards if route.forward is not None else hooks
+    result = carrier.carry(job, body, live, cancel, reply.max_bytes if reply else 0)
+    fields.update(result.fields)
     if result.cancelled:
         return Attempt(job_id, job, result, "interrupted", 0.0, "interrupted", fields)
-    transient = result.transient
-    if result.ok:
-        outcome = "ok"
-    elif result.timed_out:
-        outcome = "timeout"
-    elif result.error:
-        outcome = "error"
-    elif signum:
-        outcome = "signal"
-    else:
-        outcome = "failed"
-    retryable = result.timed_out or result.exit_code == EX_TEMPFAIL or transient
     if result.ok:
         state, next_at = "done", 0.0
-    elif retryable and attempt <= route.retries:
+    elif result.retryable and attempt <= route.retries:
         state = "pending"
-        next_at = time.time() + backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
+        next_at = time.time() + max(backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s),
+                                    result.retry_after_s)
     else:
         state, next_at = "failed", 0.0
-    return Attempt(job_id, job, result, state, next_at, outcome, fields)
-
-
-def _forwarded(job_id: int, job: Job, body: bytes, live: Route | None, received: float, cfg: Config,
-               forwarder: Forwarder, fields: dict[str, Any]) -> Attempt:
-    """One POST of a forward route: 2xx done; a connection error, timeout, 408, 429 or 5xx retried (a
-    longer Retry-After honoured); any other status a dead letter at once."""
-    target = live.forward if live is not None else None
-    if target is None:
-        logs.error("job.route_unknown", **fields, detail="the table has no forward route of this name:"
-                                                         " not run, kept as a dead letter")
-        return Attempt(job_id, job, None, "failed", 0.0, "route_unknown", fields)
-    ctx = job.context
-    facts = Facts(delivery=job.delivery, event=job.event, attempt=job.attempt, request_id=job.request_id,
-                  endpoint=job.endpoint, provider=job.provider, headers=dict(ctx.forwarded), received=received or None,
-                  cloudevent=dict(ctx.cloudevent) or None)
-    sent = forwarder.post(target, body, ctx.content_type, facts)
-    fields.update(sent.log_fields())
-    timed_out = sent.error == "timeout"
-    result = runner.Result(0 if sent.ok else None, timed_out, sent.duration_s, sent.tail, error=sent.error)
-    if sent.ok:
-        return Attempt(job_id, job, result, "done", 0.0, "ok", fields)
-    outcome = "timeout" if timed_out else "failed"
-    if sent.retryable and job.attempt <= job.route.retries:
-        wait = max(backoff_s(job.attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s), sent.retry_after_s or 0.0)
-        return Attempt(job_id, job, result, "pending", time.time() + wait, outcome, fields)
-    return Attempt(job_id, job, result, "failed", 0.0, outcome, fields)
+    return Attempt(job_id, job, result, state, next_at, result.outcome, fields)
 
 
 def report(a: Attempt) -> None:

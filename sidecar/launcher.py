@@ -1,23 +1,38 @@
-"""How the service starts a hook: one object made at start (isolation.start) and handed to whoever
-runs hooks (the workers, then attempts.run). It holds the process tracker (with its watchdog), the
-sandbox and the hooks' own HOME and TMPDIR; what a run needs of its route comes in as values.
+"""How the service starts a hook: one object made at start (isolation.start) and handed to the
+scheduler, which carries each hook job through it (a carry.Carrier). It holds the process tracker
+(with its watchdog), the sandbox, the hooks' own HOME and TMPDIR, and the starter: this process
+(runner.InProcess) or the spawner process (spawner.Spawner). What a run needs comes in as values.
 
 No module state: a launcher that is not handed over does nothing, and a test (or a spawner process
-of its own) makes another. `Launcher()` starts hooks unsandboxed and untracked, as runner.run does.
+of its own) makes another. `Launcher()` starts hooks unsandboxed and untracked.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
-from . import procs, runner
+from . import procs
+from .carry import Job
 from .config import Route
-from .sandbox import SANDBOX_DENIALS, Policy, Sandbox
-from .spawner import Request, Spawner
+from .config_context import header_variable
+from .runner import InProcess, Request, Result
+from .sandbox import SANDBOX_DENIALS, Sandbox
+from .spawner import Spawner
 from .watchdog import Guard
+
+PASSED_THROUGH = ("PATH", "HOME", "LANG")
+STOP_KILL_GRACE_S = 3.0  # a run interrupted by a shutdown gets this long after its SIGTERM
+CE_FACTS = ("id", "source", "type", "subject", "time")  # a CloudEvent's attributes hooks get as WEBHOOK_CE_*
+
+
+class Starter(Protocol):
+    """Starts, feeds, watches and reaps one hook run: runner.InProcess or spawner.Spawner."""
+
+    def launch(self, req: Request, stdin: bytes, cancel: threading.Event | None) -> Result: ...
 
 
 @dataclass
@@ -30,55 +45,65 @@ class Launcher:
     guard: Guard | None = None  # the watchdog that ends the runs when the sidecar dies
     spawner: Spawner | None = None  # the process that starts and watches hooks (None: this one does)
 
-    def env(self, extra: Mapping[str, str]) -> dict[str, str]:
-        """A hook's whole environment: PATH and LANG from the sidecar, its own HOME and TMPDIR, then `extra`."""
-        return runner.hook_env(extra, private=self.private)
-
-    def policy(self, route: Route | None) -> Policy | None:
-        """The sandbox policy for `route` of the live table (None: a route it does not have, the default)."""
-        return self.sandbox.for_route(route) if self.sandbox is not None else None
+    def __post_init__(self) -> None:
+        self.starter: Starter = self.spawner or InProcess(self.tracker, self.sandbox)
+        self._hint = self.sandbox.hint(None) if self.sandbox is not None else None
 
     def grants(self, route: Route | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-        """What the spawner builds `route`'s policy from (Sandbox.for_route's choice as values): its read
-        and write grants, None for no policy (`sandbox: false`, or the sandbox off)."""
+        """What `route`'s policy is built from (the live table's route: its read and write grants), None for
+        no policy (`sandbox: false`, or the sandbox off); a route the table lacks gets the default."""
         if self.sandbox is None or not self.sandbox.enabled or (route is not None and not route.sandbox):
             return None
         return (route.sandbox_read, route.sandbox_write) if route is not None else ((), ())
 
-    def run(self, route: Route, stdin: bytes, extra: Mapping[str, str], *, live: Route | None, delivery: str,
-            cwd: str | None = None, cancel: threading.Event | None = None,
-            cancel_grace_s: float = runner.KILL_GRACE_S, reply_bytes: int = 0) -> runner.Result:
-        """Run `route`'s hook (its argv, within its timeout) with `extra` added to the hooks' environment,
-        tracked, under the policy of `live`; a failure that looks like a denied write gets a hint.
+    def carry(self, job: Job, body: bytes, live: Route | None, cancel: threading.Event | None,
+              reply_bytes: int = 0) -> Result:
+        """Run the job's route's hook (its argv, within its timeout) with `body` on stdin, tracked, under the
+        policy of `live`; a failure that looks like a denied write gets a hint.
 
         `live` is the live table's route of that name, whose sandbox options apply (a stored job carries
-        none); None when the table has no such route: the default sandbox then. The route's name and
-        `delivery` name the run in the tracker's journal. `reply_bytes` > 0: the hook's stdout is kept
-        apart (Result.stdout, at most reply_bytes + 1 bytes: one more says "too long"); stderr alone
-        goes to the output tail then.
+        none); None when the table has no such route: the default sandbox then. The route's name and the
+        delivery name the run in the tracker's journal. `reply_bytes` > 0: the hook's stdout is kept apart
+        (Result.stdout, at most reply_bytes + 1 bytes: one more says "too long"); stderr alone goes to the
+        output tail then.
         """
-        if self.spawner is not None:
-            grants = self.grants(live)
-            result = self.spawner.run(Request(route.argv, self.env(extra), route.timeout_s, cwd, cancel_grace_s, grants,
-                                              route.name, delivery, reply_bytes), stdin, cancel)
-            sandboxed = grants is not None
-        else:
-            start = time.monotonic()
-            try:
-                # A route's policy is built at its first run: a failure there fails the run, never unsandboxed.
-                box = self.policy(live)
-            except OSError as e:
-                return runner.not_started(e, time.monotonic() - start)
-            result = runner.run(route.argv, stdin, self.env(extra), route.timeout_s, cwd=cwd, cancel=cancel,
-                                cancel_grace_s=cancel_grace_s, tracker=self.tracker, sandbox=box, route=route.name,
-                                delivery=delivery, reply_bytes=reply_bytes)
-            sandboxed = box is not None
-        if result.ok or result.cancelled or not sandboxed or self.sandbox is None:
-            return result
-        said = result.output_tail + result.error
-        if not any(d in said for d in SANDBOX_DENIALS):  # not what a denied write looks like
-            return result
-        return replace(result, hint=self.sandbox.hint(live))
+        route, grants = job.route, self.grants(live)
+        req = Request(route.argv, self.env(job), route.timeout_s, job.cwd or None, STOP_KILL_GRACE_S, grants,
+                      route.name, job.delivery, reply_bytes)
+        result = self.starter.launch(req, body, cancel)
+        hint = None
+        if not (result.ok or result.cancelled) and grants is not None and any(
+                d in result.output_tail + result.error for d in SANDBOX_DENIALS):
+            hint = self._hint
+        return replace(result, hint=hint, fields=dict(
+            exit_code=result.exit_code, signal=result.signal, duration_ms=round(result.duration_s * 1000, 1),
+            output_tail=result.output_tail or None, error=result.error or None, leftovers=result.leftovers or None,
+            hint=hint))
+
+    def env(self, job: Job) -> dict[str, str]:
+        """A hook's whole environment: PATH and LANG from the sidecar, its own HOME and TMPDIR, the route's
+        env and env_from values, then the WEBHOOK_* facts and the request's passed headers and query (no
+        secrets)."""
+        env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.update(self.private)
+        env.update(job.route.env)
+        ctx, name = job.context, job.route.name
+        env.update(next((pairs for route, pairs in ctx.env if route == name), ()))
+        env.update(WEBHOOK_EVENT=job.event, WEBHOOK_DELIVERY=job.delivery, WEBHOOK_PROVIDER=job.provider,
+                   WEBHOOK_ENDPOINT=job.endpoint, WEBHOOK_ROUTE=name, WEBHOOK_ATTEMPT=str(job.attempt),
+                   WEBHOOK_REQUEST_ID=job.request_id)
+        if job.replica:
+            env["WEBHOOK_REPLICA"] = job.replica
+        if job.reply:
+            env["WEBHOOK_REPLY"] = "1"
+        env.update((header_variable(header), value) for header, value in ctx.headers)
+        if ctx.query is not None:
+            env["WEBHOOK_QUERY"] = ctx.query
+        if job.route.lane is not None:
+            env["WEBHOOK_LANE"] = next((lane for route, lane in ctx.lanes if route == name), "")
+        env.update((f"WEBHOOK_CE_{key.upper()}", value) for key, value in ctx.cloudevent if key in CE_FACTS and value)
+        return env
 
     def close(self) -> None:
         """At shutdown, after the last run ended: nothing left to recover from."""

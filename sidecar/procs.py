@@ -42,7 +42,7 @@ from pathlib import Path
 
 from . import journal, proctree, sandbox
 from .journal import Journal
-from .sandbox import Policy
+from .sandbox import Spawns
 from .watchdog import MARKER_VAR as MARKER_VAR
 from .watchdog import start_time as _start_time
 from .watchdog import stat as _stat
@@ -83,7 +83,7 @@ def harden() -> None:
 
 
 def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None = None, *,
-          policy: Policy | None = None, tracker: Tracker | None = None, route: str | None = None,
+          policy: Spawns | None = None, tracker: Tracker | None = None, route: str | None = None,
           delivery: str | None = None, stdout: int | None = None) -> Hook:
     """Start a hook (sandbox.spawn: `stdin` and `output` are its ends of the pipes, `stdout` its stdout's
     when apart from `output`, `policy` its sandbox), tracked by `tracker` when given (`route` and
@@ -173,7 +173,7 @@ class Tracker:
         return Run(f"{self.instance}.{seq}", seq, {"route": route, "delivery": delivery})
 
     def start(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              policy: Policy | None, route: str | None = None, delivery: str | None = None,
+              policy: Spawns | None, route: str | None = None, delivery: str | None = None,
               stdout: int | None = None) -> Hook:
         """Start a tracked hook (sandbox.spawn's arguments) with its run's marker in its environment.
 

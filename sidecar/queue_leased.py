@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from . import attempts, lanes, logs, metrics
+from . import attempts, lanes, launcher, logs, metrics
 from .attempts import Attempt
 from .config import Config, Route
 from .errors import QueueFull, Unavailable
@@ -59,7 +59,7 @@ class LeasedQueue:
         self.replica = store.replica
         self.lease_s = store.lease_s
         # Stop a hook this long before its lease could run out: SIGTERM, its kill grace, and a margin.
-        self.fence_margin_s = min(attempts.STOP_KILL_GRACE_S + 1.0, self.lease_s / 2)
+        self.fence_margin_s = min(launcher.STOP_KILL_GRACE_S + 1.0, self.lease_s / 2)
         self._lock = threading.Condition()
         self.book = Book(self.replica, self.lease_s, self.fence_margin_s)
         self._claimed = 0  # claimed and not finished: waiting for a worker thread, or running

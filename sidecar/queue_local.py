@@ -30,7 +30,7 @@ from .config import Config, Route
 from .errors import QueueFull
 from .jobs import JobState, Ticket
 from .lanes import LaneId
-from .spool import Accepted, Delivery, JobRow, Retention, SpoolAdmin
+from .spool import Accepted, Delivery, JobRow, Retention, SpoolAdmin, route_spec
 
 SYNC_INTERVAL_S = 1.0
 # Fresh jobs reach their worker in memory (delivery and route as accepted, from the loaded table)
@@ -385,5 +385,5 @@ def _fresh_row(job_id: int, d: Delivery, route: Route) -> tuple[JobRow, bytes]:
     row = JobRow(id=job_id, state="pending", attempts=0, next_at=0.0, updated_at=0.0, route=route,
                  endpoint=d.endpoint, delivery=d.delivery, provider=d.provider, event=d.event,
                  request_id=d.request_id, cwd=d.cwd, received_at=0.0, exit_code=None, outcome=None,
-                 output_tail=None, context=d.context)
+                 output_tail=None, context=d.context, spec=route_spec(route))
     return row, d.body

@@ -1,7 +1,7 @@
 """What a delivery keeps of its request for its hooks (spool.Context), read once at acceptance: the
 endpoint's `pass_headers` found, the raw query string (`pass_query`), and each matched route's
 `env_from` values and lane (lanes.py) from the request. Stored with the delivery, it reaches any replica and survives a
-restart; the hook's environment is built from it (attempts.Job.env)."""
+restart; the hook's environment is built from it (launcher.Launcher.env)."""
 
 from __future__ import annotations
 

@@ -13,20 +13,18 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from . import procs
-
-if TYPE_CHECKING:
-    from .sandbox import Policy
+from .sandbox import Ruled, Sandbox, Spawns
 
 TAIL_BYTES = 4096
 KILL_GRACE_S = 5.0
 # After the script exits, its background children may hold stdout open; read
 # what they write for this long, then stop waiting for them.
 DRAIN_S = 0.5
-PASSED_THROUGH = ("PATH", "HOME", "LANG")
+EX_TEMPFAIL = 75  # a hook's "try again later" (sysexits.h)
 
 
 @dataclass(frozen=True)
@@ -42,23 +40,63 @@ class Result:
     leftovers: int = 0  # processes of the run still alive after the script ended, killed then
     hint: str | None = None  # for a failure that looks like a denied write: why, and the fix (the launcher's)
     stdout: bytes = b""  # with reply_bytes: the hook's stdout apart, at most reply_bytes + 1 of its first bytes
+    retry_after_s: float = 0.0  # a retry waits at least this long (a forward target's Retry-After)
+    fields: Mapping[str, Any] = field(default_factory=dict)  # what hook.finished logs of the run (the carrier's)
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
 
+    @property
+    def outcome(self) -> str:
+        """ok | timeout | error (not started) | signal | failed."""
+        if self.ok:
+            return "ok"
+        if self.timed_out:
+            return "timeout"
+        if self.error:
+            return "error"
+        return "signal" if self.signal else "failed"
 
-def hook_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None,
-             private: Mapping[str, str] | None = None) -> dict[str, str]:
-    """PATH and LANG from the sidecar, HOME and TMPDIR the hooks' own (`private`, else the sidecar's
-    HOME), then `extra`; nothing else leaks (no secrets)."""
-    base = os.environ if base is None else base
-    env = {k: base[k] for k in PASSED_THROUGH if k in base}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if private:
-        env.update(private)
-    env.update(extra)
-    return env
+    @property
+    def retryable(self) -> bool:
+        """Worth another attempt: timed out, EX_TEMPFAIL, or could not start for want of resources."""
+        return self.timed_out or self.exit_code == EX_TEMPFAIL or self.transient
+
+
+@dataclass(frozen=True)
+class Request:
+    """One run of a hook, as values: what a starter (InProcess here, or spawner.Spawner) is handed."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    timeout_s: float
+    cwd: str | None
+    cancel_grace_s: float
+    policy: tuple[Sequence[str], Sequence[str]] | None  # the route's (read, write) grants; None: no sandbox
+    route: str | None
+    delivery: str | None
+    reply_bytes: int = 0
+
+    def header(self) -> dict[str, Any]:
+        return {"argv": list(self.argv), "env": dict(self.env), "timeout_s": self.timeout_s, "cwd": self.cwd,
+                "cancel_grace_s": self.cancel_grace_s, "policy": self.policy, "route": self.route,
+                "delivery": self.delivery, "reply_bytes": self.reply_bytes}
+
+
+@dataclass
+class InProcess:
+    """Starts hooks from this process (spawner.Spawner is the other starter: from a process of its own),
+    tracked by `tracker`, each under the policy `sandbox` builds from its request's grants."""
+
+    tracker: procs.Tracker | None = None
+    sandbox: Sandbox | None = None
+
+    def launch(self, req: Request, stdin: bytes, cancel: threading.Event | None) -> Result:
+        ruled = Ruled(self.sandbox, req.policy) if self.sandbox is not None and req.policy is not None else None
+        return run(req.argv, stdin, req.env, req.timeout_s, cwd=req.cwd, cancel=cancel,
+                   cancel_grace_s=req.cancel_grace_s, tracker=self.tracker, sandbox=ruled, route=req.route,
+                   delivery=req.delivery, reply_bytes=req.reply_bytes)
 
 
 def not_started(e: OSError, duration_s: float) -> Result:
@@ -237,14 +275,15 @@ class _Watch:
 def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout_s: float,
         cwd: str | None = None, kill_grace_s: float = KILL_GRACE_S, cancel: threading.Event | None = None,
         cancel_grace_s: float = KILL_GRACE_S, *, tracker: procs.Tracker | None = None,
-        sandbox: Policy | None = None, route: str | None = None, delivery: str | None = None,
+        sandbox: Spawns | None = None, route: str | None = None, delivery: str | None = None,
         reply_bytes: int = 0) -> Result:
     """Run argv with `stdin` as input; on timeout SIGTERM the group, then SIGKILL after the grace.
 
     Setting `cancel` ends the run the same way (with `cancel_grace_s`) and marks it cancelled.
     Nothing the script started outlives the run: its group is killed when it ends, and with a
     `tracker` so are its children that left the group (setsid); `route` and `delivery` name the
-    run in the tracker's journal. `sandbox` is the Landlock policy to start it under (None: none).
+    run in the tracker's journal. `sandbox` is the Landlock policy to start it under (None: none); one
+    that cannot be built fails the run as not started.
     The service's hooks run through its launcher (launcher.py), which passes all of these.
     `reply_bytes` > 0: stdout apart from the tail, its first reply_bytes + 1 bytes in Result.stdout.
     """

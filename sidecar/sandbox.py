@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import landlock, logs
 from .grants import TEMP_DIRS, View, default_writes, exposed, walk
@@ -53,7 +53,14 @@ def popen(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], 
                             env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
 
 
-def spawn(policy: Policy | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
+class Spawns(Protocol):
+    """What starts a hook under a ruleset: a built Policy, or a Ruled that builds it on first use."""
+
+    def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
+              retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]: ...
+
+
+def spawn(policy: Spawns | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
           cwd: str | None, retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]:
     """Start a hook (popen's arguments) under `policy`; None: as the sidecar's other children."""
     if policy is None:
@@ -318,6 +325,22 @@ class Sandbox:
     def state(self) -> tuple[str, ...]:
         """Everything hooks may not write: the hidden paths and the config directory."""
         return (*((self.config_dir,) if self.config_dir else ()), *self.hidden)
+
+
+@dataclass(frozen=True)
+class Ruled:
+    """A run's policy by its grants: the sandbox builds it (or finds it built) when the hook is spawned, so
+    a failure to build fails that spawn (never a hook started unsandboxed)."""
+
+    box: Sandbox
+    grants: tuple[Sequence[str], Sequence[str]]  # the route's (read, write)
+
+    def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
+              retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]:
+        policy = self.box.policy(*self.grants)
+        if policy is None:  # the sandbox is off
+            return popen(argv, stdin, output, env, cwd, stdout)
+        return policy.spawn(argv, stdin, output, env, cwd, retry_denied, stdout=stdout)
 
 
 def create(hidden: Iterable[str | os.PathLike[str]], config_dir: str | os.PathLike[str], enabled: bool = True,

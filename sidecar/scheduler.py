@@ -18,8 +18,9 @@ from . import attempts, logs, metrics
 from .attempts import Attempt, KnownRoutes
 from .config import Config, Route
 from .forward import Forwarder
+from .forward_run import Forwarding
 from .jobs import JobState, QueuePolicy, Ticket
-from .launcher import Launcher
+from .launcher import STOP_KILL_GRACE_S, Launcher
 from .replies import Replies, ReplySpec, Waiter
 from .spool import Accepted, Delivery, SpoolAdmin
 
@@ -41,7 +42,7 @@ class Executor:
         self.known = known or attempts.routes_of([config()])
         self.replica = replica
         self.launcher = launcher or Launcher()
-        self.forwarder = Forwarder()
+        self.forwarding = Forwarding(Forwarder())
         self.replies = Replies()
         self.execute = execute or self._run
         self.crash_retry_s = CRASH_RETRY_S
@@ -90,7 +91,7 @@ class Executor:
         row = t.row
         waiter = self.replies.take(row.endpoint, row.delivery, row.route.name) if row.attempts == 0 else None
         attempt = attempts.run(t.job_id, row, t.body, self.config(), self.known, t.cancel, self.replica,
-                               launcher=self.launcher, forwarder=self.forwarder,
+                               hooks=self.launcher, forwards=self.forwarding,
                                reply=waiter.spec if waiter is not None else None)
         if waiter is not None:
             attempt.fields["replied"] = waiter.deliver(attempt.result)
@@ -174,7 +175,7 @@ class Executor:
             finished = not self._running
         self.policy.cancel_running()
         for t in self._threads:
-            t.join(attempts.STOP_KILL_GRACE_S + 5)
+            t.join(STOP_KILL_GRACE_S + 5)
         self._recorder_done.set()
         with self._cond:
             self._cond.notify_all()
@@ -189,5 +190,5 @@ class Executor:
 
     def close(self) -> None:
         """After stop(): the policy's store closes (what it has queued is committed first)."""
-        self.forwarder.close()
+        self.forwarding.close()
         self.policy.close()

@@ -24,34 +24,14 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import logs, runner, spawner_wire
+from .runner import Request
 
 READY_S = 30.0  # how long a starting spawner may take (reap leftovers, walk /, build the default ruleset)
 MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spawner_main.py")
 DIED = "the hook spawner ended during the run; its processes were killed"
-
-
-@dataclass(frozen=True)
-class Request:
-    """One run, as the spawner gets it."""
-
-    argv: Sequence[str]
-    env: Mapping[str, str]
-    timeout_s: float
-    cwd: str | None
-    cancel_grace_s: float
-    policy: tuple[Sequence[str], Sequence[str]] | None  # the route's (read, write) grants; None: no sandbox
-    route: str | None
-    delivery: str | None
-    reply_bytes: int = 0
-
-    def header(self) -> dict[str, Any]:
-        return {"argv": list(self.argv), "env": dict(self.env), "timeout_s": self.timeout_s, "cwd": self.cwd,
-                "cancel_grace_s": self.cancel_grace_s, "policy": self.policy, "route": self.route,
-                "delivery": self.delivery, "reply_bytes": self.reply_bytes}
 
 
 class Spawner:
@@ -100,7 +80,7 @@ class Spawner:
                 pass
             self.proc.wait()
 
-    def run(self, req: Request, stdin: bytes, cancel: threading.Event | None) -> runner.Result:
+    def launch(self, req: Request, stdin: bytes, cancel: threading.Event | None) -> runner.Result:
         """Run one hook through the spawner; its outcome as runner.run gives it."""
         start = time.monotonic()
         try:

@@ -88,10 +88,7 @@ class Spawner:
 
     def run(self, req: dict[str, Any], payload: bytes, cancel: threading.Event) -> runner.Result:
         grants = req.get("policy")
-        try:
-            policy = self.box.policy(*grants) if self.box is not None and grants is not None else None
-        except OSError as e:
-            return runner.not_started(e, 0.0)
+        policy = sandbox.Ruled(self.box, grants) if self.box is not None and grants is not None else None
         return runner.run(req["argv"], payload, req["env"], req["timeout_s"], cwd=req.get("cwd"), cancel=cancel,
                           cancel_grace_s=req["cancel_grace_s"], tracker=self.tracker, sandbox=policy,
                           route=req.get("route"), delivery=req.get("delivery"), reply_bytes=req.get("reply_bytes", 0))

@@ -13,7 +13,7 @@ from sidecar import lanes
 from sidecar.config import Route
 from sidecar.errors import Unavailable
 from sidecar.replies import Replies, ReplySpec, Waiter
-from sidecar.spool import Accepted, Delivery, JobRow
+from sidecar.spool import Accepted, Delivery, JobRow, route_spec
 
 
 class MemorySpool:
@@ -130,7 +130,7 @@ class MemoryStore:
                     endpoint=delivery.endpoint, delivery=delivery.delivery, provider=delivery.provider,
                     event=delivery.event, request_id=delivery.request_id, cwd=delivery.cwd,
                     received_at=time.time(), exit_code=None, outcome=None, output_tail=None,
-                    context=delivery.context)
+                    context=delivery.context, spec=route_spec(route))
                 self.bodies[job_id] = delivery.body
                 ids.append(job_id)
             self.keys[key] = ids

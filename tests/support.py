@@ -50,6 +50,15 @@ def outside_writable_dirs() -> Path:
     pytest.skip("no writable directory outside /tmp for the sidecar's state")
 
 
+def job(route: Any, delivery: str = "d", **facts: Any) -> Any:
+    """A carry.Job of `route` for a launcher's carry (facts as in a stored job: endpoint, event, ...)."""
+    from sidecar.carry import Job
+
+    base = dict(delivery=delivery, endpoint="/webhook", provider="github", event="push", route=route,
+                request_id="req", cwd="")
+    return Job(**{**base, **facts})
+
+
 def table(routes: str, top: str = "", more: str = "") -> str:
     """A config: the top-level lines `top`, the /webhook GitHub endpoint holding `routes` (a YAML
     list at any indentation), then the endpoints `more` (a YAML list too). For write_config:

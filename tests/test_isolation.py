@@ -22,7 +22,7 @@ from sidecar.config import load
 from sidecar.errors import ConfigError
 
 from .conftest import ROOT, SECRET, Sidecar, wait_for, write_config
-from .support import SecretVolume, alive, start_as, table
+from .support import SecretVolume, alive, job, start_as, table
 
 
 def start_tracked(tracker: procs.Tracker, argv: list[str], route: str | None = None,
@@ -119,9 +119,9 @@ def test_shutdown_ends_a_running_hook_and_its_setsid_child(tmp_path: Path, sidec
 
 
 def test_a_hook_killed_by_a_signal_reports_it() -> None:
-    result = runner.run(["/bin/sh", "-c", "kill -KILL $$"], b"", runner.hook_env({}), timeout_s=5)
+    result = runner.run(["/bin/sh", "-c", "kill -KILL $$"], b"", {}, timeout_s=5)
     assert (result.exit_code, result.signal, result.timed_out, result.transient) == (None, 9, False, False)
-    assert runner.run(["/bin/true"], b"", runner.hook_env({}), timeout_s=5).signal is None
+    assert runner.run(["/bin/true"], b"", {}, timeout_s=5).signal is None
 
 
 def test_a_fork_that_fails_for_lack_of_processes_is_transient(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_a_fork_that_fails_for_lack_of_processes_is_transient(tmp_path: Path) ->
     code = ("import resource, sys\n"
             "from sidecar import runner\n"
             "resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))\n"
-            "r = runner.run(['/bin/true'], b'', runner.hook_env({}), timeout_s=5)\n"
+            "r = runner.run(['/bin/true'], b'', {}, timeout_s=5)\n"
             "print(r.transient, r.error)\n")
     prefix: list[str] = []
     if os.geteuid() == 0:
@@ -268,9 +268,9 @@ def test_a_launcher_tracks_a_run_by_the_route_and_delivery_it_is_given(tmp_path:
     tracker = procs.Tracker(tmp_path / "runs")
     launch = Launcher(tracker=tracker, private={"HOME": str(tmp_path), "TMPDIR": str(tmp_path)})
     assert tracker.journal.path is not None
-    route = Route(name="deploy", event="*", when=(), argv=("/bin/sh", "-c", 'echo "$HOME $WEBHOOK_RUN_ID"; cat "$J"'))
-    result = launch.run(route, b"", {"J": str(tracker.journal.path), "WEBHOOK_ROUTE": "other"}, live=None,
-                        delivery="d1")
+    route = Route(name="deploy", event="*", when=(), argv=("/bin/sh", "-c", 'echo "$HOME $WEBHOOK_RUN_ID"; cat "$J"'),
+                  env=(("J", str(tracker.journal.path)), ("WEBHOOK_ROUTE", "other")))
+    result = launch.carry(job(route, "d1"), b"", None, None)
     assert result.ok, result
     first, written = result.output_tail.split("\n", 1)
     home, marker = first.split()

@@ -21,7 +21,7 @@ from sidecar.config import Route
 from sidecar.launcher import Launcher
 
 from .conftest import ROOT, SCRIPTS, Sidecar, wait_for
-from .support import SecretVolume, outside_writable_dirs, table
+from .support import SecretVolume, job, outside_writable_dirs, table
 
 pytestmark = pytest.mark.skipif(sandbox.abi() == 0, reason="the kernel has no Landlock (or it is disabled)")
 
@@ -208,21 +208,21 @@ def test_route_option_opts_out_or_widens(tmp_path: Path, state: Path, elsewhere:
     write = Route(name="r", event="*", when=(), argv=("/bin/sh", "-c", f"echo x > {elsewhere}/f && echo wrote"))
     default = box.for_route(read)
     for run in (read, write):
-        assert not launch.run(run, b"", {}, live=read, delivery="d").ok
-        assert not launch.run(run, b"", {}, live=None, delivery="d").ok  # a route the table lacks: the default
-    assert launch.run(write, b"", {}, live=read, delivery="d").hint  # a denied write: why, and the fix
+        assert not launch.carry(job(run), b"", read, None).ok
+        assert not launch.carry(job(run), b"", None, None).ok  # a route the table lacks: the default
+    assert launch.carry(job(write), b"", read, None).hint  # a denied write: why, and the fix
     free = replace(read, sandbox=False)
     assert box.for_route(free) is None
-    assert launch.run(read, b"", {}, live=free, delivery="d").output_tail == "s3cret"
+    assert launch.carry(job(read), b"", free, None).output_tail == "s3cret"
     denied = replace(read, argv=("/bin/sh", "-c", "echo Permission denied; exit 1"))
-    assert launch.run(denied, b"", {}, live=free, delivery="d").hint is None  # not sandboxed: not the sandbox's doing
+    assert launch.carry(job(denied), b"", free, None).hint is None  # not sandboxed: not the sandbox's doing
     wider = replace(read, sandbox_write=(str(elsewhere),))
-    assert launch.run(write, b"", {}, live=wider, delivery="d").output_tail == "wrote\n"
-    assert not launch.run(read, b"", {}, live=wider, delivery="d").ok
+    assert launch.carry(job(write), b"", wider, None).output_tail == "wrote\n"
+    assert not launch.carry(job(read), b"", wider, None).ok
     assert box.for_route(read) is default  # built once per set of grants
     # A reply route's stdout comes apart from the output tail, under the route's policy all the same.
-    replied = launch.run(replace(write, argv=("/bin/sh", "-c", f"echo answer; cat {secret}")), b"", {}, live=read,
-                         delivery="d", reply_bytes=64)
+    replied = launch.carry(job(replace(write, argv=("/bin/sh", "-c", f"echo answer; cat {secret}"))), b"", read,
+                           None, reply_bytes=64)
     assert replied.stdout == b"answer\n" and "Permission denied" in replied.output_tail and not replied.ok
 
 
@@ -232,7 +232,7 @@ def test_hooks_under_the_sandbox_run_curl_and_write_dev_null(state: Path, listen
     box = sandbox.create([str(state)], state)
     cmd = ["/bin/sh", "-c", f"curl -s -m 2 -o /dev/null telnet://127.0.0.1:{listener} </dev/null; "
                             "echo rc=$?; echo hi > /dev/stdout; ls /usr/bin >/dev/null && echo listed"]
-    result = runner.run(cmd, b"", runner.hook_env({}), 10, sandbox=box.policy(), tracker=None)
+    result = runner.run(cmd, b"", {}, 10, sandbox=box.policy(), tracker=None)
     assert result.output_tail in ("rc=0\nhi\nlisted\n", "rc=28\nhi\nlisted\n"), result
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sidecar import config as config_mod
-from sidecar.attempts import Attempt, Job
+from sidecar.attempts import Attempt
+from sidecar.carry import Job
 from sidecar.config import Config
 from sidecar.jobs import JobState, Ticket
 from sidecar.queue_local import LocalQueue

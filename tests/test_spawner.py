@@ -76,9 +76,9 @@ def test_routes_keep_their_sandbox_policy_in_the_spawner(tmp_path: Path) -> None
         assert helper is not None
         try:
             def run(grants: tuple[tuple[str, ...], tuple[str, ...]] | None, script: str) -> runner.Result:
-                req = spawner.Request(("/bin/sh", "-c", script), runner.hook_env({"A": "1"}), 5, None, 5, grants,
+                req = runner.Request(("/bin/sh", "-c", script), {"A": "1"}, 5, None, 5, grants,
                                       "r", "d", reply_bytes=64)
-                return helper.run(req, b"payload", None)
+                return helper.launch(req, b"payload", None)
 
             denied = run(((), ()), f"cat; echo $A; cat {secret}")
             assert denied.stdout == b"payload1\n" and "Permission denied" in denied.output_tail and not denied.ok
@@ -101,14 +101,14 @@ def test_a_cancel_ends_a_run_in_the_spawner(tmp_path: Path) -> None:
     try:
         cancel = threading.Event()
         pid_file = tmp_path / "pid"
-        req = spawner.Request(("/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"), runner.hook_env({}), 30,
+        req = runner.Request(("/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"), {}, 30,
                               None, 0.5, None, "r", "d")
         threading.Timer(0.5, cancel.set).start()
         start = time.monotonic()
-        result = helper.run(req, b"", cancel)
+        result = helper.launch(req, b"", cancel)
         assert result.cancelled and result.signal == signal.SIGTERM and time.monotonic() - start < 3, result
         assert not alive(int(wait_for(lambda: pid_file.read_text().strip())))
-        quick = helper.run(spawner.Request(("/bin/echo", "next"), {}, 5, None, 5, None, "r", "d"), b"", None)
+        quick = helper.launch(runner.Request(("/bin/echo", "next"), {}, 5, None, 5, None, "r", "d"), b"", None)
         assert quick.output_tail == "next\n"  # the connection goes on after a cancel
     finally:
         helper.close()

@@ -142,6 +142,7 @@ class JobRow(Facts):
     output_tail: str | None
     replica: str | None = None  # shared spool: the replica holding the job, or that ran it last
     context: Context = NO_CONTEXT
+    spec: str = ""  # the route as stored (its text, which attempts.resolve checks against the loaded tables)
 
 
 class SpoolAdmin(Protocol):

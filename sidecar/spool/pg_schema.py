@@ -37,7 +37,7 @@ def job_row(r: Sequence[Any]) -> JobRow:
     return JobRow(id=r[0], state=r[1], attempts=r[2], next_at=r[3], updated_at=r[4], route=route_from_spec(r[5]),
                   endpoint=r[6], delivery=r[7], provider=r[8], event=r[9], request_id=r[10], cwd=r[11],
                   received_at=r[12], exit_code=r[13], outcome=r[14], output_tail=r[15], replica=r[16],
-                  context=Context.loads(r[17]))
+                  context=Context.loads(r[17]), spec=r[5])
 
 MIGRATIONS = {1: """
 CREATE TABLE sidecar_deliveries (

@@ -33,7 +33,8 @@ on core 0, wrk on core 1, optionally A/B against a checkout of --baseline REF, -
 delivery by stage (bench/stages.py):
 
     python bench/run.py --cpus 1 [--baseline 652c911] [--stages] [--rounds 3] [--seconds 5]
-                        [--tree DIR] [--also DIR ...] [--rate 200] [--paced-seconds 5] [--budget 900]
+                        [--tree DIR] [--also DIR ...] [--adnanh PATH] [--rate 200] [--paced-seconds 5]
+                        [--budget 900]
 
 Where things are: servers.py (the sidecar and the ceilings as processes, /proc readings), load.py
 (load generation), figures.py (the default bench's measurements), onecore.py (the one-core mode),
@@ -84,6 +85,9 @@ def main() -> int:
     ap.add_argument("--also", type=Path, action="append", metavar="DIR",
                     help="with --cpus 1: one more checkout to measure in the same rounds (repeatable)")
     ap.add_argument("--stages", action="store_true", help="with --cpus 1: CPU per delivery by stage")
+    ap.add_argument("--adnanh", type=Path, metavar="PATH",
+                    help="with --cpus 1: also measure adnanh/webhook, this binary (built elsewhere), in the same "
+                         "rounds (bench/adnanh.py); skipped when PATH is not an executable file")
     args = ap.parse_args()
     if args.cpus == 1:
         args.budget = 900 if args.budget is None else args.budget
@@ -91,8 +95,8 @@ def main() -> int:
         return onecore.run_onecore(args)
     args.budget = 285 if args.budget is None else args.budget
     args.paced_seconds = 10 if args.paced_seconds is None else args.paced_seconds
-    if args.baseline or args.stages or args.tree or args.also:
-        ap.error("--baseline, --tree, --also and --stages go with --cpus 1")
+    if args.baseline or args.stages or args.tree or args.also or args.adnanh:
+        ap.error("--baseline, --tree, --also, --adnanh and --stages go with --cpus 1")
     return figures.run_default(args)
 
 

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import logs, procs, sandbox, spawner, watchdog
+from . import forkserver, logs, procs, sandbox, spawner, watchdog
 from .config import Config
 from .launcher import Launcher
 
@@ -105,8 +105,28 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool = True, spawned: b
     guard = watchdog.start(tracker)  # before any hook runs: its hooks end with this sidecar, however it ends
     if guard is not None and private is not None:
         guard.remove_at_end(str(private))  # after a kill -9 too
+    forks = _fork_server(tracker)
     _announce(cfg, box)
-    return Launcher(tracker, box, dirs, guard)
+    return Launcher(tracker, box, dirs, guard, forks=forks)
+
+
+def _fork_server(tracker: procs.Tracker) -> forkserver.ForkServer | None:
+    """The fork server, when built and not turned off (SIDECAR_FORKSERVER): hooks start through it."""
+    binary = forkserver.find()
+    if binary is None:
+        logs.info("hooks.forkserver", state="off", detail="hooks start through subprocess in this process"
+                  " (build the fork server with `make native`, or SIDECAR_FORKSERVER=off turns it off)")
+        return None
+    server = forkserver.ForkServer(binary)
+    server.spared = tracker.spared
+    try:
+        server.start()
+    except OSError as e:
+        logs.warning("hooks.forkserver", state="off", binary=binary, error=str(e),
+                     detail="hooks start through subprocess in this process")
+        return None
+    logs.info("hooks.forkserver", state="on", binary=binary, pid=server.proc.pid if server.proc else None)
+    return server
 
 
 def _private_dirs(state: list[str]) -> Path | None:

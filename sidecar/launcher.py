@@ -19,6 +19,7 @@ from . import procs
 from .carry import Job
 from .config import Route
 from .config_context import header_variable
+from .forkserver import ForkServer
 from .runner import InProcess, Request, Result
 from .sandbox import SANDBOX_DENIALS, Sandbox
 from .spawner import Spawner
@@ -44,9 +45,10 @@ class Launcher:
     private: Mapping[str, str] = field(default_factory=dict)  # the hooks' HOME and TMPDIR
     guard: Guard | None = None  # the watchdog that ends the runs when the sidecar dies
     spawner: Spawner | None = None  # the process that starts and watches hooks (None: this one does)
+    forks: ForkServer | None = None  # the process that forks hooks for this one (None: subprocess here)
 
     def __post_init__(self) -> None:
-        self.starter: Starter = self.spawner or InProcess(self.tracker, self.sandbox)
+        self.starter: Starter = self.spawner or InProcess(self.tracker, self.sandbox, self.forks)
         self._hint = self.sandbox.hint(None) if self.sandbox is not None else None
 
     def grants(self, route: Route | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
@@ -109,5 +111,7 @@ class Launcher:
         """At shutdown, after the last run ended: nothing left to recover from."""
         if self.spawner is not None:
             self.spawner.close()
+        if self.forks is not None:
+            self.forks.close()
         if self.tracker is not None:
             self.tracker.close()

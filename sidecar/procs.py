@@ -33,7 +33,6 @@ import hashlib
 import itertools
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +41,7 @@ from pathlib import Path
 
 from . import journal, proctree, sandbox
 from .journal import Journal
-from .sandbox import Spawns
+from .sandbox import Process, Spawns
 from .watchdog import MARKER_VAR as MARKER_VAR
 from .watchdog import start_time as _start_time
 from .watchdog import stat as _stat
@@ -97,7 +96,7 @@ def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], 
 class Hook:
     """A started hook: its process (leader of a session and group of its own), its run when tracked."""
 
-    proc: subprocess.Popen[bytes]
+    proc: Process
     tracker: Tracker | None = None
     run: Run | None = None
 
@@ -125,9 +124,9 @@ class Hook:
         # Nothing of the group may survive the run: not children that ignored SIGTERM
         # after their shell died, nor background ones a later attempt would overlap.
         self.signal_group(signal.SIGKILL)
-        self.proc.wait()
+        code = self.proc.wait()
         leftovers = self.tracker.end(self.run) if self.tracker is not None and self.run is not None else []
-        return self.proc.returncode, len(leftovers)
+        return code, len(leftovers)
 
 
 @dataclass
@@ -164,6 +163,7 @@ class Tracker:
         # watchdog.py's pipe: b"+<run> <pid>\n" when a hook starts, b"-<run>\n" when nothing of it is left.
         self.notify: Callable[[bytes], None] | None = None
         self.watchdog_pid = 0  # a child of the main thread like the orphans, never one of a run's
+        self.spared: set[int] = set()  # other helpers of ours among them (the fork server)
 
     # --- one run ----------------------------------------------------------------------
     def begin(self, route: str | None = None, delivery: str | None = None) -> Run:
@@ -233,7 +233,7 @@ class Tracker:
         others = set(self._mains.values())
         found: list[int] = []
         for pid in proctree.orphans():
-            if pid in self._mains or pid == self.watchdog_pid:
+            if pid in self._mains or pid == self.watchdog_pid or pid in self.spared:
                 continue  # another run's hook (its own end() deals with it), or the watchdog
             st = _stat(pid)
             if st is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import procs
+from .forkserver import Forking, ForkServer
 from .sandbox import Ruled, Sandbox, Spawns
 
 TAIL_BYTES = 4096
@@ -87,13 +88,19 @@ class Request:
 @dataclass
 class InProcess:
     """Starts hooks from this process (spawner.Spawner is the other starter: from a process of its own),
-    tracked by `tracker`, each under the policy `sandbox` builds from its request's grants."""
+    tracked by `tracker`, each under the policy `sandbox` builds from its request's grants; forked by the
+    fork server `forks` when there is one, else by subprocess here."""
 
     tracker: procs.Tracker | None = None
     sandbox: Sandbox | None = None
+    forks: ForkServer | None = None
 
     def launch(self, req: Request, stdin: bytes, cancel: threading.Event | None) -> Result:
-        ruled = Ruled(self.sandbox, req.policy) if self.sandbox is not None and req.policy is not None else None
+        ruled: Spawns | None = None
+        if self.forks is not None:
+            ruled = Forking(self.forks, self.sandbox, req.policy)
+        elif self.sandbox is not None and req.policy is not None:
+            ruled = Ruled(self.sandbox, req.policy)
         return run(req.argv, stdin, req.env, req.timeout_s, cwd=req.cwd, cancel=cancel,
                    cancel_grace_s=req.cancel_grace_s, tracker=self.tracker, sandbox=ruled, route=req.route,
                    delivery=req.delivery, reply_bytes=req.reply_bytes)

@@ -53,15 +53,27 @@ def popen(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], 
                             env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
 
 
+class Process(Protocol):
+    """A started hook, as procs.Hook uses it: subprocess.Popen, or forkserver.Forked."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def kill(self) -> None: ...
+
+
 class Spawns(Protocol):
-    """What starts a hook under a ruleset: a built Policy, or a Ruled that builds it on first use."""
+    """What starts a hook under a ruleset: a built Policy, a Ruled that builds it on first use, or the fork
+    server's forkserver.Forking."""
 
     def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]: ...
+              retry_denied: bool = True, stdout: int | None = None) -> Process: ...
 
 
 def spawn(policy: Spawns | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
-          cwd: str | None, retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]:
+          cwd: str | None, retry_denied: bool = True, stdout: int | None = None) -> Process:
     """Start a hook (popen's arguments) under `policy`; None: as the sidecar's other children."""
     if policy is None:
         return popen(argv, stdin, output, env, cwd, stdout)
@@ -92,6 +104,7 @@ class Policy:
         self.grants = grants
         self.rules = 0
         self.dropped = ""  # what the thread did to its capabilities
+        self.fd = -1  # the ruleset (kept for the fork server, whose children enter it themselves)
         self._owner = owner  # checked before each spawn, asked again after an EACCES
         fd = self._build(grants, level, view) if level else -1
         # With scopes, each spawn gets a thread of its own one domain below this policy's: a hook may
@@ -99,6 +112,9 @@ class Policy:
         self._layer = landlock.create_layer(level) if level and landlock.scopes(level) else -1
         if self._layer >= 0:
             weakref.finalize(self, os.close, self._layer)
+        if fd >= 0:
+            self.fd = fd
+            weakref.finalize(self, os.close, fd)
         self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
         self._state = threading.Lock()
@@ -109,8 +125,6 @@ class Policy:
                                         daemon=True)
         self._thread.start()
         applied.wait()
-        if fd >= 0:
-            os.close(fd)
         if ready[0] is not None:
             raise ready[0]
 
@@ -164,7 +178,7 @@ class Policy:
         _serve_one(job)
 
     def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]:
+              retry_denied: bool = True, stdout: int | None = None) -> Process:
         """Start a hook (popen's arguments) from the sandboxed thread: it inherits the domain.
 
         Refused with EACCES (the script, or the directory it runs in, is not in this ruleset): the
@@ -336,7 +350,7 @@ class Ruled:
     grants: tuple[Sequence[str], Sequence[str]]  # the route's (read, write)
 
     def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              retry_denied: bool = True, stdout: int | None = None) -> subprocess.Popen[bytes]:
+              retry_denied: bool = True, stdout: int | None = None) -> Process:
         policy = self.box.policy(*self.grants)
         if policy is None:  # the sandbox is off
             return popen(argv, stdin, output, env, cwd, stdout)

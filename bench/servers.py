@@ -244,14 +244,17 @@ def _stat(pid: int) -> tuple[float, float, int]:
     return (utime + stime) / TICK, (cutime + cstime) / TICK, int(fields[1])
 
 
+HELPERS = ("python", "forkserver")  # the comm of a long-lived helper process (not a hook)
+
+
 def _helpers(pid: int) -> list[int]:
-    """The long-lived Python processes under `pid` (the hook spawner, watchdogs), not hooks."""
+    """The long-lived helper processes under `pid` (the hook spawner or fork server, watchdogs), not hooks."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if _stat(int(entry.name))[2] == pid and (entry / "comm").read_text().startswith("python"):
+            if _stat(int(entry.name))[2] == pid and (entry / "comm").read_text().startswith(HELPERS):
                 found.append(int(entry.name))
         except OSError:
             continue

@@ -1,10 +1,12 @@
-"""Sidecar CPU per hook spawn: plain, sandboxed (the policy's thread), and the alternatives not taken.
+"""Sidecar CPU per hook spawn: plain, sandboxed (the policy's thread, or the fork server), and the
+alternatives not taken.
 
     .venv/bin/python -m bench.spawn_cost [N]
 
 CPU is the sidecar process's own (RUSAGE_SELF: all its threads, not the hooks'), per run of
 /bin/true through runner.run, so it includes the pipes, the wait and the end-of-run checks; the
-service's row goes through its launcher (launcher.py: the route's policy looked up, then runner.run).
+service's rows go through its launcher (launcher.py), with subprocess here and with the fork server
+(`make native`; its own CPU added, its hooks' not).
 The preexec_fn rows apply the same ruleset in the child after fork, as subprocess would have
 to without the per-thread trick: once with the ruleset built in the parent and its fd passed,
 once building it per spawn.
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sidecar import procs, runner, sandbox, watchdog
+from sidecar import forkserver, procs, runner, sandbox, watchdog
 from sidecar.carry import Job
 from sidecar.config import Route
 from sidecar.launcher import Launcher
@@ -34,13 +36,22 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(label: str, fn: Callable[[], object], n: int) -> float:
+def helper_cpu(forks: forkserver.ForkServer | None) -> float:
+    """The fork server's own CPU seconds (its hooks' are its children's, not counted here)."""
+    if forks is None or forks.proc is None:
+        return 0.0
+    with open(f"/proc/{forks.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(label: str, fn: Callable[[], object], n: int, forks: forkserver.ForkServer | None = None) -> float:
     for _ in range(20):
         fn()
-    start = cpu()
+    start = cpu() + helper_cpu(forks)
     for _ in range(n):
         fn()
-    per = (cpu() - start) / n * 1000
+    per = (cpu() + helper_cpu(forks) - start) / n * 1000
     print(f"{label:58s} {per:6.3f} ms CPU per spawn")
     return per
 
@@ -76,8 +87,17 @@ def main() -> None:
     measure("sandbox: policy thread (taken)", lambda: runner.run(argv, b"", env, 5, sandbox=policy, tracker=None), n)
     launcher = Launcher(tracker, box)
     route = Route(name="bench", event="*", when=(), argv=tuple(argv), timeout_s=5)
-    measure("sandbox + tracking, through the launcher (the service)",
+    measure("sandbox + tracking, through the launcher (subprocess here)",
             lambda: launcher.carry(job(route), b"", route, None), n)
+    binary = forkserver.find()
+    forks = forkserver.ForkServer(binary) if binary else None
+    served = launcher
+    if forks is not None:
+        forks.spared = tracker.spared
+        forks.start()
+        served = Launcher(tracker, box, forks=forks)
+        measure("sandbox + tracking, through the fork server (+ its own CPU)",
+                lambda: served.carry(job(route), b"", route, None), n, forks)
     prebuilt = sandbox.Policy.__new__(sandbox.Policy)
     prebuilt.rules = 0
     fd = prebuilt._build(policy.grants, box.level)
@@ -101,7 +121,10 @@ def main() -> None:
     measure("bare Popen, preexec_fn + ruleset fd built once (not taken)", preexec_prebuilt, n)
     measure("bare Popen, preexec_fn + ruleset built per spawn (not taken)", preexec_per_spawn, max(50, n // 5))
     os.close(fd)
-    threaded(launcher, n)
+    threaded(launcher, n, "subprocess here")
+    if forks is not None:
+        threaded(served, n, "the fork server", forks)
+        forks.close()
     subprocess.run(["rm", "-rf", str(state)], check=False)
 
 
@@ -110,7 +133,7 @@ def job(route: Route, cwd: str = "") -> Job:
                cwd=cwd)
 
 
-def threaded(launcher: Launcher, n: int) -> None:
+def threaded(launcher: Launcher, n: int, how: str, forks: forkserver.ForkServer | None = None) -> None:
     """The bench's hook (sh + cat, 2 KB on stdin) from 4 worker threads, sandboxed and tracked as the
     service runs it: runs/s and the sidecar's CPU per run."""
     from concurrent.futures import ThreadPoolExecutor
@@ -123,11 +146,11 @@ def threaded(launcher: Launcher, n: int) -> None:
     def one(_: int) -> None:
         assert launcher.carry(job(route, cwd="/tmp"), body, route, None).ok
 
-    before, start = cpu(), time.perf_counter()
+    before, start = cpu() + helper_cpu(forks), time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(one, range(2 * n)))
-    took, used = time.perf_counter() - start, cpu() - before
-    print(f"{2 * n} runs of the bench's hook from 4 threads (sandbox + tracking): {2 * n / took:.0f} runs/s,"
+    took, used = time.perf_counter() - start, cpu() + helper_cpu(forks) - before
+    print(f"{2 * n} runs of the bench's hook from 4 threads (sandbox + tracking, {how}): {2 * n / took:.0f} runs/s,"
           f" {used / (2 * n) * 1000:.3f} ms sidecar CPU per run")
     subprocess.run(["rm", "-rf", str(count.parent)], check=False)
 

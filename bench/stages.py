@@ -59,7 +59,6 @@ WRAP = [
     ("sidecar.procs", "Tracker.start", "spawn"),
     ("sidecar.procs", "Hook.reap", "watch"),
     ("sidecar.procs", "Tracker.end", "watch"),
-    ("sidecar.spawner", "Spawner.launch|Spawner.run", "spawner"),
     ("subprocess", "Popen.__init__", "spawn"),
     ("os", "posix_spawn", "spawn"),
     ("os", "posix_spawnp", "spawn"),

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import forkserver, logs, procs, sandbox, spawner, watchdog
+from . import forkserver, logs, procs, sandbox, watchdog
 from .config import Config
 from .launcher import Launcher
 
@@ -56,14 +56,12 @@ def remove_private(root: Path) -> None:
     watchdog.remove_tree(str(root))
 
 
-def start(cfg: Config, env_file: Path | None, sandboxed: bool = True, spawned: bool | None = None) -> Launcher:
+def start(cfg: Config, env_file: Path | None, sandboxed: bool = True) -> Launcher:
     """Call before any job can run: kills what a crashed sidecar's hooks left, then makes the launcher
-    (the spawner process, else a process tracker and watchdog here; sandbox, the hooks' own HOME and
-    TMPDIR) that every hook starts through.
+    (a process tracker and watchdog, the sandbox, the hooks' own HOME and TMPDIR, the fork server when
+    there is one) that every hook starts through.
 
-    `sandboxed` False: --sandbox off (SIDECAR_SANDBOX=off, read by the CLI). `spawned` True (None:
-    SIDECAR_SPAWNER=on in the environment): hooks start in the spawner process; else in this process
-    (the default: measured on one core, the spawner costs more CPU per delivery than it saves).
+    `sandboxed` False: --sandbox off (SIDECAR_SANDBOX=off, read by the CLI).
     """
     procs.harden()
     # Records live beside the embedded spool (hidden from hooks with it). A shared spool has no
@@ -88,17 +86,6 @@ def start(cfg: Config, env_file: Path | None, sandboxed: bool = True, spawned: b
     private = _private_dirs([*hidden, str(cfg.base_dir)])
     box = sandbox.create(hidden, cfg.base_dir, enabled=sandboxed, private=private or "")
     dirs = {"HOME": str(private / "home"), "TMPDIR": str(private / "tmp")} if private is not None else {}
-    if spawned is None:
-        spawned = os.environ.get("SIDECAR_SPAWNER", "off").lower() in ("on", "1", "true", "yes")
-    if spawned:
-        init = {"run_dir": str(run_dir) if run_dir else None, "key": key, "private": str(private or ""),
-                "log_level": logs.LEVELS[logs._sink.rank],
-                "sandbox": {"hidden": list(box.hidden), "config_dir": box.config_dir, "enabled": sandboxed,
-                            "private": box.private}}
-        helper = spawner.start(init)  # it ends what dead spawners' runs left, then has its own watchdog
-        if helper is not None:
-            _announce(cfg, box)
-            return Launcher(None, box, dirs, None, helper)
     # Hooks start here: this process is their subreaper, and its watchdog ends them when it dies.
     procs.prctl(procs.PR_SET_CHILD_SUBREAPER, 1)
     tracker.subreaper = True
@@ -136,7 +123,7 @@ def _private_dirs(state: list[str]) -> Path | None:
         logs.warning("hooks.no_private_home", detail="no temp directory outside the sidecar's state could be"
                      " made: hooks get the sidecar's HOME and no TMPDIR, and may write neither")
         return None
-    atexit.register(remove_private, private)  # after a kill -9: by the watchdog (here or the spawner's)
+    atexit.register(remove_private, private)  # after a kill -9: by the watchdog (this sidecar's)
     return private
 
 
@@ -192,8 +179,6 @@ def reload_sandbox(launcher: Launcher, cfg: Config, env_file: Path | None) -> No
         return
     narrowed = list(box.narrowed)
     hidden = hidden_state(cfg, env_file)
-    if launcher.spawner is not None:
-        launcher.spawner.rebuild(hidden)
     if box.rebuild(hidden):
         logs.info("hooks.sandbox_rebuilt", hidden=list(box.hidden))
         for problem in box.exposed:

@@ -1,10 +1,10 @@
 """How the service starts a hook: one object made at start (isolation.start) and handed to the
 scheduler, which carries each hook job through it (a carry.Carrier). It holds the process tracker
-(with its watchdog), the sandbox, the hooks' own HOME and TMPDIR, and the starter: this process
-(runner.InProcess) or the spawner process (spawner.Spawner). What a run needs comes in as values.
+(with its watchdog), the sandbox, the hooks' own HOME and TMPDIR and the fork server when there is
+one (forkserver.py); runner.InProcess starts each run through them. What a run needs comes in as values.
 
-No module state: a launcher that is not handed over does nothing, and a test (or a spawner process
-of its own) makes another. `Launcher()` starts hooks unsandboxed and untracked.
+No module state: a launcher that is not handed over does nothing, and a test makes another.
+`Launcher()` starts hooks unsandboxed and untracked.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import dataclass, field
 
 from . import procs
 from .carry import Job
@@ -22,18 +21,11 @@ from .config_context import header_variable
 from .forkserver import ForkServer
 from .runner import InProcess, Request, Result
 from .sandbox import SANDBOX_DENIALS, Sandbox
-from .spawner import Spawner
 from .watchdog import Guard
 
 PASSED_THROUGH = ("PATH", "HOME", "LANG")
 STOP_KILL_GRACE_S = 3.0  # a run interrupted by a shutdown gets this long after its SIGTERM
 CE_FACTS = ("id", "source", "type", "subject", "time")  # a CloudEvent's attributes hooks get as WEBHOOK_CE_*
-
-
-class Starter(Protocol):
-    """Starts, feeds, watches and reaps one hook run: runner.InProcess or spawner.Spawner."""
-
-    def launch(self, req: Request, stdin: bytes, cancel: threading.Event | None) -> Result: ...
 
 
 @dataclass
@@ -44,11 +36,10 @@ class Launcher:
     sandbox: Sandbox | None = None  # None: hooks start as the sidecar's other children
     private: Mapping[str, str] = field(default_factory=dict)  # the hooks' HOME and TMPDIR
     guard: Guard | None = None  # the watchdog that ends the runs when the sidecar dies
-    spawner: Spawner | None = None  # the process that starts and watches hooks (None: this one does)
     forks: ForkServer | None = None  # the process that forks hooks for this one (None: subprocess here)
 
     def __post_init__(self) -> None:
-        self.starter: Starter = self.spawner or InProcess(self.tracker, self.sandbox, self.forks)
+        self.starter = InProcess(self.tracker, self.sandbox, self.forks)
         self._hint = self.sandbox.hint(None) if self.sandbox is not None else None
 
     def grants(self, route: Route | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
@@ -77,10 +68,11 @@ class Launcher:
         if not (result.ok or result.cancelled) and grants is not None and any(
                 d in result.output_tail + result.error for d in SANDBOX_DENIALS):
             hint = self._hint
-        return replace(result, hint=hint, fields=dict(
-            exit_code=result.exit_code, signal=result.signal, duration_ms=round(result.duration_s * 1000, 1),
-            output_tail=result.output_tail or None, error=result.error or None, leftovers=result.leftovers or None,
-            hint=hint))
+        result.hint = hint  # the starter's result, ours alone (dataclasses.replace costs more than the rest here)
+        result.fields = dict(exit_code=result.exit_code, signal=result.signal,
+                             duration_ms=round(result.duration_s * 1000, 1), output_tail=result.output_tail or None,
+                             error=result.error or None, leftovers=result.leftovers or None, hint=hint)
+        return result
 
     def env(self, job: Job) -> dict[str, str]:
         """A hook's whole environment: PATH and LANG from the sidecar, its own HOME and TMPDIR, the route's
@@ -109,8 +101,6 @@ class Launcher:
 
     def close(self) -> None:
         """At shutdown, after the last run ended: nothing left to recover from."""
-        if self.spawner is not None:
-            self.spawner.close()
         if self.forks is not None:
             self.forks.close()
         if self.tracker is not None:

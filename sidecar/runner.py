@@ -28,7 +28,7 @@ DRAIN_S = 0.5
 EX_TEMPFAIL = 75  # a hook's "try again later" (sysexits.h)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Result:
     exit_code: int | None  # None when killed by a signal
     timed_out: bool
@@ -67,7 +67,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Request:
-    """One run of a hook, as values: what a starter (InProcess here, or spawner.Spawner) is handed."""
+    """One run of a hook, as values: what InProcess is handed."""
 
     argv: Sequence[str]
     env: Mapping[str, str]
@@ -79,17 +79,11 @@ class Request:
     delivery: str | None
     reply_bytes: int = 0
 
-    def header(self) -> dict[str, Any]:
-        return {"argv": list(self.argv), "env": dict(self.env), "timeout_s": self.timeout_s, "cwd": self.cwd,
-                "cancel_grace_s": self.cancel_grace_s, "policy": self.policy, "route": self.route,
-                "delivery": self.delivery, "reply_bytes": self.reply_bytes}
-
 
 @dataclass
 class InProcess:
-    """Starts hooks from this process (spawner.Spawner is the other starter: from a process of its own),
-    tracked by `tracker`, each under the policy `sandbox` builds from its request's grants; forked by the
-    fork server `forks` when there is one, else by subprocess here."""
+    """Starts hooks for this process, tracked by `tracker`, each under the policy `sandbox` builds from its
+    request's grants; forked by the fork server `forks` when there is one, else by subprocess here."""
 
     tracker: procs.Tracker | None = None
     sandbox: Sandbox | None = None

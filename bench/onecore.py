@@ -62,7 +62,7 @@ ADNANH_GOALS = {  # against adnanh/webhook (--adnanh)
 }
 OPTIONAL_WRAPS = {"sidecar.spool|sidecar.spool.sqlite.Spool.claim", "sidecar.logs._write", "os.posix_spawnp",
                   "sidecar.workers.Workers._recorded", "sidecar.attempts.report", "sidecar.workers.Workers._record",
-                  "sidecar.procs.start", "sidecar.procs.Tracker.start", "sidecar.procs.Hook.reap",
+                  "sidecar.procs.start", "sidecar.procs.Tracker.started", "sidecar.procs.Hook.reap",
                   "sidecar.procs.Tracker.end", "sidecar.workers.Workers._forget"}
 STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn", "watch", "spawner", "result record",
                "log", "spool sync", "spool other"]

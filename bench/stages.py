@@ -56,7 +56,7 @@ WRAP = [
     ("sidecar.workers|sidecar.launcher|sidecar.attempts", "Job.env|Launcher.env|Job.env", "spawn"),
     ("sidecar.runner", "run", "watch"),
     ("sidecar.procs", "start", "spawn"),
-    ("sidecar.procs", "Tracker.start", "spawn"),
+    ("sidecar.procs", "Tracker.started|Tracker.start", "spawn"),
     ("sidecar.procs", "Hook.reap", "watch"),
     ("sidecar.procs", "Tracker.end", "watch"),
     ("subprocess", "Popen.__init__", "spawn"),

@@ -27,6 +27,7 @@ proctree.py.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -42,6 +43,7 @@ from pathlib import Path
 from . import journal, proctree, sandbox
 from .journal import Journal
 from .sandbox import Process, Spawns
+from .watch import Ends, Pipes, Watch
 from .watchdog import MARKER_VAR as MARKER_VAR
 from .watchdog import start_time as _start_time
 from .watchdog import stat as _stat
@@ -86,10 +88,49 @@ def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], 
           delivery: str | None = None, stdout: int | None = None) -> Hook:
     """Start a hook (sandbox.spawn: `stdin` and `output` are its ends of the pipes, `stdout` its stdout's
     when apart from `output`, `policy` its sandbox), tracked by `tracker` when given (`route` and
-    `delivery` name the run in its journal)."""
-    if tracker is not None:
-        return tracker.start(argv, stdin, output, env, cwd, policy, route, delivery, stdout=stdout)
-    return Hook(sandbox.spawn(policy, argv, stdin, output, env, cwd, stdout=stdout))
+    `delivery` name the run in its journal).
+
+    Tracked, it carries its run's marker in its environment; its pid is registered under the tracker's
+    lock, so end() of another run never reaps it as an orphan, and journaled: the line's time stands for
+    the pid's start time (recovery takes the pid for the hook only if the process there started within
+    2 s of it: pids are reused). A crash between the spawn and the line leaves the run to its marker alone.
+    """
+    run = tracker.begin(route, delivery) if tracker is not None else None
+    try:
+        with tracker._lock if tracker is not None else contextlib.nullcontext():
+            proc = sandbox.spawn(policy, argv, stdin, output, {**env, MARKER_VAR: run.marker} if run else env, cwd,
+                                 stdout=stdout)
+            if tracker is not None and run is not None:
+                tracker.started(run, proc.pid, route, delivery)
+    except BaseException:
+        if tracker is not None and run is not None:
+            tracker.end(run)
+        raise
+    return Hook(proc, tracker, run)
+
+
+def run(argv: Sequence[str], pipes: Pipes, env: Mapping[str, str], cwd: str | None, ends: Ends, *,
+        policy: Spawns | None = None, tracker: Tracker | None = None, route: str | None = None,
+        delivery: str | None = None) -> tuple[int, int, Watch]:
+    """A hook's life over `pipes` (whose far ends it gets): started (start's arguments), watched until it
+    ended or `ends` ended it, then reaped with what it left. Its return code (negative: the signal), how
+    many leftovers were killed, and the watch (timed out, cancelled). OSError when it could not start (the
+    pipes are closed then)."""
+    try:
+        hook = start(argv, pipes.child_in, pipes.child_out, env, cwd, policy=policy, tracker=tracker, route=route,
+                     delivery=delivery, stdout=pipes.child_reply)
+    except BaseException:
+        pipes.close()
+        raise
+    finally:
+        pipes.handed_over()
+    watch = Watch(hook, pipes, ends)
+    try:
+        watch.watch()
+    finally:
+        pipes.close()
+        code, leftovers = hook.reap()
+    return code, leftovers, watch
 
 
 @dataclass
@@ -175,26 +216,17 @@ class Tracker:
     def start(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
               policy: Spawns | None, route: str | None = None, delivery: str | None = None,
               stdout: int | None = None) -> Hook:
-        """Start a tracked hook (sandbox.spawn's arguments) with its run's marker in its environment.
+        """Start a tracked hook (procs.start with this tracker)."""
+        return start(argv, stdin, output, env, cwd, policy=policy, tracker=self, route=route, delivery=delivery,
+                     stdout=stdout)
 
-        Its pid is registered under the lock, so end() of another run never reaps it as an orphan,
-        and journaled: the line's time stands for the pid's start time (recovery takes the pid for
-        the hook only if the process there started within 2 s of it: pids are reused). A crash
-        between the spawn and the line leaves the run to its marker alone.
-        """
-        run = self.begin(route, delivery)
-        try:
-            with self._lock:
-                proc = sandbox.spawn(policy, argv, stdin, output, {**env, MARKER_VAR: run.marker}, cwd, stdout=stdout)
-                run.pid = proc.pid
-                self._mains[proc.pid] = run.marker
-                if self.notify is not None:
-                    self.notify(b"+%d %d\n" % (run.seq, proc.pid))
-                self.journal.write_start(run.seq, proc.pid, route, delivery)
-        except BaseException:
-            self.end(run)
-            raise
-        return Hook(proc, self, run)
+    def started(self, run: Run, pid: int, route: str | None, delivery: str | None) -> None:
+        """`run`'s hook is `pid` (the lock held): registered, told to the watchdog, journaled."""
+        run.pid = pid
+        self._mains[pid] = run.marker
+        if self.notify is not None:
+            self.notify(b"+%d %d\n" % (run.seq, pid))
+        self.journal.write_start(run.seq, pid, route, delivery)
 
     def close(self) -> None:
         """At shutdown, after the last run ended: remove the journal (nothing left to recover)."""

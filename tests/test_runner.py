@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import runner
+from sidecar import runner, watch
 from sidecar.config import Route
 from sidecar.launcher import Launcher
 
@@ -37,7 +37,7 @@ def test_exit_code_and_output_tail() -> None:
     assert result.output_tail == "going to fail\n"
     noisy = runner.run([str(SCRIPTS / "noisy.sh")], b"x" * 100, PLAIN_ENV, timeout_s=10)
     assert noisy.ok
-    assert len(noisy.output_tail.encode()) == runner.TAIL_BYTES
+    assert len(noisy.output_tail.encode()) == watch.TAIL_BYTES
     assert noisy.output_tail.endswith("line 1999 of noise\nTHE-END\n")
 
 

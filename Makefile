@@ -26,8 +26,10 @@ $(RUN_STAMP): pyproject.toml
 FORKSERVER := sidecar/native/forkserver
 native: $(FORKSERVER)
 $(FORKSERVER): $(FORKSERVER).c
-	@if command -v $(CC) >/dev/null 2>&1; then $(CC) -O2 -Wall -Wextra -o $@ $<; \
-	else echo "no C compiler ($(CC)): hooks start through subprocess (apt-get install gcc, then make native)"; fi
+	@if ! command -v $(CC) >/dev/null 2>&1; then \
+	  echo "no C compiler ($(CC)): hooks start through subprocess (apt-get install gcc, then make native)"; \
+	elif ! $(CC) -O2 -Wall -Wextra -o $@ $<; then \
+	  echo "the fork server did not build: hooks start through subprocess"; fi
 
 # A development secret, so `make run` works out of the box. Never commit .env.
 .env:

@@ -26,8 +26,8 @@ from .http11 import content_length
 from .intake import Outcome
 from .live import Live
 from .server import HEALTH_PATHS, Handler, SidecarServer
-from .spool import Scheduler
-from .spool import history as history_mod
+from .spool import Scheduler, histories
+from .spool.history import History
 
 ID = r"([0-9]{1,18})"
 MAX_ADMIN_BODY = 65536  # a POST's body is not used; one this size is read and dropped
@@ -104,8 +104,8 @@ class AdminHandler(Handler):
         self.read_body(content_length(headers, MAX_ADMIN_BODY))
 
     @property
-    def history(self) -> history_mod.History:
-        return history_mod.of(self.server.workers.spool)
+    def history(self) -> History:
+        return histories.of(self.server.workers.spool)
 
     def _list(self, _m: re.Match[str], query: str, _config: Config) -> Outcome:
         f = admin_api.listing_filter(query)

@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from .providers import HeaderMap
-
-if TYPE_CHECKING:
-    from .config import Endpoint
+from .providers import HeaderMap, Provider
 
 JSON = "application/json"
 Kind = Literal["accepted", "ignored", "duplicate"]
@@ -39,16 +36,17 @@ def status_document(kind: Kind, delivery: str, routes: Sequence[str] = ()) -> An
     return Answer(HTTPStatus.OK, JSON, _dumps(document).encode())
 
 
-def choose(endpoint: Endpoint, headers: HeaderMap, event: str, payload: Any, kind: Kind, delivery: str,
-           routes: Sequence[str] = ()) -> Answer:
-    """The answer to a verified delivery of `endpoint` that was `kind` (accepted, ignored, duplicate).
+def choose(respond: Answer | None, provider: Provider, headers: HeaderMap, event: str, payload: Any, kind: Kind,
+           delivery: str, routes: Sequence[str] = ()) -> Answer:
+    """The answer to a verified delivery of an endpoint (its `respond`, its `provider`) that was `kind`
+    (accepted, ignored, duplicate).
 
     The endpoint's `respond` first, then what the provider's senders need, then the JSON status.
     A hook's reply falls back to this answer when it cannot be the answer itself.
     """
-    if endpoint.respond is not None:
-        return endpoint.respond
-    given = endpoint.provider.answer(headers, event, payload)
+    if respond is not None:
+        return respond
+    given = provider.answer(headers, event, payload)
     if given is not None:
         return Answer(HTTPStatus(given.status), given.content_type, given.body)
     return status_document(kind, delivery, routes)

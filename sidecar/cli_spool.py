@@ -13,7 +13,7 @@ from pathlib import Path
 from . import admin_replay, cli_env
 from . import config as config_mod
 from .errors import ConfigError, SidecarError
-from .spool import JobRow, SpoolAdmin, SpoolUnreachable, history
+from .spool import JobRow, SpoolAdmin, SpoolUnreachable, histories
 from .spool.sqlite import DB_NAME, Spool, integrity
 
 
@@ -158,7 +158,7 @@ def _action(args: argparse.Namespace, spool: SpoolAdmin) -> int:
         if args.payload:
             sys.stdout.buffer.write(spool.body(args.id))
             return 0
-        print(json.dumps({**job_dict(row), "delivery_id": history.of(spool).delivery_of_job(args.id),
+        print(json.dumps({**job_dict(row), "delivery_id": histories.of(spool).delivery_of_job(args.id),
                           "output_tail": row.output_tail}, indent=2))
         return 0
     if args.spool_command == "replay":
@@ -181,7 +181,7 @@ def _replay(args: argparse.Namespace, spool: SpoolAdmin) -> int:
     sidecar picks them up (within a second with the embedded spool)."""
     config = config_mod.load(args.config, cli_env.env_file(args.env_file, args.config), offline=True)
     try:
-        done = admin_replay.replay(history.of(spool), config, args.id)
+        done = admin_replay.replay(histories.of(spool), config, args.id)
     except SidecarError as e:
         print(f"webhook-sidecar: {e}", file=sys.stderr)
         return 1

@@ -125,7 +125,8 @@ def _deliver(target: str, headers: HeaderMap, body: bytes, request_id: str, conf
 
     def answered(kind: answers.Kind, names: list[str] | None = None) -> Outcome:
         # The provider's answer (Discord, Twilio, Slack forms) or the endpoint's `respond`, else the JSON status.
-        chosen = answers.choose(endpoint, headers, event, payload, kind, delivery, names or ())
+        chosen = answers.choose(endpoint.respond, endpoint.provider, headers, event, payload, kind, delivery,
+                                names or ())
         return Outcome(chosen.status, chosen.body, f"delivery.{kind}", fields, chosen.content_type)
 
     # Conditions read the payload, the headers and the query string (target); the reason is logged only.

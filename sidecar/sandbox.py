@@ -27,14 +27,24 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 from . import landlock, logs
 from .grants import TEMP_DIRS, View, default_writes, exposed, walk
 from .landlock import SYS_RESTRICT_SELF  # noqa: F401  (bench.spawn_cost applies a ruleset in a preexec_fn)
 
-if TYPE_CHECKING:
-    from .config import Route
+
+class Options(Protocol):
+    """A route's sandbox options (config.Route has them): none when `sandbox` is false, else the default
+    policy widened by its read and write grants."""
+
+    @property
+    def sandbox(self) -> bool: ...
+    @property
+    def sandbox_read(self) -> tuple[str, ...]: ...
+    @property
+    def sandbox_write(self) -> tuple[str, ...]: ...
+
 
 # A spawn handed to a policy's thread: (popen's arguments, where its result goes, a lock held until it is there)
 _Args = tuple[Sequence[str], int, int, Mapping[str, str], "str | None", "int | None"]
@@ -273,7 +283,7 @@ class Sandbox:
             self._policies[key] = Policy(grants, self.level if self.active else 0, self._view, self)
         return self._policies[key]
 
-    def for_route(self, route: Route | None) -> Policy | None:
+    def for_route(self, route: Options | None) -> Policy | None:
         """A route's policy: None for `sandbox: false`, widened by its `sandbox: {read, write}`; the
         default for None (a route the loaded table does not have)."""
         if route is None:
@@ -282,7 +292,7 @@ class Sandbox:
             return None
         return self.policy(route.sandbox_read, route.sandbox_write)
 
-    def hint(self, route: Route | None) -> str | None:
+    def hint(self, route: Options | None) -> str | None:
         """For a run of `route` whose output looks like a denied write (SANDBOX_DENIALS): why, and the fix;
         None where the sandbox did not apply."""
         if not self.active or (route is not None and not route.sandbox):

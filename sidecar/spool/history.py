@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import Route
-from . import NO_CONTEXT, Context, SpoolAdmin
+from . import NO_CONTEXT, Context
 
 STATES = ("pending", "done", "failed", "superseded")
 MAX_LIMIT = 500
@@ -75,21 +75,6 @@ class History(Protocol):
         """New pending jobs for `routes` marked replay_of, and the delivery's context replaced by
         `context`, in one transaction; their ids, or None when the body is gone by then."""
         ...
-
-
-def of(spool: SpoolAdmin) -> History:
-    """The history reader and replay writer of a backend (the scheduler's spool, or the CLI's)."""
-    from .sqlite import Spool
-
-    if isinstance(spool, Spool):
-        from .sqlite_history import SqliteHistory
-
-        return SqliteHistory(spool)
-    from .pg_history import PgHistory
-    from .postgres import Store
-
-    assert isinstance(spool, Store), type(spool)
-    return PgHistory(spool)
 
 
 def listing_where(f: Filter, mark: str, jobs: str) -> tuple[str, list[object]]:

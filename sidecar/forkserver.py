@@ -214,21 +214,18 @@ class ForkServer:
 
 def _request(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, stdin: int, output: int,
              stdout: int | None, ruleset: int, sandboxed: bool) -> tuple[bytes, list[int]]:
-    strings = [os.fsencode(a) for a in argv]
-    for key, value in env.items():
-        k = os.fsencode(key)
-        if not k or b"=" in k:
-            raise ValueError("illegal environment variable name")
-        strings.append(k + b"=" + os.fsencode(value))
-    folder = [os.fsencode(cwd)] if cwd else []
-    if any(b"\0" in s for s in strings + folder):
+    """The request's bytes (its strings joined and encoded at once: this is per hook) and descriptors."""
+    if any(not key or "=" in key for key in env):
+        raise ValueError("illegal environment variable name")
+    parts = [*argv, *[f"{key}={value}" for key, value in env.items()], *([cwd] if cwd else [])]
+    joined = "\0".join(parts)
+    if joined.count("\0") != len(parts) - 1:
         raise ValueError("embedded null byte")
     flags = (F_SANDBOX if sandboxed else 0) | (F_RULESET if ruleset >= 0 else 0)
     flags |= F_STDOUT if stdout is not None else 0
-    head = HEADER.pack(1, flags, len(argv), len(env), len(folder[0]) if folder else 0)
-    data = head + b"".join(s + b"\0" for s in strings + folder)
+    head = HEADER.pack(1, flags, len(argv), len(env), len(os.fsencode(cwd)) if cwd else 0)
     fds = [stdin, output, *([stdout] if stdout is not None else []), *([ruleset] if ruleset >= 0 else [])]
-    return data, fds
+    return head + os.fsencode(joined) + b"\0", fds
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,22 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def helper_cpu(forks: forkserver.ForkServer | None) -> float:
-    """The fork server's own CPU seconds (its hooks' are its children's, not counted here)."""
+def helper_cpu(forks: forkserver.ForkServer | None, children: bool = False) -> float:
+    """The fork server's own CPU seconds, or (`children`) its reaped children's: the hooks it started."""
     if forks is None or forks.proc is None:
         return 0.0
     with open(f"/proc/{forks.proc.pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    at = 13 if children else 11
+    return (int(fields[at]) + int(fields[at + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def hooks_cpu(forks: forkserver.ForkServer | None) -> float:
+    """CPU seconds of the hooks reaped so far (by this process, or by the fork server)."""
+    if forks is not None:
+        return helper_cpu(forks, children=True)
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def measure(label: str, fn: Callable[[], object], n: int, forks: forkserver.ForkServer | None = None) -> float:
@@ -146,12 +155,13 @@ def threaded(launcher: Launcher, n: int, how: str, forks: forkserver.ForkServer 
     def one(_: int) -> None:
         assert launcher.carry(job(route, cwd="/tmp"), body, route, None).ok
 
-    before, start = cpu() + helper_cpu(forks), time.perf_counter()
+    before, hooks, start = cpu() + helper_cpu(forks), hooks_cpu(forks), time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(one, range(2 * n)))
     took, used = time.perf_counter() - start, cpu() + helper_cpu(forks) - before
+    ran = hooks_cpu(forks) - hooks
     print(f"{2 * n} runs of the bench's hook from 4 threads (sandbox + tracking, {how}): {2 * n / took:.0f} runs/s,"
-          f" {used / (2 * n) * 1000:.3f} ms sidecar CPU per run")
+          f" {used / (2 * n) * 1000:.3f} ms sidecar CPU and {ran / (2 * n) * 1000:.3f} ms of the hook's per run")
     subprocess.run(["rm", "-rf", str(count.parent)], check=False)
 
 

@@ -109,13 +109,14 @@ def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], 
     return Hook(proc, tracker, run)
 
 
-def run(argv: Sequence[str], pipes: Pipes, env: Mapping[str, str], cwd: str | None, ends: Ends, *,
+def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], cwd: str | None, ends: Ends, *,
         policy: Spawns | None = None, tracker: Tracker | None = None, route: str | None = None,
         delivery: str | None = None) -> tuple[int, int, Watch]:
-    """A hook's life over `pipes` (whose far ends it gets): started (start's arguments), watched until it
+    """A hook's life: its pipes opened (`stdin` its payload), started (start's arguments), watched until it
     ended or `ends` ended it, then reaped with what it left. Its return code (negative: the signal), how
-    many leftovers were killed, and the watch (timed out, cancelled). OSError when it could not start (the
-    pipes are closed then)."""
+    many leftovers were killed, and the watch (timed out, cancelled; its pipes: the output). OSError when
+    it could not start (the pipes are closed then)."""
+    pipes = Pipes(stdin, ends.reply_bytes)
     try:
         hook = start(argv, pipes.child_in, pipes.child_out, env, cwd, policy=policy, tracker=tracker, route=route,
                      delivery=delivery, stdout=pipes.child_reply)

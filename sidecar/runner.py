@@ -16,7 +16,7 @@ from typing import Any
 from . import procs
 from .forkserver import Forking, ForkServer
 from .sandbox import Ruled, Sandbox, Spawns
-from .watch import Ends, Pipes
+from .watch import Ends
 
 KILL_GRACE_S = 5.0
 EX_TEMPFAIL = 75  # a hook's "try again later" (sysexits.h)
@@ -116,12 +116,11 @@ def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout_s: fl
     """
     start = time.monotonic()
     try:
-        pipes = Pipes(stdin, reply_bytes)
-        code, leftovers, watch = procs.run(argv, pipes, env, cwd, Ends(start + timeout_s, kill_grace_s, cancel,
-                                                                       cancel_grace_s),
+        code, leftovers, watch = procs.run(argv, stdin, env, cwd, Ends(start + timeout_s, kill_grace_s, cancel,
+                                                                       cancel_grace_s, reply_bytes),
                                            policy=sandbox, tracker=tracker, route=route, delivery=delivery)
     except OSError as e:
         return not_started(e, time.monotonic() - start)
     return Result(exit_code=code if code >= 0 else None, timed_out=watch.timed_out,
-                  duration_s=time.monotonic() - start, output_tail=pipes.output(), cancelled=watch.cancelled,
-                  signal=-code if code < 0 else None, leftovers=leftovers, stdout=bytes(pipes.reply))
+                  duration_s=time.monotonic() - start, output_tail=watch.pipes.output(), cancelled=watch.cancelled,
+                  signal=-code if code < 0 else None, leftovers=leftovers, stdout=bytes(watch.pipes.reply))

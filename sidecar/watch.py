@@ -28,6 +28,7 @@ class Ends:
     kill_grace_s: float
     cancel: threading.Event | None = None
     cancel_grace_s: float = 5.0
+    reply_bytes: int = 0  # > 0: stdout kept apart, its first reply_bytes + 1 bytes (a sender waits for them)
 
 
 class Watched(Protocol):

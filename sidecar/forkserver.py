@@ -26,11 +26,9 @@ import struct
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import logs
-from .sandbox import Sandbox
 
 DEFAULT = Path(__file__).parent / "native" / "forkserver"
 READY_S = 10.0
@@ -226,30 +224,3 @@ def _request(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, stdin
     head = HEADER.pack(1, flags, len(argv), len(env), len(os.fsencode(cwd)) if cwd else 0)
     fds = [stdin, output, *([stdout] if stdout is not None else []), *([ruleset] if ruleset >= 0 else [])]
     return head + os.fsencode(joined) + b"\0", fds
-
-
-@dataclass(frozen=True)
-class Forking:
-    """A run's way to start through the fork server (sandbox.Spawns): under the policy `box` builds from
-    `grants` (re-checked for a changed directory first, rebuilt once after an EACCES), or as the sidecar's
-    other children when either is None."""
-
-    server: ForkServer
-    box: Sandbox | None
-    grants: tuple[Sequence[str], Sequence[str]] | None
-
-    def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              retry_denied: bool = True, stdout: int | None = None) -> Forked:
-        if self.box is None or self.grants is None:
-            return self.server.spawn(argv, stdin, output, env, cwd, stdout)
-        self.box.check()
-        policy = self.box.policy(*self.grants)
-        if policy is None:  # the sandbox is off
-            return self.server.spawn(argv, stdin, output, env, cwd, stdout)
-        try:
-            return self.server.spawn(argv, stdin, output, env, cwd, stdout, policy.fd, sandboxed=True)
-        except PermissionError:
-            successor = self.box.denied(policy) if retry_denied else None
-            if successor is None:
-                raise
-            return self.server.spawn(argv, stdin, output, env, cwd, stdout, successor.fd, sandboxed=True)

@@ -1,8 +1,8 @@
 """Run one hook: payload on stdin, a clean environment, a deadline for the whole group.
 
-The runner feeds the payload, keeps the output's tail and ends the run at its deadline or a
-cancel; it starts the hook through procs.start (tracked, then sandbox.spawn under the policy)
-and ends what is left of it with procs.Hook.reap. Nothing below calls back into it.
+The runner turns a run's request into its Result: procs.run opens the pipes, starts the hook
+(tracked, then sandbox.spawn under the route's policy), watches it (watch.py) until it ends or its
+deadline or a cancel ends it, and reaps what is left of it. Nothing below calls back into it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import procs
-from .forkserver import Forking, ForkServer
+from .forkserver import ForkServer
 from .sandbox import Ruled, Sandbox, Spawns
 from .watch import Ends
 
@@ -84,11 +84,7 @@ class InProcess:
     forks: ForkServer | None = None
 
     def launch(self, req: Request, stdin: bytes, cancel: threading.Event | None) -> Result:
-        ruled: Spawns | None = None
-        if self.forks is not None:
-            ruled = Forking(self.forks, self.sandbox, req.policy)
-        elif self.sandbox is not None and req.policy is not None:
-            ruled = Ruled(self.sandbox, req.policy)
+        ruled = Ruled(self.sandbox, req.policy, self.forks)
         return run(req.argv, stdin, req.env, req.timeout_s, cwd=req.cwd, cancel=cancel,
                    cancel_grace_s=req.cancel_grace_s, tracker=self.tracker, sandbox=ruled, route=req.route,
                    delivery=req.delivery, reply_bytes=req.reply_bytes)

@@ -75,11 +75,18 @@ class Process(Protocol):
 
 
 class Spawns(Protocol):
-    """What starts a hook under a ruleset: a built Policy, a Ruled that builds it on first use, or the fork
-    server's forkserver.Forking."""
+    """What starts a hook under a ruleset: a built Policy, or a Ruled that builds it on first use."""
 
     def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
               retry_denied: bool = True, stdout: int | None = None) -> Process: ...
+
+
+class Forks(Protocol):
+    """A process that forks hooks for the sidecar (forkserver.ForkServer): popen's arguments, and for a
+    sandboxed hook a ruleset its child enters itself (-1: none, capabilities and no_new_privs only)."""
+
+    def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
+              stdout: int | None = None, ruleset: int = -1, sandboxed: bool = False) -> Process: ...
 
 
 def spawn(policy: Spawns | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
@@ -88,6 +95,14 @@ def spawn(policy: Spawns | None, argv: Sequence[str], stdin: int, output: int, e
     if policy is None:
         return popen(argv, stdin, output, env, cwd, stdout)
     return policy.spawn(argv, stdin, output, env, cwd, retry_denied, stdout=stdout)
+
+
+def plain(forks: Forks | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
+          cwd: str | None, stdout: int | None = None) -> Process:
+    """Start a hook as the sidecar's other children (no policy): by `forks` when given, else here."""
+    if forks is not None:
+        return forks.spawn(argv, stdin, output, env, cwd, stdout)
+    return popen(argv, stdin, output, env, cwd, stdout)
 
 
 def abi() -> int:
@@ -188,8 +203,9 @@ class Policy:
         _serve_one(job)
 
     def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              retry_denied: bool = True, stdout: int | None = None) -> Process:
-        """Start a hook (popen's arguments) from the sandboxed thread: it inherits the domain.
+              retry_denied: bool = True, stdout: int | None = None, forks: Forks | None = None) -> Process:
+        """Start a hook (popen's arguments) under this policy: from the sandboxed thread, whose domain it
+        inherits, or by `forks`, whose child enters this ruleset itself.
 
         Refused with EACCES (the script, or the directory it runs in, is not in this ruleset): the
         sandbox rebuilds once and the hook is started again under the new ruleset.
@@ -197,25 +213,35 @@ class Policy:
         if self._owner is not None:
             self._owner.check()  # a changed directory retires this policy: the spawn goes to its successor
         args: _Args = (argv, stdin, output, env, cwd, stdout)
-        box: list[Any] = []
-        done = _thread.allocate_lock()  # a one-shot signal, lighter than an Event's condition
-        done.acquire()
+        job: _Job | None = None
+        if forks is None:  # handed to this policy's thread
+            done = _thread.allocate_lock()  # a one-shot signal, lighter than an Event's condition
+            done.acquire()
+            job = (args, [], done)
         with self._state:
             replacement = self._replacement
-            if replacement is None:
-                self._jobs.put((args, box, done))  # before a retire()'s end mark: it is served
+            if replacement is None and job is not None:
+                self._jobs.put(job)  # before a retire()'s end mark: it is served
         if replacement is not None:
             # Retired by a rebuild between the caller's lookup and now: the rebuilt policy spawns it.
-            return spawn(replacement(), *args[:5], retry_denied=retry_denied, stdout=stdout)
-        done.acquire()
-        ok, value = box[0]
-        if ok:
+            successor = replacement()
+            if successor is None:
+                return plain(forks, *args)
+            return successor.spawn(*args[:5], retry_denied=retry_denied, stdout=stdout, forks=forks)
+        try:
+            if job is None:
+                assert forks is not None
+                return forks.spawn(*args, ruleset=self.fd, sandboxed=True)
+            job[2].acquire()
+            ok, value = job[1][0]
+            if not ok:
+                raise value
             return cast("subprocess.Popen[bytes]", value)
-        if retry_denied and isinstance(value, PermissionError) and self._owner is not None:
-            successor = self._owner.denied(self)
-            if successor is not None:
-                return successor.spawn(*args[:5], retry_denied=False, stdout=stdout)
-        raise value
+        except PermissionError:
+            successor = self._owner.denied(self) if retry_denied and self._owner is not None else None
+            if successor is None:
+                raise
+            return successor.spawn(*args[:5], retry_denied=False, stdout=stdout, forks=forks)
 
     def retire(self, replacement: Callable[[], Policy | None]) -> None:
         """Let the thread end once the spawns handed to it are done; later ones go to `replacement()`."""
@@ -354,17 +380,19 @@ class Sandbox:
 @dataclass(frozen=True)
 class Ruled:
     """A run's policy by its grants: the sandbox builds it (or finds it built) when the hook is spawned, so
-    a failure to build fails that spawn (never a hook started unsandboxed)."""
+    a failure to build fails that spawn (never a hook started unsandboxed). No sandbox or no grants (a
+    route's `sandbox: false`): started as the sidecar's other children. `forks`: started by the fork server."""
 
-    box: Sandbox
-    grants: tuple[Sequence[str], Sequence[str]]  # the route's (read, write)
+    box: Sandbox | None
+    grants: tuple[Sequence[str], Sequence[str]] | None  # the route's (read, write)
+    forks: Forks | None = None
 
     def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
               retry_denied: bool = True, stdout: int | None = None) -> Process:
-        policy = self.box.policy(*self.grants)
-        if policy is None:  # the sandbox is off
-            return popen(argv, stdin, output, env, cwd, stdout)
-        return policy.spawn(argv, stdin, output, env, cwd, retry_denied, stdout=stdout)
+        policy = self.box.policy(*self.grants) if self.box is not None and self.grants is not None else None
+        if policy is None:  # no sandbox for this run, or the sandbox is off
+            return plain(self.forks, argv, stdin, output, env, cwd, stdout)
+        return policy.spawn(argv, stdin, output, env, cwd, retry_denied, stdout=stdout, forks=self.forks)
 
 
 def create(hidden: Iterable[str | os.PathLike[str]], config_dir: str | os.PathLike[str], enabled: bool = True,

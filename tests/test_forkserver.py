@@ -86,7 +86,7 @@ def test_spawns_as_subprocess_does(tmp_path: Path) -> None:
     assert BINARY is not None
     server = forkserver.ForkServer(BINARY)
     server.start()
-    via = forkserver.Forking(server, None, None)
+    via = sandbox.Ruled(None, None, server)
     leaky = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(leaky, True)
     try:
@@ -121,10 +121,10 @@ def test_sandboxed_spawn_enters_the_policy_and_a_denied_exec_rebuilds(tmp_path: 
     server = forkserver.ForkServer(BINARY)
     server.start()
     try:
-        boxed = forkserver.Forking(server, box, ((), ()))
+        boxed = sandbox.Ruled(box, ((), ()), server)
         denied = runner.run(["/bin/cat", str(secret)], b"", ENV, 5, sandbox=boxed)
         assert not denied.ok and "Permission denied" in denied.output_tail
-        free = runner.run(["/bin/cat", str(secret)], b"", ENV, 5, sandbox=forkserver.Forking(server, None, None))
+        free = runner.run(["/bin/cat", str(secret)], b"", ENV, 5, sandbox=sandbox.Ruled(None, None, server))
         assert free.output_tail == "s3cret"
         # A hook may signal neither the fork server nor another hook's domain (Landlock scopes, ABI 6+).
         if landlock.scopes(box.level):
@@ -153,6 +153,6 @@ def test_a_request_it_cannot_parse_is_refused_not_run() -> None:
         kind, pid, err = forkserver.ANSWER.unpack(conn.recv(forkserver.ANSWER.size))
         assert (kind, pid) == (forkserver.STARTED, 0) and err > 0
         assert runner.run(["/bin/echo", "still"], b"", ENV, 5,
-                          sandbox=forkserver.Forking(server, None, None)).output_tail == "still\n"
+                          sandbox=sandbox.Ruled(None, None, server)).output_tail == "still\n"
     finally:
         server.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import grants, runner, sandbox
+from sidecar import forkserver, grants, runner, sandbox
 from sidecar.config import Route
 from sidecar.launcher import Launcher
 
@@ -288,17 +288,37 @@ def script(path: Path, says: str) -> list[str]:
     return [str(path)]
 
 
-def test_a_hook_in_a_directory_that_changed_runs_after_a_rebuild(state: Path) -> None:
+@pytest.fixture(params=["thread", "forkserver"])
+def forks(request: pytest.FixtureRequest) -> Iterator[forkserver.ForkServer | None]:
+    """How hooks start: from the policy's thread, or by the fork server (when built)."""
+    if request.param == "thread":
+        yield None
+        return
+    binary = forkserver.find()
+    if binary is None:
+        pytest.skip("the fork server is not built (make native needs a C compiler)")
+    server = forkserver.ForkServer(binary)
+    server.start()
+    yield server
+    server.close()
+
+
+def test_a_hook_in_a_directory_that_changed_runs_after_a_rebuild(state: Path,
+                                                                   forks: forkserver.ForkServer | None) -> None:
     """A directory on the way to hidden state is granted entry by entry: a new entry (a ConfigMap's next
     ..<stamp>) is looked for before each spawn; a spawn that raced the change and got EACCES rebuilds
-    and is tried once more."""
+    and is tried once more. The same whether the policy's thread or the fork server starts the hook."""
     config_dir = state / "config"
     config_dir.mkdir()
     (config_dir / ".env").write_text("X=1\n")  # hidden: the config directory is on the way to it
     box = sandbox.create([str(config_dir / ".env")], config_dir)
+
+    def under(policy: sandbox.Policy | None) -> sandbox.Spawns | None:
+        return policy if forks is None else sandbox.Ruled(box, ((), ()), forks)  # the box's current policy
+
     policy = box.policy()
     new = script(config_dir / "new.sh", "new")
-    assert runner.run(new, b"", {}, 5, sandbox=policy, tracker=None).output_tail == "new\n"
+    assert runner.run(new, b"", {}, 5, sandbox=under(policy), tracker=None).output_tail == "new\n"
     assert box.policy() is not policy  # rebuilt before the spawn; the old one handed it on
 
     # A spawn that raced the change: the check already saw the directory as it is, the ruleset did not.
@@ -306,9 +326,10 @@ def test_a_hook_in_a_directory_that_changed_runs_after_a_rebuild(state: Path) ->
     racing = script(config_dir / "racing.sh", "racing")
     box._view = grants.walk(box.hidden)
     box.denied_rebuild_s = 3600.0  # the control: no rebuild, no second try
-    assert runner.run(racing, b"", {}, 5, sandbox=policy, tracker=None).error == "cannot start: Permission denied"
+    assert runner.run(racing, b"", {}, 5, sandbox=under(policy), tracker=None).error == \
+        "cannot start: Permission denied"
     box.denied_rebuild_s = 0.0
-    assert runner.run(racing, b"", {}, 5, sandbox=policy, tracker=None).output_tail == "racing\n"
+    assert runner.run(racing, b"", {}, 5, sandbox=under(policy), tracker=None).output_tail == "racing\n"
     assert not runner.run(["/bin/cat", str(config_dir / ".env")], b"", {}, 5, sandbox=box.policy(), tracker=None).ok
 
 

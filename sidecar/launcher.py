@@ -83,7 +83,7 @@ class Launcher:
         env.update(self.private)
         env.update(job.route.env)
         ctx, name = job.context, job.route.name
-        env.update(next((pairs for route, pairs in ctx.env if route == name), ()))
+        env.update(ctx.route_env(name))
         env.update(WEBHOOK_EVENT=job.event, WEBHOOK_DELIVERY=job.delivery, WEBHOOK_PROVIDER=job.provider,
                    WEBHOOK_ENDPOINT=job.endpoint, WEBHOOK_ROUTE=name, WEBHOOK_ATTEMPT=str(job.attempt),
                    WEBHOOK_REQUEST_ID=job.request_id)
@@ -95,7 +95,7 @@ class Launcher:
         if ctx.query is not None:
             env["WEBHOOK_QUERY"] = ctx.query
         if job.route.lane is not None:
-            env["WEBHOOK_LANE"] = next((lane for route, lane in ctx.lanes if route == name), "")
+            env["WEBHOOK_LANE"] = ctx.lane(name)
         env.update((f"WEBHOOK_CE_{key.upper()}", value) for key, value in ctx.cloudevent if key in CE_FACTS and value)
         return env
 

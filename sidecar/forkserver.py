@@ -19,6 +19,7 @@ another, `off` turns it off); else hooks start through subprocess in this proces
 from __future__ import annotations
 
 import array
+import errno
 import os
 import signal
 import socket
@@ -170,12 +171,12 @@ class ForkServer:
             conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             answer = conn.recv(ANSWER.size)
         except OSError as e:
-            if e.errno == getattr(os, "EMSGSIZE", 90):
-                raise OSError(7, os.strerror(7)) from None  # E2BIG: what an exec of it would say
+            if e.errno == errno.EMSGSIZE:
+                raise OSError(errno.E2BIG, os.strerror(errno.E2BIG)) from None  # what an exec of it would say
             answer = b""
         if len(answer) != ANSWER.size:
             self._lost(generation)
-            raise OSError(11, "the hook fork server ended")  # EAGAIN: a transient failure, retried
+            raise OSError(errno.EAGAIN, "the hook fork server ended")  # a transient failure: retried
         _, pid, err = ANSWER.unpack(answer)
         if pid <= 0:
             raise OSError(err, os.strerror(err))

@@ -15,7 +15,6 @@ is counted from the answers (2xx), not from a log.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import workload
-from servers import Budget, get, terminate, vm_status
+from servers import Budget, Served, get
 
 BUILT = ("adnanh/webhook built from its source at tag 2.8.2 with Go 1.22 (Debian bookworm-backports "
          "golang-1.22-go): GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=vendor go build")
@@ -82,7 +81,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Adnanh:
+class Adnanh(Served):
     """One adnanh/webhook process serving hooks_json(count) on 127.0.0.1, in a directory of its own (its
     hooks.json, and TMPDIR for the payload files), optionally pinned (taskset; its commands inherit it)."""
 
@@ -96,11 +95,6 @@ class Adnanh:
         self.hooks.write_text(json.dumps(hooks_json(count), indent=1) + "\n")
         self.port = 0
         self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
 
     def start(self, timeout: float = 15) -> None:
         """Start it on a free port and wait until it answers (a port taken meanwhile: another one)."""
@@ -124,14 +118,3 @@ class Adnanh:
             self.stop()
         raise SystemExit(f"adnanh/webhook did not start:\n{(self.dir / 'output.log').read_text()[-3000:]}")
 
-    def status(self) -> dict[str, int]:
-        """VmRSS and VmHWM in KiB."""
-        return vm_status(self.pid)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            terminate(self.proc)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)

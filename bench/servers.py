@@ -130,7 +130,32 @@ def _ts(text: str) -> float:
         return 0.0
 
 
-class Sidecar:
+class Served:
+    """A server process the bench started, in a directory of its own: its pid, memory, stop and cleanup."""
+
+    dir: Path
+    proc: subprocess.Popen | None
+
+    @property
+    def pid(self) -> int:
+        """The running server's pid (after start())."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def status(self) -> dict[str, int]:
+        """VmRSS and VmHWM in KiB."""
+        return vm_status(self.pid)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            terminate(self.proc)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Sidecar(Served):
     """One `python -m sidecar serve` in its own directory, logs to a file (a full pipe would stall it)."""
 
     def __init__(self, budget: Budget, workers: int, log_level: str, cpu_profile: Path | None = None,
@@ -158,12 +183,6 @@ class Sidecar:
         self.launcher = launcher  # a script run instead of `-m sidecar` (its own args first)
         self.port = 0
         self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        """The running sidecar's pid (after start())."""
-        assert self.proc is not None, "not started"
-        return self.proc.pid
 
     def start(self) -> float:
         """Spawn; return the perf_counter time of the spawn."""
@@ -210,19 +229,6 @@ class Sidecar:
                 pass
             time.sleep(0.002)
         raise SystemExit(f"sidecar never became ready:\n{self.log_path.read_text()[-3000:]}")
-
-    def status(self) -> dict[str, int]:
-        """VmRSS and VmHWM in KiB."""
-        assert self.proc is not None
-        return vm_status(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            terminate(self.proc)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -65,7 +65,7 @@ class Proxy:
     """A TCP proxy on 127.0.0.1 to `port`. cut() makes it a blackhole: nothing is forwarded, sockets stay
     open (what a partition looks like to both ends, no error); heal() forwards what was held.
 
-    With `trap` set, it cuts itself right after forwarding the COMMIT of a connection that inserted a
+    With `trap` set, it cuts itself right after forwarding the COMMIT of a transaction that inserted a
     delivery: the commit lands, its answer does not (the outcome the sidecar cannot know)."""
 
     def __init__(self, port: int) -> None:
@@ -118,6 +118,8 @@ class Proxy:
             sprung = inserted is not None and self.trap and inserted.is_set() and b"COMMIT" in data
             if inserted is not None and b"INSERT INTO sidecar_deliveries" in data:
                 inserted.set()
+            elif inserted is not None and b"COMMIT" in data:
+                inserted.clear()  # a pooled connection's later transactions (an outcome) are not the trap's
             try:
                 dst.sendall(data)
             except OSError:

@@ -232,10 +232,13 @@ class RequestReader(io.RawIOBase):
             self._connections.reading(self._conn)
 
     def readinto(self, buffer: Any) -> int:
-        if self._waiting:
-            self._sock.recv(1, socket.MSG_PEEK)  # waits; b"" at the end or after an eviction
-            self.arrived()
-        return self._sock.recv_into(buffer)
+        try:
+            if self._waiting:
+                self._sock.recv(1, socket.MSG_PEEK)  # waits; b"" at the end or after an eviction
+                self.arrived()
+            return self._sock.recv_into(buffer)
+        except BlockingIOError as e:  # a blocking socket's SO_RCVTIMEO (see AdmittedHandler.setup)
+            raise TimeoutError("timed out") from e
 
 
 def raise_nofile(need: int) -> None:

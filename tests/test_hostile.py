@@ -8,6 +8,7 @@ every log line one JSON object, no 500 and no escaped exception, and a bounded R
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import re
@@ -15,6 +16,7 @@ import socket
 import struct
 import termios
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -559,6 +561,59 @@ def test_connection_cap_answers_503_at_once_and_recovers(tmp_path: Path, sidecar
         for sock in busy:
             sock.close()
     assert not sidecar.find_logs("connection.failed")
+
+
+def test_a_peer_that_stops_reading_frees_its_slot_after_the_deadline(tmp_path: Path, sidecars) -> None:
+    """A peer pipelines deliveries and reads none of the answers. Once a body is read its request's
+    deadline is over, so a handler blocked writing the answer gives up by the socket's send timeout
+    (request_timeout_s + 1 s): the connection is closed and the slot serves the next one."""
+    config = tmp_path / "config.yaml"
+    config.write_text(table("""- event: "*"\n  run: ["true"]""",
+                            "request_timeout_s: 1\nmax_connections: 1\nmax_connections_per_client: 1\n"))
+    sidecar = sidecars(config)
+    # Wrong signatures: each a 401 after its body is read, nothing queued.
+    one = (b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: 2\r\n"
+           b"X-Hub-Signature-256: sha256=" + b"0" * 64 + b"\r\n\r\n{}")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.connect(("127.0.0.1", sidecar.port))
+    sent = threading.Thread(target=lambda: _send_until_closed(sock, one * 1000), daemon=True)
+    try:
+        sent.start()
+
+        def stuck() -> bool:  # no answer written for a while: the handler is blocked in its write
+            before = len(sidecar.find_logs("delivery.rejected"))
+            time.sleep(0.3)
+            return before > 10 and len(sidecar.find_logs("delivery.rejected")) == before
+        wait_for(stuck, timeout=10)
+        since = time.monotonic() - 0.3
+        # While its handler writes, the slot is taken: a second connection is refused at once.
+        assert parse_answer(exchange(sidecar.port, b"GET /readyz HTTP/1.1\r\n\r\n")[0]).status == 503
+        wait_for(lambda: sidecar.deliver(b"{}", delivery="after-stuck").status == 200, timeout=8, interval=0.2)
+        freed_after = time.monotonic() - since
+    finally:
+        sock.close()
+    dropped = sidecar.wait_log(lambda e: e.get("msg") == "connection.dropped")
+    last = sidecar.find_logs("delivery.rejected")[-1]  # logged once its answer was written
+    blocked = _ts(dropped["ts"]) - _ts(last["ts"])
+    print(f"\nthe handler gave up {blocked:.1f} s after its last answer went out; the slot was free"
+          f" {freed_after:.1f} s after the peer was seen stuck")
+    assert dropped["error"] == "BlockingIOError"
+    # The send timeout bounds each send(): a write that moved a little first waits twice at most.
+    assert blocked < 2 * (1 + 1) + 0.5 and freed_after < 8
+    assert not sidecar.find_logs("connection.failed")
+
+
+def _ts(stamp: str) -> float:
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+def _send_until_closed(sock: socket.socket, data: bytes) -> None:
+    try:
+        while True:
+            sock.sendall(data)
+    except OSError:
+        pass
 
 
 def test_max_connections_must_be_a_positive_integer(tmp_path: Path) -> None:

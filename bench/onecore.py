@@ -64,8 +64,8 @@ OPTIONAL_WRAPS = {"sidecar.spool|sidecar.spool.sqlite.Spool.claim", "sidecar.log
                   "sidecar.workers.Workers._recorded", "sidecar.attempts.report", "sidecar.workers.Workers._record",
                   "sidecar.procs.start", "sidecar.procs.Tracker.started", "sidecar.procs.Hook.reap",
                   "sidecar.procs.Tracker.end", "sidecar.workers.Workers._forget"}
-STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn", "watch", "spawner", "result record",
-               "log", "spool sync", "spool other"]
+STAGE_ORDER = ["receive+verify", "accept commit", "hand-off", "job read", "spawn", "watch", "journal", "spawner",
+               "result record", "log", "spool sync", "spool other"]
 
 
 @dataclass

@@ -50,6 +50,16 @@ WRAP = [
     (SPOOL, "Spool.job_to_run", "job read"),
     (SPOOL, "Spool.claim", "job read"),
     ("sidecar.workers|sidecar.attempts", "Workers._run|run", "result record"),
+    # The launch path since the one-way restructuring: attempts.run -> Launcher.carry -> InProcess.launch
+    # -> procs.run (pipes, start, Watch, reap); the fork server's client; the journal's two lines.
+    ("sidecar.launcher", "Launcher.carry", "spawn"),
+    ("sidecar.runner", "InProcess.launch", "spawn"),
+    ("sidecar.procs", "run", "watch"),
+    ("sidecar.watch", "Pipes.__init__", "spawn"),
+    ("sidecar.watch", "Watch.watch", "watch"),
+    ("sidecar.forkserver", "ForkServer.spawn", "spawn"),
+    ("sidecar.journal", "Journal.write_start", "journal"),
+    ("sidecar.journal", "Journal.write_end", "journal"),
     ("sidecar.queue_local", "LocalQueue.record", "result record"),
     ("sidecar.attempts", "report", "result record"),
     ("sidecar.scheduler|sidecar.workers", "Executor._commit|Workers._record", "result record"),

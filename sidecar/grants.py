@@ -8,6 +8,7 @@ state, granting every other entry on the way whole, and granting nothing on the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 # Directory times come from a coarse clock (a jiffy) on older kernels: a change in the same tick
 # as the walk's stat keeps the time. A directory changed this recently is checked once more later.
 YOUNG_S = 1.0
+RECHECK = "(changed during the walk)"  # what View.changed() says at that later look
 TEMP_DIRS = ("/tmp", "/var/tmp")
 
 
@@ -38,6 +40,7 @@ class View:
     paths: tuple[str, ...]
     listed: tuple[tuple[str, tuple[int, int, int, int]], ...]
     recheck_at: float = 0.0  # a listed directory was changing at the walk: look again after this
+    young: tuple[tuple[str, frozenset[tuple[str, int]]], ...] = ()  # those directories' (name, inode)s
 
     def changed(self) -> str:
         """A listed directory that is not as it was (its path), or "" when the view still holds."""
@@ -48,8 +51,24 @@ class View:
             except OSError:
                 return path
         if self.recheck_at and time.time() >= self.recheck_at:
-            return "(changed during the walk)"
+            return RECHECK
         return ""
+
+    def settled(self) -> View | None:
+        """At the recheck: this view without it when each directory that was changing at the walk still
+        holds the entries (names and inodes) it listed then; None when one does not (walk again).
+
+        Its stamps held (changed() says so first), so any later change shows in them: a time past the
+        walk's tick differs from the one taken. Listing again is far cheaper than a walk and a ruleset
+        rebuilt, which a busy /tmp would otherwise cost twice per change."""
+        for path, entries in self.young:
+            try:
+                with os.scandir(path) as it:
+                    if frozenset((e.name, e.inode()) for e in it) != entries:
+                        return None
+            except OSError:
+                return None
+        return dataclasses.replace(self, recheck_at=0.0, young=())
 
 
 def resolve_hidden(hidden: Iterable[str]) -> set[str]:
@@ -81,6 +100,7 @@ def walk(hidden: Iterable[str]) -> View:
     hide = resolve_hidden(hidden)
     paths: list[str] = []
     listed: list[tuple[str, tuple[int, int, int, int]]] = []
+    young: list[tuple[str, frozenset[tuple[str, int]]]] = []
     started = time.time()
 
     def visit(top: str) -> None:
@@ -98,6 +118,8 @@ def walk(hidden: Iterable[str]) -> View:
         except OSError:
             return
         listed.append((top, stamp))
+        if max(stamp[2], stamp[3]) >= (started - YOUNG_S) * 1e9:
+            young.append((top, frozenset((e.name, e.inode()) for e in entries)))
         for entry in entries:
             real = _real(entry.path)
             if real in hide:
@@ -109,8 +131,7 @@ def walk(hidden: Iterable[str]) -> View:
             paths.append(entry.path)
 
     visit("/")
-    young = any(max(s[2], s[3]) >= (started - YOUNG_S) * 1e9 for _, s in listed)
-    return View(tuple(paths), tuple(listed), started + YOUNG_S if young else 0.0)
+    return View(tuple(paths), tuple(listed), started + YOUNG_S if young else 0.0, tuple(young))
 
 
 def exposed(hidden: Iterable[str], writable: Iterable[str], readable: Iterable[str] = ()) -> list[str]:

@@ -41,6 +41,9 @@ class Launcher:
     def __post_init__(self) -> None:
         self.starter = InProcess(self.tracker, self.sandbox, self.forks)
         self._hint = self.sandbox.hint(None) if self.sandbox is not None else None
+        # The sidecar's own PATH and LANG, read once: os.environ decodes at every lookup.
+        self._passed = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
+        self._passed.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
 
     def grants(self, route: Route | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         """What `route`'s policy is built from (the live table's route: its read and write grants), None for
@@ -78,8 +81,7 @@ class Launcher:
         """A hook's whole environment: PATH and LANG from the sidecar, its own HOME and TMPDIR, the route's
         env and env_from values, then the WEBHOOK_* facts and the request's passed headers and query (no
         secrets)."""
-        env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env = dict(self._passed)
         env.update(self.private)
         env.update(job.route.env)
         ctx, name = job.context, job.route.name

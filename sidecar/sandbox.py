@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from . import landlock, logs
-from .grants import TEMP_DIRS, View, default_writes, exposed, walk
+from .grants import RECHECK, TEMP_DIRS, View, default_writes, exposed, walk
 from .landlock import SYS_RESTRICT_SELF  # noqa: F401  (bench.spawn_cost applies a ruleset in a preexec_fn)
 
 
@@ -332,6 +332,11 @@ class Sandbox:
         """Before a spawn: rebuild when a directory the walk listed has changed; what changed ("" if none)."""
         view = self._view
         changed = view.changed() if view is not None else ""
+        if changed == RECHECK and view is not None and (settled := view.settled()) is not None:
+            with self._lock:
+                if self._view is view:
+                    self._view = settled  # what the walk listed is all there is: its policies hold
+            return ""
         if changed:
             with self._lock:
                 if self._view is view:

@@ -333,6 +333,30 @@ def test_a_hook_in_a_directory_that_changed_runs_after_a_rebuild(state: Path,
     assert not runner.run(["/bin/cat", str(config_dir / ".env")], b"", {}, 5, sandbox=box.policy(), tracker=None).ok
 
 
+def test_a_directory_changing_at_the_walk_is_listed_again_not_walked_again(state: Path) -> None:
+    """A listed directory modified within a second of the walk (a coarse clock could hide a change in the
+    same tick) is looked at again after that second: the same entries (names and inodes) keep the
+    policies; one more, or one replaced, rebuilds them."""
+    config_dir = state / "config"
+    config_dir.mkdir()
+    (config_dir / ".env").write_text("X=1\n")
+    box = sandbox.create([str(config_dir / ".env")], config_dir)
+    policy = box.policy()
+    view = box._view
+    assert view is not None and view.recheck_at and str(config_dir) in dict(view.young)  # just made
+    wait_for(lambda: view.changed() == grants.RECHECK, timeout=3)
+    assert box.check() == "" and box.policy() is policy  # listed again: as it was, no rebuild
+    assert box._view is not None and not box._view.recheck_at and box._view.listed == view.listed
+
+    # The same names but another inode (a file replaced by rename in the walk's tick): not settled.
+    young = dict(view.young)
+    entries = {name for name, _ in young[str(config_dir)]}
+    stale = replace(view, young=((str(config_dir), frozenset((n, 1) for n in entries)),))
+    assert stale.settled() is None
+    missing = replace(view, young=((str(config_dir), frozenset()),))
+    assert missing.settled() is None
+
+
 def test_without_landlock_hooks_still_lose_their_capabilities() -> None:
     """The policy of a kernel without Landlock (level 0): only no_new_privs and no capabilities."""
     policy = sandbox.Policy(sandbox.Grants(), 0)

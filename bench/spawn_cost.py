@@ -130,9 +130,11 @@ def main() -> None:
     measure("bare Popen, preexec_fn + ruleset fd built once (not taken)", preexec_prebuilt, n)
     measure("bare Popen, preexec_fn + ruleset built per spawn (not taken)", preexec_per_spawn, max(50, n // 5))
     os.close(fd)
-    threaded(launcher, n, "subprocess here")
+    threaded(launcher, n, "sandbox + tracking, subprocess here")
     if forks is not None:
-        threaded(served, n, "the fork server", forks)
+        threaded(served, n, "sandbox + tracking, the fork server", forks)
+        # The same without the sandbox: what its capabilities, no_new_privs and Landlock domain cost the hook.
+        threaded(Launcher(tracker, None, forks=forks), n, "tracking only, the fork server", forks)
         forks.close()
     subprocess.run(["rm", "-rf", str(state)], check=False)
 
@@ -143,8 +145,8 @@ def job(route: Route, cwd: str = "") -> Job:
 
 
 def threaded(launcher: Launcher, n: int, how: str, forks: forkserver.ForkServer | None = None) -> None:
-    """The bench's hook (sh + cat, 2 KB on stdin) from 4 worker threads, sandboxed and tracked as the
-    service runs it: runs/s and the sidecar's CPU per run."""
+    """The bench's hook (sh + cat, 2 KB on stdin) from 4 worker threads, through `launcher` (sandboxed and
+    tracked as the service runs it, unless it has no sandbox): runs/s, the sidecar's CPU and the hook's per run."""
     from concurrent.futures import ThreadPoolExecutor
 
     count = Path(tempfile.mkdtemp(dir="/tmp")) / "count"  # /tmp: writable by sandboxed hooks, state is not
@@ -160,7 +162,7 @@ def threaded(launcher: Launcher, n: int, how: str, forks: forkserver.ForkServer 
         list(pool.map(one, range(2 * n)))
     took, used = time.perf_counter() - start, cpu() + helper_cpu(forks) - before
     ran = hooks_cpu(forks) - hooks
-    print(f"{2 * n} runs of the bench's hook from 4 threads (sandbox + tracking, {how}): {2 * n / took:.0f} runs/s,"
+    print(f"{2 * n} runs of the bench's hook from 4 threads ({how}): {2 * n / took:.0f} runs/s,"
           f" {used / (2 * n) * 1000:.3f} ms sidecar CPU and {ran / (2 * n) * 1000:.3f} ms of the hook's per run")
     subprocess.run(["rm", "-rf", str(count.parent)], check=False)
 

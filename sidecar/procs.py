@@ -20,7 +20,7 @@ that knows them. Four things close that:
 Pids are never trusted alone: a pid is taken for the process it was only while
 /proc/<pid>/stat shows the same start time (pids are reused).
 
-A run starts here (start: the tracker's part, then sandbox.spawn for the process) and is
+A run starts here (start: the tracker's part, then spawning.spawn for the process) and is
 ended here (Hook.reap); what happens in between is the runner's. /proc is read through
 proctree.py.
 """
@@ -40,9 +40,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import journal, proctree, sandbox
+from . import journal, proctree, spawning
 from .journal import Journal
-from .sandbox import Process, Spawns
+from .spawning import Process, Spawns
 from .watch import Ends, Pipes, Watch
 from .watchdog import MARKER_VAR as MARKER_VAR
 from .watchdog import start_time as _start_time
@@ -86,7 +86,7 @@ def harden() -> None:
 def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None = None, *,
           policy: Spawns | None = None, tracker: Tracker | None = None, route: str | None = None,
           delivery: str | None = None, stdout: int | None = None) -> Hook:
-    """Start a hook (sandbox.spawn: `stdin` and `output` are its ends of the pipes, `stdout` its stdout's
+    """Start a hook (spawning.spawn: `stdin` and `output` are its ends of the pipes, `stdout` its stdout's
     when apart from `output`, `policy` its sandbox), tracked by `tracker` when given (`route` and
     `delivery` name the run in its journal).
 
@@ -98,7 +98,7 @@ def start(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], 
     run = tracker.begin(route, delivery) if tracker is not None else None
     try:
         with tracker._lock if tracker is not None else contextlib.nullcontext():
-            proc = sandbox.spawn(policy, argv, stdin, output, {**env, MARKER_VAR: run.marker} if run else env, cwd,
+            proc = spawning.spawn(policy, argv, stdin, output, {**env, MARKER_VAR: run.marker} if run else env, cwd,
                                  stdout=stdout)
             if tracker is not None and run is not None:
                 tracker.started(run, proc.pid, route, delivery)

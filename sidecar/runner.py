@@ -1,7 +1,7 @@
 """Run one hook: payload on stdin, a clean environment, a deadline for the whole group.
 
 The runner turns a run's request into its Result: procs.run opens the pipes, starts the hook
-(tracked, then sandbox.spawn under the route's policy), watches it (watch.py) until it ends or its
+(tracked, then spawning.spawn under the route's policy), watches it (watch.py) until it ends or its
 deadline or a cancel ends it, and reaps what is left of it. Nothing below calls back into it.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 from . import procs
 from .forkserver import ForkServer
-from .sandbox import Ruled, Sandbox, Spawns
+from .sandbox import Ruled, Sandbox
+from .spawning import Spawns
 from .watch import Ends
 
 KILL_GRACE_S = 5.0

@@ -32,6 +32,7 @@ from typing import Any, Protocol, cast
 from . import landlock, logs
 from .grants import RECHECK, TEMP_DIRS, View, default_writes, exposed, walk
 from .landlock import SYS_RESTRICT_SELF  # noqa: F401  (bench.spawn_cost applies a ruleset in a preexec_fn)
+from .spawning import Forks, Process, plain, popen
 
 
 class Options(Protocol):
@@ -52,57 +53,6 @@ _Job = tuple[_Args, list[Any], Any]
 
 SANDBOX_DENIALS = ("Permission denied", "Read-only file system")  # what a denied write looks like in a hook's output
 DENIED_REBUILD_S = 1.0  # an EACCES spawn rebuilds at most this often (a script that is simply not executable)
-
-
-def popen(argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-          stdout: int | None = None) -> subprocess.Popen[bytes]:
-    """Start `argv` in a session of its own (its group is the run's), reading `stdin` and writing stdout
-    and stderr to `output` (plain fds; stdout to `stdout` when given), with `env` alone and no other
-    descriptor of the sidecar's."""
-    return subprocess.Popen(list(argv), stdin=stdin, stdout=output if stdout is None else stdout, stderr=output,
-                            env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
-
-
-class Process(Protocol):
-    """A started hook, as procs.Hook uses it: subprocess.Popen, or forkserver.Forked."""
-
-    pid: int
-    returncode: int | None
-
-    def poll(self) -> int | None: ...
-    def wait(self, timeout: float | None = None) -> int: ...
-    def kill(self) -> None: ...
-
-
-class Spawns(Protocol):
-    """What starts a hook under a ruleset: a built Policy, or a Ruled that builds it on first use."""
-
-    def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              retry_denied: bool = True, stdout: int | None = None) -> Process: ...
-
-
-class Forks(Protocol):
-    """A process that forks hooks for the sidecar (forkserver.ForkServer): popen's arguments, and for a
-    sandboxed hook a ruleset its child enters itself (-1: none, capabilities and no_new_privs only)."""
-
-    def spawn(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              stdout: int | None = None, ruleset: int = -1, sandboxed: bool = False) -> Process: ...
-
-
-def spawn(policy: Spawns | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
-          cwd: str | None, retry_denied: bool = True, stdout: int | None = None) -> Process:
-    """Start a hook (popen's arguments) under `policy`; None: as the sidecar's other children."""
-    if policy is None:
-        return popen(argv, stdin, output, env, cwd, stdout)
-    return policy.spawn(argv, stdin, output, env, cwd, retry_denied, stdout=stdout)
-
-
-def plain(forks: Forks | None, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str],
-          cwd: str | None, stdout: int | None = None) -> Process:
-    """Start a hook as the sidecar's other children (no policy): by `forks` when given, else here."""
-    if forks is not None:
-        return forks.spawn(argv, stdin, output, env, cwd, stdout)
-    return popen(argv, stdin, output, env, cwd, stdout)
 
 
 def abi() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import forkserver, grants, runner, sandbox
+from sidecar import forkserver, grants, runner, sandbox, spawning
 from sidecar.config import Route
 from sidecar.launcher import Launcher
 
@@ -313,7 +313,7 @@ def test_a_hook_in_a_directory_that_changed_runs_after_a_rebuild(state: Path,
     (config_dir / ".env").write_text("X=1\n")  # hidden: the config directory is on the way to it
     box = sandbox.create([str(config_dir / ".env")], config_dir)
 
-    def under(policy: sandbox.Policy | None) -> sandbox.Spawns | None:
+    def under(policy: sandbox.Policy | None) -> spawning.Spawns | None:
         return policy if forks is None else sandbox.Ruled(box, ((), ()), forks)  # the box's current policy
 
     policy = box.policy()

@@ -9,6 +9,7 @@ line on the request path.
 
 from __future__ import annotations
 
+import atexit
 import json
 import sys
 import threading
@@ -92,6 +93,18 @@ def _write(text: str) -> None:
         with sink.lock:
             sink.writing = False  # an interrupt mid-write: the next line's thread writes what is queued
         raise
+
+
+def flush(timeout_s: float = 1.0) -> None:
+    """Return once every queued line is written (or after `timeout_s`): at exit, a line queued behind
+    another thread's write (a daemon thread, stopped at interpreter shutdown) still goes out."""
+    _write("")  # writes what is queued, unless another thread is writing it
+    deadline = time.monotonic() + timeout_s
+    while _sink.writing and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+atexit.register(flush)
 
 
 def debug(msg: str, **fields: Any) -> None:

@@ -69,3 +69,29 @@ def test_a_failing_stream_does_not_stop_later_lines() -> None:
     finally:
         logs.configure("info", None)
     assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == ["kept"]
+
+
+def test_flush_returns_once_a_line_queued_behind_a_write_is_out() -> None:
+    """The main thread's last line, queued while a daemon thread writes, is out when flush() returns
+    (logs registers it to run at exit, before daemon threads stop)."""
+    started, release = threading.Event(), threading.Event()
+
+    class Held(io.StringIO):
+        def write(self, text: str) -> int:
+            if "held" in text:
+                started.set()
+                release.wait(5)
+            return super().write(text)
+
+    stream = Held()
+    logs.configure("info", stream)
+    try:
+        threading.Thread(target=logs.info, args=("held",), daemon=True).start()
+        assert started.wait(5)
+        logs.info("last")  # queued: the daemon thread is writing
+        assert "last" not in stream.getvalue()
+        threading.Timer(0.05, release.set).start()
+        logs.flush()
+    finally:
+        logs.configure("info", None)
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == ["held", "last"]

@@ -138,7 +138,7 @@ def test_a_closed_port_and_a_slow_target_are_retried(tmp_path: Path, sidecars: C
              timeout=15)
     app = [e for e in sidecar.find_logs("hook.finished") if e.get("route") == "app"]
     assert [e["state"] for e in app] == ["pending", "failed"]
-    assert "refused" in str(app[0]["error"])
+    assert "refused" in str(app[0]["error"]) and app[0]["outcome"] == "failed"
     slow = sidecar.wait_log(lambda e: e.get("msg") == "hook.finished" and e.get("route") == "slow"
                             and e.get("state") == "done", timeout=15)
     first = next(e for e in sidecar.find_logs("hook.finished") if e.get("route") == "slow")

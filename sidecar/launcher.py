@@ -40,7 +40,6 @@ class Launcher:
 
     def __post_init__(self) -> None:
         self.starter = InProcess(self.tracker, self.sandbox, self.forks)
-        self._hint = self.sandbox.hint(None) if self.sandbox is not None else None
         # The sidecar's own PATH and LANG, read once: os.environ decodes at every lookup.
         self._passed = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
         self._passed.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -68,9 +67,9 @@ class Launcher:
                       route.name, job.delivery, reply_bytes)
         result = self.starter.launch(req, body, cancel)
         hint = None
-        if not (result.ok or result.cancelled) and grants is not None and any(
+        if not (result.ok or result.cancelled) and self.sandbox is not None and grants is not None and any(
                 d in result.output_tail + result.error for d in SANDBOX_DENIALS):
-            hint = self._hint
+            hint = self.sandbox.hint(live)  # now: a rebuild may have changed the default write grants it names
         result.hint = hint  # the starter's result, ours alone (dataclasses.replace costs more than the rest here)
         result.fields = dict(exit_code=result.exit_code, signal=result.signal,
                              duration_ms=round(result.duration_s * 1000, 1), output_tail=result.output_tail or None,

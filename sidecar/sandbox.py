@@ -259,15 +259,6 @@ class Sandbox:
             self._policies[key] = Policy(grants, self.level if self.active else 0, self._view, self)
         return self._policies[key]
 
-    def for_route(self, route: Options | None) -> Policy | None:
-        """A route's policy: None for `sandbox: false`, widened by its `sandbox: {read, write}`; the
-        default for None (a route the loaded table does not have)."""
-        if route is None:
-            return self.policy()
-        if not route.sandbox:
-            return None
-        return self.policy(route.sandbox_read, route.sandbox_write)
-
     def hint(self, route: Options | None) -> str | None:
         """For a run of `route` whose output looks like a denied write (SANDBOX_DENIALS): why, and the fix;
         None where the sandbox did not apply."""

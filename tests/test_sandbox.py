@@ -206,20 +206,22 @@ def test_route_option_opts_out_or_widens(tmp_path: Path, state: Path, elsewhere:
     launch = Launcher(sandbox=box)
     read = Route(name="r", event="*", when=(), argv=("/bin/sh", "-c", f"cat {secret}"))
     write = Route(name="r", event="*", when=(), argv=("/bin/sh", "-c", f"echo x > {elsewhere}/f && echo wrote"))
-    default = box.for_route(read)
+    grants = launch.grants(read)
+    assert grants is not None
+    default = box.policy(*grants)
     for run in (read, write):
         assert not launch.carry(job(run), b"", read, None).ok
         assert not launch.carry(job(run), b"", None, None).ok  # a route the table lacks: the default
     assert launch.carry(job(write), b"", read, None).hint  # a denied write: why, and the fix
     free = replace(read, sandbox=False)
-    assert box.for_route(free) is None
+    assert launch.grants(free) is None  # no policy: started as the sidecar's other children
     assert launch.carry(job(read), b"", free, None).output_tail == "s3cret"
     denied = replace(read, argv=("/bin/sh", "-c", "echo Permission denied; exit 1"))
     assert launch.carry(job(denied), b"", free, None).hint is None  # not sandboxed: not the sandbox's doing
     wider = replace(read, sandbox_write=(str(elsewhere),))
     assert launch.carry(job(write), b"", wider, None).output_tail == "wrote\n"
     assert not launch.carry(job(read), b"", wider, None).ok
-    assert box.for_route(read) is default  # built once per set of grants
+    assert box.policy(*grants) is default  # built once per set of grants
     # A reply route's stdout comes apart from the output tail, under the route's policy all the same.
     replied = launch.carry(job(replace(write, argv=("/bin/sh", "-c", f"echo answer; cat {secret}"))), b"", read,
                            None, reply_bytes=64)

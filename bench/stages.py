@@ -66,7 +66,7 @@ WRAP = [
     ("sidecar.workers|sidecar.launcher|sidecar.attempts", "Job.env|Launcher.env|Job.env", "spawn"),
     ("sidecar.runner", "run", "watch"),
     ("sidecar.procs", "start", "spawn"),
-    ("sidecar.procs", "Tracker.started|Tracker.start", "spawn"),
+    ("sidecar.procs", "Tracker.started|Tracker.start", "spawn"),  # Tracker.start: trees before the one-way path
     ("sidecar.procs", "Hook.reap", "watch"),
     ("sidecar.procs", "Tracker.end", "watch"),
     ("subprocess", "Popen.__init__", "spawn"),

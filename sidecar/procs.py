@@ -214,13 +214,6 @@ class Tracker:
         seq = next(self._seq)
         return Run(f"{self.instance}.{seq}", seq, {"route": route, "delivery": delivery})
 
-    def start(self, argv: Sequence[str], stdin: int, output: int, env: Mapping[str, str], cwd: str | None,
-              policy: Spawns | None, route: str | None = None, delivery: str | None = None,
-              stdout: int | None = None) -> Hook:
-        """Start a tracked hook (procs.start with this tracker)."""
-        return start(argv, stdin, output, env, cwd, policy=policy, tracker=self, route=route, delivery=delivery,
-                     stdout=stdout)
-
     def started(self, run: Run, pid: int, route: str | None, delivery: str | None) -> None:
         """`run`'s hook is `pid` (the lock held): registered, told to the watchdog, journaled."""
         run.pid = pid

@@ -31,7 +31,7 @@ def start_tracked(tracker: procs.Tracker, argv: list[str], route: str | None = N
     /dev/null."""
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        return tracker.start(argv, null, null, {}, None, None, route, delivery)
+        return procs.start(argv, null, null, {}, None, tracker=tracker, route=route, delivery=delivery)
     finally:
         os.close(null)
 

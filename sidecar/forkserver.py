@@ -155,8 +155,10 @@ class ForkServer:
                 raise
             finally:
                 theirs.close()
-            if conn is not None:
+            if conn is not None:  # this thread's connection to an ended fork server
                 conn.close()
+                if conn in self._conns:  # not after close(), which closed and forgot them all
+                    self._conns.remove(conn)
             self._conns.append(ours)
             local.conn, local.generation = ours, self.generation
             return self.generation, ours
